@@ -1,0 +1,19 @@
+//! Types shared by medembed's programs.
+//!
+//! The scoring API is the managed MedImageInsight endpoint's, unchanged, so that
+//! clients written for it work against an on-prem cluster. Both the worker and
+//! the gateway parse requests with [`score::parse_request`], so they agree on
+//! what is valid and on the wording of every error.
+
+pub mod error;
+pub mod score;
+
+pub use error::{ErrorBody, ErrorDetail};
+pub use score::{parse_request, RequestError, RequestLimits, Row, ScoreRequest, ScoreResponse};
+
+/// Header carrying the time budget left for a request, in milliseconds, from the
+/// gateway to a worker. Work still queued when it runs out is dropped.
+pub const TIMEOUT_HEADER: &str = "x-medembed-timeout-ms";
+
+/// Header the managed service uses to pin a request to one deployment.
+pub const DEPLOYMENT_HEADER: &str = "azureml-model-deployment";

@@ -1,0 +1,385 @@
+//! ONNX Runtime sessions for the two towers.
+//!
+//! ONNX Runtime is loaded at run time (`ort`'s `load-dynamic`) from the shared
+//! library of the PyPI wheel (`onnxruntime` for CPU, `onnxruntime-gpu` for
+//! CUDA/TensorRT), so the binary builds without downloading anything and one
+//! build serves every provider.
+//!
+//! A GPU provider that cannot be registered is a fatal start-up error: ONNX
+//! Runtime's default is to fall back to the CPU silently, which on a GPU node
+//! means a worker that is ready but a hundred times too slow.
+//!
+//! A session is driven by one thread (`Session::run` takes `&mut self`);
+//! concurrency comes from batching and, on a GPU with room, several sessions.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::ep::ExecutionProviderDispatch;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::{Tensor, TensorElementType, ValueType};
+use sha2::{Digest, Sha256};
+
+use crate::config::{ExecutionProvider, WorkerConfig};
+use crate::model::{ModelDir, ModelError};
+
+/// Failure of an inference call.
+#[derive(Debug, thiserror::Error)]
+#[error("inference failed: {0}")]
+pub struct InferenceError(pub String);
+
+static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// Loads ONNX Runtime (once per process) and returns its environment.
+pub fn environment(library: Option<&Path>) -> Result<ort::environment::Environment, String> {
+    ENVIRONMENT
+        .get_or_init(|| {
+            let path: PathBuf = match library {
+                Some(p) => p.to_path_buf(),
+                None => std::env::var_os("ORT_DYLIB_PATH")
+                    .map(PathBuf::from)
+                    .ok_or_else(|| {
+                        "ONNX Runtime library not configured: set --ort-library or ORT_DYLIB_PATH \
+                         (scripts/python-env.sh --exports prints it)"
+                            .to_string()
+                    })?,
+            };
+            ort::init_from(&path)
+                .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?
+                .with_name("medembed-worker")
+                .build()
+                .map_err(|e| format!("cannot create the ONNX Runtime environment: {e}"))
+        })
+        .clone()
+}
+
+/// Everything needed to create sessions.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Execution provider.
+    pub provider: ExecutionProvider,
+    /// GPU ordinal.
+    pub device_id: i32,
+    /// TensorRT cache directory.
+    pub trt_cache_dir: PathBuf,
+    /// TensorRT fp16.
+    pub trt_fp16: bool,
+    /// Intra-op threads.
+    pub intra_threads: usize,
+}
+
+impl SessionOptions {
+    /// From the worker's configuration.
+    pub fn from_config(cfg: &WorkerConfig) -> Self {
+        Self {
+            provider: cfg.execution_provider,
+            device_id: cfg.device_id,
+            trt_cache_dir: cfg.trt_cache_dir.clone(),
+            trt_fp16: cfg.trt_fp16,
+            intra_threads: cfg.intra_threads(),
+        }
+    }
+
+    fn providers(&self, graph: &Path) -> Result<Vec<ExecutionProviderDispatch>, String> {
+        let cuda = || {
+            ort::ep::CUDA::default()
+                .with_device_id(self.device_id)
+                .build()
+                .error_on_failure()
+        };
+        Ok(match self.provider {
+            ExecutionProvider::Cpu => vec![],
+            ExecutionProvider::Cuda => vec![cuda()],
+            ExecutionProvider::Tensorrt => {
+                // Engines are specific to the graph, the GPU and the TensorRT
+                // version; ONNX Runtime names cache files after the latter two,
+                // the directory after the graph's content hash covers the first.
+                let dir = self.trt_cache_dir.join(file_sha256(graph)?);
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("cannot create TensorRT cache {}: {e}", dir.display()))?;
+                let dir = dir.display().to_string();
+                vec![
+                    ort::ep::TensorRT::default()
+                        .with_device_id(self.device_id)
+                        .with_fp16(self.trt_fp16)
+                        .with_engine_cache(true)
+                        .with_engine_cache_path(&dir)
+                        .with_timing_cache(true)
+                        .with_timing_cache_path(&dir)
+                        .build()
+                        .error_on_failure(),
+                    cuda(),
+                ]
+            }
+        })
+    }
+}
+
+fn file_sha256(path: &Path) -> Result<String, String> {
+    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect())
+}
+
+fn open_session(env: &ort::environment::Environment, graph: &Path, opts: &SessionOptions) -> Result<Session, String> {
+    let providers = opts.providers(graph)?;
+    let mut builder = Session::builder(env)
+        .map_err(|e| e.to_string())?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| e.to_string())?
+        .with_intra_threads(opts.intra_threads)
+        .map_err(|e| e.to_string())?;
+    if !providers.is_empty() {
+        builder = builder
+            .with_execution_providers(providers)
+            .map_err(|e| format!("{} execution provider could not be registered: {e}", opts.provider.as_str()))?;
+    }
+    builder.commit_from_file(graph).map_err(|e| e.to_string())
+}
+
+/// Expected element type and shape of one graph input or output.
+struct Expect<'a> {
+    name: &'a str,
+    ty: TensorElementType,
+    /// Dimensions after the batch axis.
+    dims: Vec<i64>,
+}
+
+fn check_outlet(outlets: &[ort::value::Outlet], kind: &str, e: &Expect<'_>) -> Result<(), String> {
+    let found = outlets.iter().find(|o| o.name() == e.name).ok_or_else(|| {
+        let names: Vec<&str> = outlets.iter().map(|o| o.name()).collect();
+        format!("{kind} {:?} not found (the graph has {names:?})", e.name)
+    })?;
+    let ValueType::Tensor { ty, shape, .. } = found.dtype() else {
+        return Err(format!("{kind} {:?} is not a tensor", e.name));
+    };
+    if *ty != e.ty {
+        return Err(format!("{kind} {:?} has element type {ty:?}, expected {:?}", e.name, e.ty));
+    }
+    let dims: Vec<i64> = shape.iter().copied().collect();
+    let want_rank = e.dims.len() + 1;
+    if dims.len() != want_rank {
+        return Err(format!(
+            "{kind} {:?} has shape {dims:?}, expected [batch, {}]",
+            e.name,
+            e.dims.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if dims[0] > 0 {
+        return Err(format!(
+            "{kind} {:?} has a fixed batch size {}; export it with a dynamic batch axis",
+            e.name, dims[0]
+        ));
+    }
+    if dims[1..] != e.dims[..] {
+        return Err(format!(
+            "{kind} {:?} has shape {dims:?}, expected [batch, {}]",
+            e.name,
+            e.dims.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// The image tower: `[n, 3, size, size]` f32 → `[n, dim]`.
+pub struct ImageModel {
+    session: Session,
+    input: String,
+    output: String,
+    size: usize,
+    dim: usize,
+}
+
+/// The text tower: `[n, context]` i64 ids and mask → `[n, dim]`.
+pub struct TextModel {
+    session: Session,
+    input_ids: String,
+    attention_mask: String,
+    output: String,
+    context: usize,
+    dim: usize,
+}
+
+impl std::fmt::Debug for ImageModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ImageModel({} -> {})", self.input, self.output)
+    }
+}
+
+impl std::fmt::Debug for TextModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TextModel({}, {} -> {})", self.input_ids, self.attention_mask, self.output)
+    }
+}
+
+impl ImageModel {
+    /// Opens the image graph and checks it against the config.
+    pub fn load(model: &ModelDir, opts: &SessionOptions, library: Option<&Path>) -> Result<Self, ModelError> {
+        let c = &model.config;
+        let graph = model.file(&c.image.onnx);
+        let runtime = |reason: String| ModelError::Runtime {
+            dir: model.path.display().to_string(),
+            graph: c.image.onnx.clone(),
+            reason,
+        };
+        let env = environment(library).map_err(runtime)?;
+        let session = open_session(&env, &graph, opts).map_err(runtime)?;
+        let size = i64::from(c.image.size);
+        let mismatch = |reason: String| ModelError::Mismatch {
+            dir: model.path.display().to_string(),
+            graph: c.image.onnx.clone(),
+            reason,
+        };
+        check_outlet(
+            session.inputs(),
+            "input",
+            &Expect {
+                name: &c.image.input,
+                ty: TensorElementType::Float32,
+                dims: vec![3, size, size],
+            },
+        )
+        .map_err(mismatch)?;
+        check_outlet(
+            session.outputs(),
+            "output",
+            &Expect {
+                name: &c.image.output,
+                ty: TensorElementType::Float32,
+                dims: vec![c.embedding_dim as i64],
+            },
+        )
+        .map_err(mismatch)?;
+        if session.inputs().len() != 1 {
+            return Err(mismatch(format!("expected exactly one input, found {}", session.inputs().len())));
+        }
+        Ok(Self {
+            session,
+            input: c.image.input.clone(),
+            output: c.image.output.clone(),
+            size: c.image.size as usize,
+            dim: c.embedding_dim,
+        })
+    }
+
+    /// Embedding size.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Embeds `n` preprocessed images (`pixels.len() == n * 3 * size * size`),
+    /// returning `n * dim` floats, each row L2-normalised.
+    pub fn run(&mut self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>, InferenceError> {
+        let shape = [n, 3, self.size, self.size];
+        let tensor = Tensor::from_array((shape, pixels)).map_err(|e| InferenceError(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input.as_str() => tensor])
+            .map_err(|e| InferenceError(e.to_string()))?;
+        extract(&outputs, &self.output, n, self.dim)
+    }
+}
+
+impl TextModel {
+    /// Opens the text graph and checks it against the config.
+    pub fn load(model: &ModelDir, opts: &SessionOptions, library: Option<&Path>) -> Result<Self, ModelError> {
+        let c = &model.config;
+        let graph = model.file(&c.text.onnx);
+        let runtime = |reason: String| ModelError::Runtime {
+            dir: model.path.display().to_string(),
+            graph: c.text.onnx.clone(),
+            reason,
+        };
+        let env = environment(library).map_err(runtime)?;
+        let session = open_session(&env, &graph, opts).map_err(runtime)?;
+        let mismatch = |reason: String| ModelError::Mismatch {
+            dir: model.path.display().to_string(),
+            graph: c.text.onnx.clone(),
+            reason,
+        };
+        let ctx = c.text.context_length as i64;
+        for name in [&c.text.input_ids, &c.text.attention_mask] {
+            check_outlet(
+                session.inputs(),
+                "input",
+                &Expect {
+                    name,
+                    ty: TensorElementType::Int64,
+                    dims: vec![ctx],
+                },
+            )
+            .map_err(mismatch)?;
+        }
+        check_outlet(
+            session.outputs(),
+            "output",
+            &Expect {
+                name: &c.text.output,
+                ty: TensorElementType::Float32,
+                dims: vec![c.embedding_dim as i64],
+            },
+        )
+        .map_err(mismatch)?;
+        if session.inputs().len() != 2 {
+            return Err(mismatch(format!("expected exactly two inputs, found {}", session.inputs().len())));
+        }
+        Ok(Self {
+            session,
+            input_ids: c.text.input_ids.clone(),
+            attention_mask: c.text.attention_mask.clone(),
+            output: c.text.output.clone(),
+            context: c.text.context_length,
+            dim: c.embedding_dim,
+        })
+    }
+
+    /// Embedding size.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Tokens per text.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// Embeds `n` tokenized texts, returning `n * dim` floats, each row L2-normalised.
+    pub fn run(&mut self, ids: Vec<i64>, mask: Vec<i64>, n: usize) -> Result<Vec<f32>, InferenceError> {
+        let shape = [n, self.context];
+        let ids = Tensor::from_array((shape, ids)).map_err(|e| InferenceError(e.to_string()))?;
+        let mask = Tensor::from_array((shape, mask)).map_err(|e| InferenceError(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![
+                self.input_ids.as_str() => ids,
+                self.attention_mask.as_str() => mask,
+            ])
+            .map_err(|e| InferenceError(e.to_string()))?;
+        extract(&outputs, &self.output, n, self.dim)
+    }
+}
+
+fn extract(outputs: &ort::session::SessionOutputs<'_>, name: &str, n: usize, dim: usize) -> Result<Vec<f32>, InferenceError> {
+    let value = outputs
+        .get(name)
+        .ok_or_else(|| InferenceError(format!("output {name:?} missing")))?;
+    let (shape, data) = value
+        .try_extract_tensor::<f32>()
+        .map_err(|e| InferenceError(e.to_string()))?;
+    let dims: Vec<i64> = shape.iter().copied().collect();
+    if dims != [n as i64, dim as i64] {
+        return Err(InferenceError(format!("output {name:?} has shape {dims:?}, expected [{n}, {dim}]")));
+    }
+    let mut out = data.to_vec();
+    // The contract is unit-norm embeddings; exports (fp16 especially) may be a
+    // hair off, or forget the normalisation. Renormalising is a no-op otherwise.
+    for row in out.chunks_exact_mut(dim) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if norm > 0.0 && norm.is_finite() {
+            row.iter_mut().for_each(|v| *v /= norm);
+        }
+    }
+    Ok(out)
+}

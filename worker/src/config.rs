@@ -1,0 +1,221 @@
+//! The worker's configuration: every flag also reads an environment variable,
+//! so the same binary is configured by the operator's pod spec, a ConfigMap, or
+//! a shell. Defaults are sized for one CPU host serving the test model; GPU
+//! deployments raise the batch sizes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Where inference runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExecutionProvider {
+    /// ONNX Runtime's CPU provider.
+    Cpu,
+    /// NVIDIA CUDA (cuDNN). Fails start-up if it cannot be registered.
+    Cuda,
+    /// NVIDIA TensorRT, with CUDA for unsupported nodes; engines cached on disk.
+    Tensorrt,
+}
+
+impl ExecutionProvider {
+    /// Name used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionProvider::Cpu => "cpu",
+            ExecutionProvider::Cuda => "cuda",
+            ExecutionProvider::Tensorrt => "tensorrt",
+        }
+    }
+}
+
+/// Whether to apply the managed service's 512 px + JPEG standardisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StandardizeMode {
+    /// As the model directory's config says.
+    Model,
+    /// Always (bit-level parity with the managed service's preprocessing).
+    On,
+    /// Never (full detail).
+    Off,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log pipelines.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Serves a MedImageInsight-style embedding model over the managed endpoint's scoring API.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "medembed-worker", version, about)]
+pub struct WorkerConfig {
+    /// Model directory: image and text ONNX graphs, tokenizer.json, medembed-model.json.
+    #[arg(long, env = "MEDEMBED_MODEL_DIR")]
+    pub model_dir: PathBuf,
+
+    /// Address to listen on.
+    #[arg(long, env = "MEDEMBED_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Path of ONNX Runtime's shared library (libonnxruntime.so).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_library: Option<PathBuf>,
+
+    /// Execution provider. A GPU provider that fails to register is a fatal error.
+    #[arg(long, env = "MEDEMBED_EXECUTION_PROVIDER", value_enum, default_value = "cpu")]
+    pub execution_provider: ExecutionProvider,
+
+    /// GPU ordinal for the CUDA and TensorRT providers.
+    #[arg(long, env = "MEDEMBED_DEVICE_ID", default_value_t = 0)]
+    pub device_id: i32,
+
+    /// Directory for TensorRT engine and timing caches (persist it across restarts).
+    #[arg(long, env = "MEDEMBED_TRT_CACHE_DIR", default_value = "/var/cache/medembed/tensorrt")]
+    pub trt_cache_dir: PathBuf,
+
+    /// Let TensorRT build fp16 engines.
+    #[arg(long, env = "MEDEMBED_TRT_FP16", default_value_t = false)]
+    pub trt_fp16: bool,
+
+    /// Inference sessions per tower (each runs one batch at a time; >1 only helps on a GPU with room).
+    #[arg(long, env = "MEDEMBED_SESSIONS", default_value_t = 1)]
+    pub sessions: usize,
+
+    /// ONNX Runtime intra-op threads per session (0 = number of CPUs).
+    #[arg(long, env = "MEDEMBED_INTRA_THREADS", default_value_t = 0)]
+    pub intra_threads: usize,
+
+    /// Threads decoding and preprocessing images ahead of inference (0 = number of CPUs).
+    #[arg(long, env = "MEDEMBED_DECODE_THREADS", default_value_t = 0)]
+    pub decode_threads: usize,
+
+    /// Largest image batch one inference runs.
+    #[arg(long, env = "MEDEMBED_MAX_BATCH_IMAGES", default_value_t = 16)]
+    pub max_batch_images: usize,
+
+    /// Largest text batch one inference runs.
+    #[arg(long, env = "MEDEMBED_MAX_BATCH_TEXTS", default_value_t = 64)]
+    pub max_batch_texts: usize,
+
+    /// Longest a batch waits for more work once it has one item, in milliseconds
+    /// (only while more work is known to be on its way).
+    #[arg(long, env = "MEDEMBED_MAX_QUEUE_DELAY_MS", default_value_t = 5)]
+    pub max_queue_delay_ms: u64,
+
+    /// Most images admitted and not yet answered; beyond it requests get 429.
+    #[arg(long, env = "MEDEMBED_MAX_QUEUED_IMAGES", default_value_t = 2048)]
+    pub max_queued_images: usize,
+
+    /// Most texts admitted and not yet answered; beyond it requests get 429.
+    #[arg(long, env = "MEDEMBED_MAX_QUEUED_TEXTS", default_value_t = 16384)]
+    pub max_queued_texts: usize,
+
+    /// Most requests processed at once; beyond it requests get 429.
+    #[arg(long, env = "MEDEMBED_MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
+    pub max_concurrent_requests: usize,
+
+    /// Default time budget of a request in milliseconds, when the gateway sets none.
+    #[arg(long, env = "MEDEMBED_REQUEST_TIMEOUT_MS", default_value_t = 60_000)]
+    pub request_timeout_ms: u64,
+
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, env = "MEDEMBED_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most request-body bytes buffered across all requests at once (429 beyond).
+    #[arg(long, env = "MEDEMBED_MAX_BUFFERED_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_buffered_bytes: usize,
+
+    /// Most rows one request may carry.
+    #[arg(long, env = "MEDEMBED_MAX_ROWS", default_value_t = 1024)]
+    pub max_rows: usize,
+
+    /// Most pixels (width × height) a decoded image may have.
+    #[arg(long, env = "MEDEMBED_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
+    pub max_image_pixels: u64,
+
+    /// The managed service's 512 px + JPEG q75 standardisation before preprocessing.
+    #[arg(long, env = "MEDEMBED_STANDARDIZE", value_enum, default_value = "model")]
+    pub standardize: StandardizeMode,
+
+    /// Seconds to finish accepted requests after SIGTERM before exiting.
+    #[arg(long, env = "MEDEMBED_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+
+    /// Log format.
+    #[arg(long, env = "MEDEMBED_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+impl WorkerConfig {
+    /// A configuration with defaults for the given model directory, for tests
+    /// and embedding.
+    pub fn for_model(model_dir: impl Into<PathBuf>) -> Self {
+        let model_dir = model_dir.into();
+        let mut cfg = WorkerConfig::parse_from(["medembed-worker", "--model-dir", "."]);
+        cfg.model_dir = model_dir;
+        cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        cfg
+    }
+
+    /// Default request time budget.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// Longest a batch waits for more work.
+    pub fn max_queue_delay(&self) -> Duration {
+        Duration::from_millis(self.max_queue_delay_ms)
+    }
+
+    /// Number of CPUs, for the `0 = automatic` settings.
+    pub fn cpus() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+
+    /// Decode threads after resolving `0`.
+    pub fn decode_threads(&self) -> usize {
+        if self.decode_threads == 0 {
+            Self::cpus()
+        } else {
+            self.decode_threads
+        }
+    }
+
+    /// Intra-op threads after resolving `0`.
+    pub fn intra_threads(&self) -> usize {
+        if self.intra_threads == 0 {
+            Self::cpus()
+        } else {
+            self.intra_threads
+        }
+    }
+
+    /// Checks values that clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("--sessions", self.sessions),
+            ("--max-batch-images", self.max_batch_images),
+            ("--max-batch-texts", self.max_batch_texts),
+            ("--max-queued-images", self.max_queued_images),
+            ("--max-queued-texts", self.max_queued_texts),
+            ("--max-concurrent-requests", self.max_concurrent_requests),
+            ("--max-rows", self.max_rows),
+            ("--max-body-bytes", self.max_body_bytes),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if self.max_buffered_bytes < self.max_body_bytes {
+            return Err("--max-buffered-bytes must be at least --max-body-bytes".into());
+        }
+        Ok(())
+    }
+}

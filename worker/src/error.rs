@@ -1,0 +1,108 @@
+//! The worker's one mapping from failure to HTTP status and JSON error body.
+//!
+//! Every error a client can see is an [`ApiError`]; its message names the
+//! field or row at fault and never quotes request content.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use medembed_api::{ErrorBody, RequestError};
+
+/// A client-visible failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed (400).
+    #[error("{message}")]
+    Invalid {
+        /// Stable code.
+        code: &'static str,
+        /// Explanation naming the field or row.
+        message: String,
+    },
+    /// The body is larger than allowed (413).
+    #[error("request body exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The worker is at capacity (429).
+    #[error("worker is at capacity ({0}); retry shortly")]
+    Overloaded(&'static str),
+    /// Not ready or shutting down (503).
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// The deadline passed (408, as the managed service answers timeouts).
+    #[error("request did not complete within its time budget of {0} ms")]
+    Timeout(u64),
+    /// Wrong path (404).
+    #[error("no such endpoint; POST /score")]
+    NotFound,
+    /// Wrong method (405).
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    /// A fault of ours (500).
+    #[error("internal error")]
+    Internal,
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        ApiError::Invalid {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable code of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Invalid { code, .. } => code,
+            ApiError::TooLarge { .. } => "payload_too_large",
+            ApiError::Overloaded(_) => "too_many_requests",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Timeout(_) => "timeout",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Internal => "internal",
+        }
+    }
+
+    /// The full HTTP response.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let body = ErrorBody::new(self.code(), self.to_string()).to_json();
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        match &self {
+            ApiError::Overloaded(_) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Unavailable(_) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                h.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
+        }
+        resp
+    }
+}

@@ -1,0 +1,217 @@
+//! The model's image transform: 8-bit raster → normalised NCHW float32 tensor.
+//!
+//! MedImageInsight's transform is a plain stretch (no crop, no padding) to
+//! 480×480 with PIL's antialiased bicubic (Catmull-Rom), a scale to [0, 1] and
+//! ImageNet normalisation. `fast_image_resize`'s convolution resizer with the
+//! Catmull-Rom filter is PIL's algorithm (same kernel, same support scaling),
+//! measured within 1/255 of it.
+//!
+//! Grayscale images are resized as one channel and replicated into the three
+//! planes while normalising: identical to PIL converting to RGB first, at a
+//! third of the cost.
+//!
+//! The managed service first "standardises" images to 512×512 with a JPEG
+//! quality-75 round trip. That loses detail, so it is off by default; a model
+//! directory (or the worker's flag) can turn it on for parity with the
+//! service's embeddings.
+
+use std::cell::RefCell;
+use std::io::Cursor;
+
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::codecs::jpeg::JpegEncoder;
+use image::{ImageDecoder, RgbImage};
+use serde::{Deserialize, Serialize};
+
+use crate::decode::{Channels, DecodeError, Image8};
+
+/// The managed service's optional "standardisation" step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Standardize {
+    /// Square size images are first resized to (512 on the managed service).
+    pub size: u32,
+    /// JPEG quality of the round trip (75 on the managed service).
+    pub jpeg_quality: u8,
+}
+
+/// The parameters of the image transform, from the model directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transform {
+    /// Output side in pixels (480 for MedImageInsight).
+    pub size: u32,
+    /// Per-channel mean (RGB).
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation (RGB).
+    pub std: [f32; 3],
+    /// Optional standardisation before the transform.
+    pub standardize: Option<Standardize>,
+}
+
+impl Transform {
+    /// Number of floats in one preprocessed image (`3 * size * size`).
+    pub fn tensor_len(&self) -> usize {
+        3 * self.size as usize * self.size as usize
+    }
+
+    /// Runs the transform, appending `3 * size * size` floats (CHW) to `out`.
+    pub fn apply(&self, img: &Image8, out: &mut Vec<f32>) -> Result<(), DecodeError> {
+        let standardized;
+        let img = match self.standardize {
+            Some(s) => {
+                standardized = standardize(img, s)?;
+                &standardized
+            }
+            None => img,
+        };
+        let resized = resize(img, self.size, self.size)?;
+        let plane = (self.size * self.size) as usize;
+        out.reserve(3 * plane);
+        for c in 0..3 {
+            // One lookup table per channel: exactly (v/255 - mean)/std in f32.
+            let lut: [f32; 256] =
+                std::array::from_fn(|v| (v as f32 / 255.0 - self.mean[c]) / self.std[c]);
+            match resized.channels {
+                Channels::Gray => out.extend(resized.data.iter().map(|&v| lut[usize::from(v)])),
+                Channels::Rgb => out.extend(
+                    resized
+                        .data
+                        .iter()
+                        .skip(c)
+                        .step_by(3)
+                        .map(|&v| lut[usize::from(v)]),
+                ),
+            }
+        }
+        Ok(())
+    }
+}
+
+thread_local! {
+    // The resizer keeps scratch buffers; one per decode thread avoids
+    // reallocating them for every image.
+    static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
+}
+
+/// Resizes with antialiased Catmull-Rom (PIL's BICUBIC), keeping the channel layout.
+pub fn resize(img: &Image8, width: u32, height: u32) -> Result<Image8, DecodeError> {
+    let pixel_type = match img.channels {
+        Channels::Gray => PixelType::U8,
+        Channels::Rgb => PixelType::U8x3,
+    };
+    if img.width == width && img.height == height {
+        return Ok(img.clone());
+    }
+    let src = ImageRef::new(img.width, img.height, &img.data, pixel_type)
+        .map_err(|_| DecodeError::Corrupt("pixel buffer does not match its dimensions".into()))?;
+    let mut dst = Image::new(width, height, pixel_type);
+    let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
+    RESIZER
+        .with(|r| r.borrow_mut().resize(&src, &mut dst, &opts))
+        .map_err(|_| DecodeError::Corrupt("image could not be resized".into()))?;
+    Ok(Image8 {
+        width,
+        height,
+        channels: img.channels,
+        data: dst.into_vec(),
+    })
+}
+
+/// The managed service's standardisation: RGB, resize to `size`², JPEG round trip.
+fn standardize(img: &Image8, s: Standardize) -> Result<Image8, DecodeError> {
+    let resized = resize(img, s.size, s.size)?;
+    let rgb: Vec<u8> = match resized.channels {
+        Channels::Rgb => resized.data,
+        Channels::Gray => resized.data.iter().flat_map(|&v| [v, v, v]).collect(),
+    };
+    let rgb = RgbImage::from_raw(s.size, s.size, rgb)
+        .ok_or_else(|| DecodeError::Corrupt("pixel buffer does not match its dimensions".into()))?;
+    let mut jpeg = Vec::new();
+    JpegEncoder::new_with_quality(&mut jpeg, s.jpeg_quality)
+        .encode_image(&rgb)
+        .map_err(|_| DecodeError::Corrupt("JPEG standardisation failed".into()))?;
+    let dec = image::codecs::jpeg::JpegDecoder::new(Cursor::new(&jpeg))
+        .map_err(|_| DecodeError::Corrupt("JPEG standardisation failed".into()))?;
+    let (w, h) = dec.dimensions();
+    let mut data = vec![0u8; dec.total_bytes() as usize];
+    dec.read_image(&mut data)
+        .map_err(|_| DecodeError::Corrupt("JPEG standardisation failed".into()))?;
+    Ok(Image8 {
+        width: w,
+        height: h,
+        channels: Channels::Rgb,
+        data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transform() -> Transform {
+        Transform {
+            size: 480,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+            standardize: None,
+        }
+    }
+
+    #[test]
+    fn gray_equals_rgb_replicated() {
+        let gray = Image8 {
+            width: 37,
+            height: 23,
+            channels: Channels::Gray,
+            data: (0..37 * 23).map(|i| (i * 7 % 256) as u8).collect(),
+        };
+        let rgb = Image8 {
+            width: 37,
+            height: 23,
+            channels: Channels::Rgb,
+            data: gray.data.iter().flat_map(|&v| [v, v, v]).collect(),
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        transform().apply(&gray, &mut a).unwrap();
+        transform().apply(&rgb, &mut b).unwrap();
+        assert_eq!(a.len(), 3 * 480 * 480);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn normalisation_is_per_channel_chw() {
+        let img = Image8 {
+            width: 480,
+            height: 480,
+            channels: Channels::Rgb,
+            data: [255u8, 0, 128].repeat(480 * 480),
+        };
+        let mut out = Vec::new();
+        transform().apply(&img, &mut out).unwrap();
+        let plane = 480 * 480;
+        assert!((out[0] - (1.0 - 0.485) / 0.229).abs() < 1e-6);
+        assert!((out[plane] - (0.0 - 0.456) / 0.224).abs() < 1e-6);
+        assert!((out[2 * plane] - (128.0 / 255.0 - 0.406) / 0.225).abs() < 1e-6);
+    }
+
+    #[test]
+    fn standardize_round_trip_keeps_shape() {
+        let mut t = transform();
+        t.standardize = Some(Standardize {
+            size: 512,
+            jpeg_quality: 75,
+        });
+        let img = Image8 {
+            width: 100,
+            height: 60,
+            channels: Channels::Gray,
+            data: vec![100; 6000],
+        };
+        let mut out = Vec::new();
+        t.apply(&img, &mut out).unwrap();
+        assert_eq!(out.len(), t.tensor_len());
+        // A flat gray survives the JPEG round trip within a level or two.
+        let v = out[1000] * 0.229 + 0.485;
+        assert!((v * 255.0 - 100.0).abs() < 2.5, "{}", v * 255.0);
+    }
+}

@@ -1,0 +1,285 @@
+//! The HTTP server: routing, body limits, admission, readiness and shutdown.
+//!
+//! Routes:
+//! * `POST /score` – the managed endpoint's scoring API.
+//! * `GET /livez` (and `GET /`, which the managed inference server answers
+//!   with "Healthy") – the process is up.
+//! * `GET /readyz` – 200 once the model is loaded and one warm-up inference per
+//!   tower has run; 503 before, and again while draining after SIGTERM so the
+//!   Service stops routing here.
+//! * `GET /metrics` – Prometheus text format.
+//!
+//! Bodies are limited twice: per request (`Content-Length` checked before
+//! reading, and a streaming limit for chunked bodies; 413) and across requests
+//! (a byte budget for everything buffered at once; 429), so a burst of large
+//! requests cannot exhaust memory.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use medembed_api::{RequestLimits, TIMEOUT_HEADER};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::batch::Admission;
+use crate::config::WorkerConfig;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::score::Scorer;
+
+/// Bodies above this size are parsed and serialised on a blocking thread.
+const INLINE_JSON_BYTES: usize = 256 * 1024;
+
+/// Shared state of one worker.
+pub struct AppState {
+    /// Configuration.
+    pub config: WorkerConfig,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Set once the model is loaded and warmed up.
+    pub scorer: OnceLock<Arc<Scorer>>,
+    /// Set on SIGTERM: readiness turns false while in-flight work drains.
+    pub draining: AtomicBool,
+    requests: Arc<Admission>,
+    body_budget: Semaphore,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("ready", &self.is_ready())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Budget units are KiB so a 256 MiB budget fits a semaphore comfortably.
+fn kib(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+}
+
+impl AppState {
+    /// State for a configuration; the scorer is set later.
+    pub fn new(config: WorkerConfig, metrics: Metrics) -> Arc<Self> {
+        let requests = Admission::new(config.max_concurrent_requests, metrics.in_flight.clone());
+        let body_budget = Semaphore::new(kib(config.max_buffered_bytes) as usize);
+        Arc::new(Self {
+            config,
+            metrics,
+            scorer: OnceLock::new(),
+            draining: AtomicBool::new(false),
+            requests,
+            body_budget,
+        })
+    }
+
+    /// Ready to score.
+    pub fn is_ready(&self) -> bool {
+        self.scorer.get().is_some() && !self.draining.load(Ordering::Acquire)
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Routes one request.
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path();
+    let resp = match (req.method(), path) {
+        (&Method::POST, "/score") => {
+            let started = Instant::now();
+            let resp = match score(&state, req).await {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
+            };
+            state
+                .metrics
+                .requests
+                .with_label_values(&[resp.status().as_str()])
+                .inc();
+            state.metrics.request_duration.observe(started.elapsed().as_secs_f64());
+            resp
+        }
+        (_, "/score") => ApiError::MethodNotAllowed("POST").into_response(),
+        (&Method::GET, "/livez") | (&Method::GET, "/") => text(StatusCode::OK, "Healthy"),
+        (&Method::GET, "/readyz") => {
+            if state.is_ready() {
+                text(StatusCode::OK, "ready")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(state.metrics.render())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (_, "/livez" | "/readyz" | "/metrics") => ApiError::MethodNotAllowed("GET").into_response(),
+        _ => ApiError::NotFound.into_response(),
+    };
+    Ok(resp)
+}
+
+async fn score(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+    let received = Instant::now();
+    let scorer = match state.scorer.get() {
+        Some(s) if !state.draining.load(Ordering::Acquire) => s.clone(),
+        Some(_) => return Err(ApiError::Unavailable("worker is shutting down")),
+        None => return Err(ApiError::Unavailable("model is loading; not ready")),
+    };
+    let cfg = &state.config;
+
+    // Deadline: the gateway passes the budget left; else the configured timeout.
+    let budget_ms = req
+        .headers()
+        .get(TIMEOUT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .unwrap_or(cfg.request_timeout_ms);
+    let deadline = received + Duration::from_millis(budget_ms);
+
+    let _request_permit = state
+        .requests
+        .try_acquire(1)
+        .ok_or(ApiError::Overloaded("too many concurrent requests"))?;
+    state.metrics.utilization.set(
+        (state.requests.used() * 100 / state.requests.capacity().max(1)) as i64,
+    );
+
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(len) = declared {
+        if len > cfg.max_body_bytes {
+            return Err(ApiError::TooLarge {
+                limit: cfg.max_body_bytes,
+            });
+        }
+    }
+    let reserve = declared.unwrap_or(cfg.max_body_bytes).max(1);
+    let _body_permit = state
+        .body_budget
+        .try_acquire_many(kib(reserve))
+        .map_err(|_| ApiError::Overloaded("too many request bytes buffered"))?;
+
+    let body = match Limited::new(req.into_body(), cfg.max_body_bytes).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::TooLarge {
+                limit: cfg.max_body_bytes,
+            })
+        }
+        Err(_) => {
+            return Err(ApiError::Invalid {
+                code: "invalid_body",
+                message: "request body could not be read".into(),
+            })
+        }
+    };
+
+    let limits = RequestLimits {
+        max_rows: cfg.max_rows,
+    };
+    let parsed = if body.len() > INLINE_JSON_BYTES {
+        tokio::task::spawn_blocking(move || medembed_api::parse_request(&body, &limits))
+            .await
+            .map_err(|_| ApiError::Internal)?
+    } else {
+        medembed_api::parse_request(&body, &limits)
+    }?;
+    let (rows, images, texts) = (parsed.rows.len(), parsed.image_count(), parsed.text_count());
+
+    let response = scorer.score(parsed, deadline, budget_ms).await?;
+    let bytes = if images + texts > 64 {
+        tokio::task::spawn_blocking(move || serde_json::to_vec(&response))
+            .await
+            .map_err(|_| ApiError::Internal)?
+    } else {
+        serde_json::to_vec(&response)
+    }
+    .map_err(|_| ApiError::Internal)?;
+    tracing::debug!(
+        rows,
+        images,
+        texts,
+        elapsed_ms = received.elapsed().as_millis() as u64,
+        "scored"
+    );
+    Ok(json(StatusCode::OK, bytes))
+}
+
+/// Accepts connections until `shutdown` resolves, then stops accepting and
+/// lets in-flight requests finish within `grace`.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer): (_, SocketAddr) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let svc = service_fn(move |req| handle(state.clone(), req));
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    state.draining.store(true, Ordering::Release);
+    state.metrics.ready.set(0);
+    tracing::info!("shutting down: finishing accepted requests");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = tokio::time::sleep(grace) => tracing::warn!(grace_s = grace.as_secs(), "grace period over; closing remaining connections"),
+    }
+}

@@ -1,0 +1,156 @@
+//! Shared set-up of the worker's integration tests: the Python environment
+//! (ONNX Runtime's library and the independent reference), the TEST MODEL
+//! (random weights, MedImageInsight's exact I/O: its embeddings mean nothing),
+//! and an in-process worker on port 0.
+
+#![allow(dead_code, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use base64::Engine;
+use medembed_worker::{RunningWorker, WorkerConfig};
+
+pub struct TestEnv {
+    pub ort_library: PathBuf,
+    pub python: PathBuf,
+    pub model_dir: PathBuf,
+    pub repo: PathBuf,
+}
+
+fn exports(script: &Path) -> Vec<(String, String)> {
+    let out = Command::new("bash")
+        .arg(script)
+        .arg("--exports")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(out.status.success(), "{} failed", script.display());
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect()
+}
+
+/// Builds (once, cached outside the repo) the Python environment and the test model.
+pub fn env() -> &'static TestEnv {
+    static ENV: OnceLock<TestEnv> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut vars = exports(&repo.join("scripts/python-env.sh"));
+        vars.extend(exports(&repo.join("scripts/test-model.sh")));
+        let get = |k: &str| {
+            PathBuf::from(
+                vars.iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_else(|| panic!("{k} not exported")),
+            )
+        };
+        TestEnv {
+            ort_library: get("ORT_DYLIB_PATH"),
+            python: get("MEDEMBED_PYTHON"),
+            model_dir: get("MEDEMBED_TEST_MODEL"),
+            repo,
+        }
+    })
+}
+
+pub fn config() -> WorkerConfig {
+    let e = env();
+    let mut cfg = WorkerConfig::for_model(&e.model_dir);
+    cfg.ort_library = Some(e.ort_library.clone());
+    cfg.shutdown_grace_seconds = 10;
+    cfg
+}
+
+pub async fn start(cfg: WorkerConfig) -> RunningWorker {
+    let mut w = medembed_worker::start(cfg).await.expect("worker starts");
+    w.wait_ready(Duration::from_secs(120)).await.expect("model loads");
+    w
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("client")
+}
+
+pub fn url(w: &RunningWorker, path: &str) -> String {
+    format!("http://{}{}", w.addr, path)
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Runs the independent Python reference with `args`, feeding `stdin`.
+pub fn reference(args: &[&str], stdin: Option<&str>) -> serde_json::Value {
+    use std::io::Write;
+    let e = env();
+    let mut child = Command::new(&e.python)
+        .arg(e.repo.join("tests/reference/reference.py"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("reference starts");
+    {
+        let mut si = child.stdin.take().expect("stdin");
+        if let Some(s) = stdin {
+            si.write_all(s.as_bytes()).expect("write stdin");
+        }
+    }
+    let out = child.wait_with_output().expect("reference runs");
+    assert!(out.status.success(), "reference {args:?} failed");
+    serde_json::from_slice(&out.stdout).expect("reference prints JSON")
+}
+
+pub fn vectors(v: &serde_json::Value) -> Vec<Vec<f32>> {
+    v.as_array()
+        .expect("array of vectors")
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .expect("vector")
+                .iter()
+                .map(|x| x.as_f64().expect("number") as f32)
+                .collect()
+        })
+        .collect()
+}
+
+pub fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len(), "vector counts differ");
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            assert_eq!(x.len(), y.len());
+            x.iter().zip(y).map(|(p, q)| (p - q).abs())
+        })
+        .fold(0.0, f32::max)
+}
+
+pub fn norm(v: &[f32]) -> f32 {
+    v.iter().map(|x| x * x).sum::<f32>().sqrt()
+}
+
+/// A metric's value summed over series whose labels contain every `label`.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let (series, _) = l.rsplit_once(' ').unwrap_or((l, ""));
+            let base = series.split('{').next().unwrap_or("");
+            base == name && labels.iter().all(|lab| series.contains(lab))
+        })
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
