@@ -949,6 +949,7 @@ fn is_sq_tag(tag: Tag) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a panic is the failure report
 mod tests {
     use super::*;
     use crate::window;
