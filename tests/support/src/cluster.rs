@@ -113,11 +113,20 @@ impl ControlPlane {
         let script = repo_root().join("scripts/cluster-up.sh");
         // Own the directory before starting, so a failure below still cleans up.
         let mut cp = ControlPlane {
-            config: Config::new("https://127.0.0.1:1".parse().map_err(|e| Error::Other(format!("{e}")))?),
+            config: Config::new(
+                "https://127.0.0.1:1"
+                    .parse()
+                    .map_err(|e| Error::Other(format!("{e}")))?,
+            ),
             kubeconfig: dir.path().join("kubeconfig"),
             owned: Some(dir),
         };
-        run_script(&script, &["--dir", &dir_str, "--watch-pid", &pid], Duration::from_secs(120)).await?;
+        run_script(
+            &script,
+            &["--dir", &dir_str, "--watch-pid", &pid],
+            Duration::from_secs(120),
+        )
+        .await?;
         cp.config = load_config(&cp.kubeconfig).await?;
         Ok(cp)
     }
@@ -168,12 +177,16 @@ impl ControlPlane {
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
-                labels: Some([("medembed.test/owner".to_string(), "testsupport".to_string())].into()),
+                labels: Some(
+                    [("medembed.test/owner".to_string(), "testsupport".to_string())].into(),
+                ),
                 ..Default::default()
             },
             ..Default::default()
         };
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
         wait::until(
             &format!("service account default in namespace {name}"),
@@ -192,7 +205,9 @@ impl ControlPlane {
             let script = repo_root().join("scripts/cluster-down.sh");
             match Command::new(&script).arg(dir.path()).status() {
                 Ok(s) if s.success() => {}
-                other => tracing::warn!("{} {}: {:?}", script.display(), dir.path().display(), other),
+                other => {
+                    tracing::warn!("{} {}: {:?}", script.display(), dir.path().display(), other)
+                }
             }
             drop(dir);
         }
@@ -238,7 +253,9 @@ pub struct TestNamespace {
 
 impl std::fmt::Debug for TestNamespace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestNamespace").field("name", &self.name).finish()
+        f.debug_struct("TestNamespace")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -269,7 +286,12 @@ impl TestNamespace {
             Ok(l) => {
                 for rs in l.items {
                     let st = rs.status.unwrap_or_default();
-                    out += &format!("  rs {} replicas={} ready={:?}\n", rs.metadata.name.unwrap_or_default(), st.replicas, st.ready_replicas);
+                    out += &format!(
+                        "  rs {} replicas={} ready={:?}\n",
+                        rs.metadata.name.unwrap_or_default(),
+                        st.replicas,
+                        st.ready_replicas
+                    );
                 }
             }
             Err(e) => out += &format!("  (listing replicasets: {e})\n"),
@@ -277,10 +299,17 @@ impl TestNamespace {
         match self.api::<Pod>().list(&lp).await {
             Ok(l) => {
                 for p in l.items {
-                    let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+                    let node = p
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.clone())
+                        .unwrap_or_default();
                     let st = serde_json::to_string(&p.status).unwrap_or_default();
-                    out += &format!("  pod {} node={node} deleting={} status={st}\n",
-                        p.metadata.name.unwrap_or_default(), p.metadata.deletion_timestamp.is_some());
+                    out += &format!(
+                        "  pod {} node={node} deleting={} status={st}\n",
+                        p.metadata.name.unwrap_or_default(),
+                        p.metadata.deletion_timestamp.is_some()
+                    );
                 }
             }
             Err(e) => out += &format!("  (listing pods: {e})\n"),
@@ -288,8 +317,12 @@ impl TestNamespace {
         match self.api::<Event>().list(&lp).await {
             Ok(l) => {
                 for e in l.items.iter().rev().take(20) {
-                    out += &format!("  event {} {}: {}\n", e.reason.clone().unwrap_or_default(),
-                        e.involved_object.name.clone().unwrap_or_default(), e.message.clone().unwrap_or_default());
+                    out += &format!(
+                        "  event {} {}: {}\n",
+                        e.reason.clone().unwrap_or_default(),
+                        e.involved_object.name.clone().unwrap_or_default(),
+                        e.message.clone().unwrap_or_default()
+                    );
                 }
             }
             Err(e) => out += &format!("  (listing events: {e})\n"),

@@ -8,7 +8,12 @@ use crate::{Error, Result};
 
 /// Polls `check` every `every` until it returns `Some`, or fails after `limit`.
 /// Errors from `check` are treated as "not yet" (the last one is reported).
-pub async fn until<T, E, F, Fut>(what: &str, limit: Duration, every: Duration, mut check: F) -> Result<T>
+pub async fn until<T, E, F, Fut>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut check: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = std::result::Result<Option<T>, E>>,
@@ -35,8 +40,10 @@ where
 
 /// Runs `fut` with a time bound.
 pub async fn within<T>(what: &str, limit: Duration, fut: impl Future<Output = T>) -> Result<T> {
-    tokio::time::timeout(limit, fut).await.map_err(|_| Error::Timeout {
-        what: what.to_string(),
-        after: limit,
-    })
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| Error::Timeout {
+            what: what.to_string(),
+            after: limit,
+        })
 }

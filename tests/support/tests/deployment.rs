@@ -31,12 +31,21 @@ async fn serving(env: &common::Env, n: usize) -> Vec<(String, std::net::Ipv4Addr
                 _ => return Ok(None),
             }
         }
-        Ok(Some(procs.iter().map(|p| (p.pod.clone(), p.pod_ip, p.pid)).collect()))
+        Ok(Some(
+            procs
+                .iter()
+                .map(|p| (p.pod.clone(), p.pod_ip, p.pid))
+                .collect(),
+        ))
     })
     .await;
     match r {
         Ok(v) => v,
-        Err(e) => panic!("{e}\nprocesses: {:?}\n{}", env.agent.processes(None), env.ns.describe().await),
+        Err(e) => panic!(
+            "{e}\nprocesses: {:?}\n{}",
+            env.agent.processes(None),
+            env.ns.describe().await
+        ),
     }
 }
 
@@ -44,36 +53,46 @@ async fn serving(env: &common::Env, n: usize) -> Vec<(String, std::net::Ipv4Addr
 async fn endpoints_ready(env: &common::Env, ips: &BTreeSet<String>) {
     let slices = env.ns.api::<EndpointSlice>();
     let pods = env.ns.api::<Pod>();
-    let r = wait::until("EndpointSlice lists the pods as ready", LIMIT, STEP, || async {
-        let lp = ListParams::default().labels("kubernetes.io/service-name=web");
-        let mut ready = BTreeSet::new();
-        for s in slices.list(&lp).await.map_err(|e| e.to_string())?.items {
-            for ep in s.endpoints.into_iter().flatten() {
-                if ep.conditions.as_ref().and_then(|c| c.ready) == Some(true) {
-                    ready.extend(ep.addresses);
+    let r = wait::until(
+        "EndpointSlice lists the pods as ready",
+        LIMIT,
+        STEP,
+        || async {
+            let lp = ListParams::default().labels("kubernetes.io/service-name=web");
+            let mut ready = BTreeSet::new();
+            for s in slices.list(&lp).await.map_err(|e| e.to_string())?.items {
+                for ep in s.endpoints.into_iter().flatten() {
+                    if ep.conditions.as_ref().and_then(|c| c.ready) == Some(true) {
+                        ready.extend(ep.addresses);
+                    }
                 }
             }
-        }
-        // The pods' own view agrees: Ready with these IPs.
-        let lp = ListParams::default().labels("app=web");
-        let pod_ips: BTreeSet<String> = pods
-            .list(&lp)
-            .await
-            .map_err(|e| e.to_string())?
-            .items
-            .iter()
-            .filter(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none())
-            .filter_map(|p| pod_ip(p).map(|ip| ip.to_string()))
-            .collect();
-        if ready == *ips && pod_ips == *ips {
-            Ok(Some(()))
-        } else {
-            Err(format!("slices list {ready:?} as ready, Ready pods have {pod_ips:?}, want {ips:?}"))
-        }
-    })
+            // The pods' own view agrees: Ready with these IPs.
+            let lp = ListParams::default().labels("app=web");
+            let pod_ips: BTreeSet<String> = pods
+                .list(&lp)
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .iter()
+                .filter(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none())
+                .filter_map(|p| pod_ip(p).map(|ip| ip.to_string()))
+                .collect();
+            if ready == *ips && pod_ips == *ips {
+                Ok(Some(()))
+            } else {
+                Err(format!(
+                    "slices list {ready:?} as ready, Ready pods have {pod_ips:?}, want {ips:?}"
+                ))
+            }
+        },
+    )
     .await;
     if let Err(e) = r {
-        let slices = slices.list(&ListParams::default()).await.map(|l| serde_json::to_string(&l.items).unwrap_or_default());
+        let slices = slices
+            .list(&ListParams::default())
+            .await
+            .map(|l| serde_json::to_string(&l.items).unwrap_or_default());
         panic!("{e}\nslices: {slices:?}\n{}", env.ns.describe().await);
     }
 }

@@ -36,27 +36,43 @@ async fn readiness_and_restarts() {
             "spec": {"selector": {"app": "unready"}, "ports": [{"port": 80, "targetPort": "http"}]},
         }))
         .expect("service json");
-        env.ns.api::<Service>().create(&pp, &svc).await.expect("service");
-        pods.create(&pp, &pod(&env, "unready", &[("FAIL_READINESS", "1")])).await.expect("unready pod");
-        pods.create(&pp, &pod(&env, "crasher", &[("EXIT_AFTER_MS", "300")])).await.expect("crasher pod");
+        env.ns
+            .api::<Service>()
+            .create(&pp, &svc)
+            .await
+            .expect("service");
+        pods.create(&pp, &pod(&env, "unready", &[("FAIL_READINESS", "1")]))
+            .await
+            .expect("unready pod");
+        pods.create(&pp, &pod(&env, "crasher", &[("EXIT_AFTER_MS", "300")]))
+            .await
+            .expect("crasher pod");
 
         // The unready pod runs and answers, but its probe fails: not Ready, and
         // its EndpointSlice entry says ready=false.
-        let ip = wait::until("unready pod running", LIMIT, STEP, || async {
-            let p = pods.get("unready").await?;
-            Ok::<_, kube::Error>(pod_ip(&p).filter(|_| {
-                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-            }))
-        })
-        .await
-        .expect("unready pod runs");
+        let ip =
+            wait::until("unready pod running", LIMIT, STEP, || async {
+                let p = pods.get("unready").await?;
+                Ok::<_, kube::Error>(pod_ip(&p).filter(|_| {
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                }))
+            })
+            .await
+            .expect("unready pod runs");
         assert_eq!(get(ip, "/healthz").await.map(|r| r.status), Some(503));
         let slices = env.ns.api::<EndpointSlice>();
         wait::until("endpoint listed as not ready", LIMIT, STEP, || async {
             let lp = ListParams::default().labels("kubernetes.io/service-name=unready");
-            let eps: Vec<_> = slices.list(&lp).await?.items.into_iter().flat_map(|s| s.endpoints.unwrap_or_default()).collect();
+            let eps: Vec<_> = slices
+                .list(&lp)
+                .await?
+                .items
+                .into_iter()
+                .flat_map(|s| s.endpoints.unwrap_or_default())
+                .collect();
             let listed_not_ready = eps.iter().any(|e| {
-                e.addresses.contains(&ip.to_string()) && e.conditions.as_ref().and_then(|c| c.ready) == Some(false)
+                e.addresses.contains(&ip.to_string())
+                    && e.conditions.as_ref().and_then(|c| c.ready) == Some(false)
             });
             Ok::<_, kube::Error>(listed_not_ready.then_some(()))
         })
@@ -65,8 +81,15 @@ async fn readiness_and_restarts() {
         // Several probe periods later it is still not Ready.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let p = pods.get("unready").await.expect("get unready");
-        assert!(!is_ready(&p), "a pod failing its readiness probe must not be Ready");
-        let cs = &p.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default()[0];
+        assert!(
+            !is_ready(&p),
+            "a pod failing its readiness probe must not be Ready"
+        );
+        let cs = &p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.clone())
+            .unwrap_or_default()[0];
         assert!(!cs.ready, "container must not be ready");
         assert_eq!(cs.restart_count, 0, "readiness failures do not restart");
 
@@ -76,24 +99,41 @@ async fn readiness_and_restarts() {
         let mut counts: Vec<i32> = Vec::new();
         let deadline = tokio::time::Instant::now() + LIMIT;
         loop {
-            assert!(tokio::time::Instant::now() < deadline, "crasher not restarted 3 times in {LIMIT:?}: {counts:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "crasher not restarted 3 times in {LIMIT:?}: {counts:?}"
+            );
             let p = pods.get("crasher").await.expect("get crasher");
-            let cs = p.status.and_then(|s| s.container_statuses).unwrap_or_default();
+            let cs = p
+                .status
+                .and_then(|s| s.container_statuses)
+                .unwrap_or_default();
             if let Some(c) = cs.first() {
                 let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
-                saw_backoff |= waiting.and_then(|w| w.reason.as_deref()) == Some("CrashLoopBackOff");
+                saw_backoff |=
+                    waiting.and_then(|w| w.reason.as_deref()) == Some("CrashLoopBackOff");
                 if counts.last() != Some(&c.restart_count) {
                     counts.push(c.restart_count);
                 }
-                let exit = c.last_state.as_ref().and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code);
+                let exit = c
+                    .last_state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .map(|t| t.exit_code);
                 if c.restart_count >= 3 && exit == Some(3) {
                     break;
                 }
             }
             tokio::time::sleep(STEP).await;
         }
-        assert!(saw_backoff, "the crasher was never seen in CrashLoopBackOff");
-        assert!(counts.windows(2).all(|w| w[0] < w[1]), "restart count only rises: {counts:?}");
+        assert!(
+            saw_backoff,
+            "the crasher was never seen in CrashLoopBackOff"
+        );
+        assert!(
+            counts.windows(2).all(|w| w[0] < w[1]),
+            "restart count only rises: {counts:?}"
+        );
     })
     .await;
     if result.is_err() {

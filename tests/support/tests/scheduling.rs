@@ -26,32 +26,51 @@ async fn gpu_requests_are_scheduled_by_capacity() {
     let result = wait::within("scheduling test", Duration::from_secs(120), async {
         let pods = env.ns.api::<Pod>();
         let pp = PostParams::default();
-        pods.create(&pp, &gpu_pod(&env, "one-gpu", 1)).await.expect("one-gpu pod");
-        pods.create(&pp, &gpu_pod(&env, "eight-gpus", 8)).await.expect("eight-gpus pod");
+        pods.create(&pp, &gpu_pod(&env, "one-gpu", 1))
+            .await
+            .expect("one-gpu pod");
+        pods.create(&pp, &gpu_pod(&env, "eight-gpus", 8))
+            .await
+            .expect("eight-gpus pod");
 
-        let node = wait::until("one-gpu pod running", LIMIT, Duration::from_millis(200), || async {
-            let p = pods.get("one-gpu").await?;
-            let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-            Ok::<_, kube::Error>(running.then(|| p.spec.and_then(|s| s.node_name)).flatten())
-        })
+        let node = wait::until(
+            "one-gpu pod running",
+            LIMIT,
+            Duration::from_millis(200),
+            || async {
+                let p = pods.get("one-gpu").await?;
+                let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                Ok::<_, kube::Error>(running.then(|| p.spec.and_then(|s| s.node_name)).flatten())
+            },
+        )
         .await
         .expect("one-gpu pod runs");
         assert_eq!(vec![node], env.agent.node_names());
 
-        let (reason, message) = wait::until("eight-gpus pod unschedulable", LIMIT, Duration::from_millis(200), || async {
-            let p = pods.get("eight-gpus").await?;
-            let cond = p
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .into_iter()
-                .find(|c| c.type_ == "PodScheduled" && c.status == "False");
-            Ok::<_, kube::Error>(cond.map(|c| (c.reason.unwrap_or_default(), c.message.unwrap_or_default())))
-        })
+        let (reason, message) = wait::until(
+            "eight-gpus pod unschedulable",
+            LIMIT,
+            Duration::from_millis(200),
+            || async {
+                let p = pods.get("eight-gpus").await?;
+                let cond = p
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|c| c.type_ == "PodScheduled" && c.status == "False");
+                Ok::<_, kube::Error>(
+                    cond.map(|c| (c.reason.unwrap_or_default(), c.message.unwrap_or_default())),
+                )
+            },
+        )
         .await
         .expect("scheduler reports");
         assert_eq!(reason, "Unschedulable");
-        assert!(message.contains("Insufficient nvidia.com/gpu"), "scheduler message: {message}");
+        assert!(
+            message.contains("Insufficient nvidia.com/gpu"),
+            "scheduler message: {message}"
+        );
         let p = pods.get("eight-gpus").await.expect("get");
         assert_eq!(p.status.and_then(|s| s.phase).as_deref(), Some("Pending"));
         assert!(p.spec.and_then(|s| s.node_name).is_none());
@@ -63,5 +82,8 @@ async fn gpu_requests_are_scheduled_by_capacity() {
     }
     result.expect("scheduling test finishes in time");
     env.teardown().await;
-    eprintln!("gpu_requests_are_scheduled_by_capacity took {:?}", started.elapsed());
+    eprintln!(
+        "gpu_requests_are_scheduled_by_capacity took {:?}",
+        started.elapsed()
+    );
 }

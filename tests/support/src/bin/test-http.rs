@@ -43,7 +43,11 @@ fn handle(s: TcpStream) {
     match path.as_str() {
         "/healthz" if var("FAIL_READINESS") == "1" => reply(&s, 503, "not ready\n"),
         "/healthz" => reply(&s, 200, "ok\n"),
-        "/" => reply(&s, 200, &format!("pod={} ip={}\n", var("POD_NAME"), var("POD_IP"))),
+        "/" => reply(
+            &s,
+            200,
+            &format!("pod={} ip={}\n", var("POD_NAME"), var("POD_IP")),
+        ),
         "/exit" => {
             reply(&s, 200, "bye\n");
             std::process::exit(4);
@@ -63,7 +67,10 @@ fn handle(s: TcpStream) {
 fn main() {
     let ip = std::env::var("POD_IP").unwrap_or_else(|_| "127.0.0.1".into());
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
-    if let Some(ms) = std::env::var("EXIT_AFTER_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(ms) = std::env::var("EXIT_AFTER_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(ms));
             eprintln!("test-http: exiting after {ms} ms as told");

@@ -118,9 +118,17 @@ impl AgentConfig {
             nodes: Vec::new(),
             images: HashMap::new(),
             env: Vec::new(),
-            inherit_env: ["PATH", "HOME", "TMPDIR", "LANG", "RUST_LOG", "RUST_BACKTRACE", "LD_LIBRARY_PATH"]
-                .map(String::from)
-                .to_vec(),
+            inherit_env: [
+                "PATH",
+                "HOME",
+                "TMPDIR",
+                "LANG",
+                "RUST_LOG",
+                "RUST_BACKTRACE",
+                "LD_LIBRARY_PATH",
+            ]
+            .map(String::from)
+            .to_vec(),
             backoff: (Duration::from_millis(500), Duration::from_secs(8)),
             max_grace: Duration::from_secs(5),
             poll_interval: Duration::from_millis(250),
@@ -233,17 +241,29 @@ impl NodeAgent {
     /// the heartbeat and the pod loop.
     pub async fn start(cp: &crate::ControlPlane, mut config: AgentConfig) -> Result<Self> {
         let client: Client = cp.client()?;
-        let cluster_url = cp.config().cluster_url.to_string().trim_end_matches('/').to_string();
+        let cluster_url = cp
+            .config()
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_string();
         if config.nodes.is_empty() {
-            config.nodes.push(NodeSpec::gpu(format!("{}-gpu-0", config.name), 2));
+            config
+                .nodes
+                .push(NodeSpec::gpu(format!("{}-gpu-0", config.name), 2));
         }
         let root = tempfile::Builder::new()
             .prefix("medembed-node.")
             .tempdir()
             .map_err(|e| Error::io("creating the node agent's directory", e))?;
-        let ip_block = config
-            .ip_block
-            .unwrap_or_else(|| 16 + (crate::cluster::random_suffix().bytes().map(u32::from).sum::<u32>() * 7 % 235) as u8);
+        let ip_block = config.ip_block.unwrap_or_else(|| {
+            16 + (crate::cluster::random_suffix()
+                .bytes()
+                .map(u32::from)
+                .sum::<u32>()
+                * 7
+                % 235) as u8
+        });
         let shared = Arc::new(Shared {
             cluster_url,
             client,
@@ -262,12 +282,21 @@ impl NodeAgent {
             tokio::spawn(heartbeat(shared.clone(), stop_rx.clone())),
             tokio::spawn(pod_loop(shared.clone(), stop_rx)),
         ];
-        Ok(NodeAgent { shared, stop, tasks })
+        Ok(NodeAgent {
+            shared,
+            stop,
+            tasks,
+        })
     }
 
     /// The names of the agent's nodes.
     pub fn node_names(&self) -> Vec<String> {
-        self.shared.config.nodes.iter().map(|n| n.name.clone()).collect()
+        self.shared
+            .config
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect()
     }
 
     /// The agent's name, the value of its nodes' [`AGENT_LABEL`]; put
@@ -385,14 +414,22 @@ async fn register(shared: &Shared, spec: &NodeSpec) -> Result<()> {
     let nodes: Api<Node> = Api::all(shared.client.clone());
     let pp = PatchParams::apply(MANAGER).force();
     nodes
-        .patch(&spec.name, &pp, &Patch::Apply(node_object(spec, &shared.config.name)))
+        .patch(
+            &spec.name,
+            &pp,
+            &Patch::Apply(node_object(spec, &shared.config.name)),
+        )
         .await?;
-    nodes.patch_status(&spec.name, &pp, &Patch::Apply(node_status(spec))).await?;
+    nodes
+        .patch_status(&spec.name, &pp, &Patch::Apply(node_status(spec)))
+        .await?;
     // The TaintNodesByCondition admission plugin taints new nodes
     // `node.kubernetes.io/not-ready:NoSchedule`; the node lifecycle controller
     // (not running here) would lift it once Ready. Lift it ourselves.
     let untaint = json!({"spec": {"taints": null}});
-    nodes.patch(&spec.name, &PatchParams::default(), &Patch::Merge(&untaint)).await?;
+    nodes
+        .patch(&spec.name, &PatchParams::default(), &Patch::Merge(&untaint))
+        .await?;
     renew_lease(shared, spec).await?;
     Ok(())
 }
@@ -410,7 +447,11 @@ async fn renew_lease(shared: &Shared, spec: &NodeSpec) -> Result<()> {
         },
     });
     leases
-        .patch(&spec.name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(lease))
+        .patch(
+            &spec.name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(lease),
+        )
         .await?;
     Ok(())
 }
@@ -428,10 +469,13 @@ async fn heartbeat(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             if let Err(e) = renew_lease(&shared, spec).await {
                 tracing::warn!(node = %spec.name, "lease renewal failed: {e}");
             }
-            if tick % 3 == 0 {
+            if tick.is_multiple_of(3) {
                 let nodes: Api<Node> = Api::all(shared.client.clone());
                 let pp = PatchParams::apply(MANAGER).force();
-                if let Err(e) = nodes.patch_status(&spec.name, &pp, &Patch::Apply(node_status(spec))).await {
+                if let Err(e) = nodes
+                    .patch_status(&spec.name, &pp, &Patch::Apply(node_status(spec)))
+                    .await
+                {
                     tracing::warn!(node = %spec.name, "node status refresh failed: {e}");
                 }
             }
@@ -467,7 +511,11 @@ async fn reconcile(shared: &Arc<Shared>, pods_api: &Api<Pod>) -> Result<()> {
     {
         let mut local = shared.pods.lock().unwrap_or_else(|e| e.into_inner());
         // Pods gone from the API: stop their processes.
-        let gone: Vec<String> = local.keys().filter(|u| !bound.contains_key(*u)).cloned().collect();
+        let gone: Vec<String> = local
+            .keys()
+            .filter(|u| !bound.contains_key(*u))
+            .cloned()
+            .collect();
         for uid in gone {
             if let Some(h) = local.remove(&uid) {
                 to_stop.push((h, None));
@@ -521,7 +569,8 @@ fn to_stop_finalise_only(shared: &Arc<Shared>, p: Pod) {
 /// Deletes a terminating pod for good (what the kubelet does once its
 /// containers are gone): grace period 0, guarded by the pod's UID.
 async fn finalise(shared: &Shared, p: &Pod) {
-    let (Some(ns), Some(name)) = (p.metadata.namespace.as_deref(), p.metadata.name.as_deref()) else {
+    let (Some(ns), Some(name)) = (p.metadata.namespace.as_deref(), p.metadata.name.as_deref())
+    else {
         return;
     };
     let api: Api<Pod> = Api::namespaced(shared.client.clone(), ns);

@@ -52,7 +52,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerPort, KeyToPath, ObjectFieldSelector, Pod, Probe, Secret, ServiceAccount,
+    ConfigMap, Container, ContainerPort, KeyToPath, ObjectFieldSelector, Pod, Probe, Secret,
+    ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -131,10 +132,10 @@ impl PodHandle {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let dir = shared
-            .root
-            .path()
-            .join(format!("{namespace}_{name}_{}", uid.get(..8).unwrap_or(&uid)));
+        let dir = shared.root.path().join(format!(
+            "{namespace}_{name}_{}",
+            uid.get(..8).unwrap_or(&uid)
+        ));
         let spec = pod.spec.clone().unwrap_or_default();
         let now = Timestamp::now();
         let containers = spec
@@ -197,7 +198,10 @@ impl PodHandle {
     pub(crate) async fn stop(self, grace: Duration) {
         let _ = self.stop.send(Some(grace));
         let mut task = self.task;
-        if tokio::time::timeout(grace + Duration::from_secs(3), &mut task).await.is_err() {
+        if tokio::time::timeout(grace + Duration::from_secs(3), &mut task)
+            .await
+            .is_err()
+        {
             task.abort();
         }
         // Whatever is still recorded as running gets SIGKILL.
@@ -391,7 +395,11 @@ impl Supervisor {
                     Term {
                         exit_code,
                         signal,
-                        reason: if exit_code == 0 { "Completed".into() } else { "Error".into() },
+                        reason: if exit_code == 0 {
+                            "Completed".into()
+                        } else {
+                            "Error".into()
+                        },
                         message: String::new(),
                         started,
                         finished: Timestamp::now(),
@@ -498,7 +506,10 @@ async fn probe_loop(
             if ok {
                 ok_run += 1;
                 fail_run = 0;
-                if !c.ready && ok_run >= success_threshold && matches!(c.state, CState::Running { .. }) {
+                if !c.ready
+                    && ok_run >= success_threshold
+                    && matches!(c.state, CState::Running { .. })
+                {
                     c.ready = true;
                     notify.notify_one();
                 }
@@ -533,14 +544,18 @@ fn port_of(p: &IntOrString, ports: &[ContainerPort]) -> Option<u16> {
 /// gRPC: not modelled) pass.
 async fn check(probe: &Probe, ports: &[ContainerPort], ip: Ipv4Addr, timeout: Duration) -> bool {
     if let Some(h) = &probe.http_get {
-        let Some(port) = port_of(&h.port, ports) else { return false };
+        let Some(port) = port_of(&h.port, ports) else {
+            return false;
+        };
         let host: Ipv4Addr = h.host.as_deref().and_then(|s| s.parse().ok()).unwrap_or(ip);
         let path = h.path.as_deref().unwrap_or("/");
         return matches!(crate::http::get(SocketAddr::from((host, port)), path, timeout).await,
                         Ok(r) if (200..400).contains(&r.status));
     }
     if let Some(t) = &probe.tcp_socket {
-        let Some(port) = port_of(&t.port, ports) else { return false };
+        let Some(port) = port_of(&t.port, ports) else {
+            return false;
+        };
         return matches!(
             tokio::time::timeout(timeout, tokio::net::TcpStream::connect((ip, port))).await,
             Ok(Ok(_))
@@ -570,7 +585,11 @@ fn term_json(t: &Term, container_id: &str) -> Value {
 
 /// The pod's status as the kubelet would report it.
 fn status_json(pod: &Pod, ip: Ipv4Addr, st: &mut PodState) -> Value {
-    let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
+    let policy = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+        .unwrap_or("Always");
     let all_ready = !st.containers.is_empty() && st.containers.iter().all(|c| c.ready);
     if all_ready != st.was_ready {
         st.was_ready = all_ready;
@@ -599,7 +618,10 @@ fn status_json(pod: &Pod, ip: Ipv4Addr, st: &mut PodState) -> Value {
             v
         })
         .collect();
-    let all_done = st.containers.iter().all(|c| matches!(c.state, CState::Terminated(_)));
+    let all_done = st
+        .containers
+        .iter()
+        .all(|c| matches!(c.state, CState::Terminated(_)));
     let phase = if !st.prepared {
         "Pending"
     } else if policy != "Always" && all_done && !st.containers.is_empty() {
@@ -607,7 +629,11 @@ fn status_json(pod: &Pod, ip: Ipv4Addr, st: &mut PodState) -> Value {
             .containers
             .iter()
             .all(|c| matches!(&c.state, CState::Terminated(t) if t.exit_code == 0));
-        if ok { "Succeeded" } else { "Failed" }
+        if ok {
+            "Succeeded"
+        } else {
+            "Failed"
+        }
     } else {
         "Running"
     };
@@ -615,10 +641,17 @@ fn status_json(pod: &Pod, ip: Ipv4Addr, st: &mut PodState) -> Value {
     let cond = |t: &str, ok: bool, when: Timestamp| {
         let mut v = json!({"type": t, "status": tf(ok), "lastTransitionTime": ts(when)});
         if !ok && (t == "Ready" || t == "ContainersReady") {
-            let not_ready: Vec<&str> =
-                st.containers.iter().filter(|c| !c.ready).map(|c| c.name.as_str()).collect();
+            let not_ready: Vec<&str> = st
+                .containers
+                .iter()
+                .filter(|c| !c.ready)
+                .map(|c| c.name.as_str())
+                .collect();
             v["reason"] = json!("ContainersNotReady");
-            v["message"] = json!(format!("containers with unready status: [{}]", not_ready.join(" ")));
+            v["message"] = json!(format!(
+                "containers with unready status: [{}]",
+                not_ready.join(" ")
+            ));
         }
         v
     };
@@ -638,13 +671,23 @@ fn status_json(pod: &Pod, ip: Ipv4Addr, st: &mut PodState) -> Value {
     })
 }
 
-async fn write_status(api: &Api<Pod>, name: &str, pod: &Pod, ip: Ipv4Addr, state: &Shared0, last: &mut Value) {
+async fn write_status(
+    api: &Api<Pod>,
+    name: &str,
+    pod: &Pod,
+    ip: Ipv4Addr,
+    state: &Shared0,
+    last: &mut Value,
+) {
     let status = status_json(pod, ip, &mut lock(state));
     if status == *last {
         return;
     }
     let patch = json!({ "status": status });
-    match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
         Ok(_) => *last = status,
         Err(kube::Error::Api(s)) if s.code == 404 => *last = status,
         Err(e) => tracing::warn!(pod = %name, "writing pod status failed: {e}"),
@@ -656,7 +699,12 @@ async fn write_status(api: &Api<Pod>, name: &str, pod: &Pod, ip: Ipv4Addr, state
 
 /// Writes the pod's volumes and resolves every container's plan. `Err` carries
 /// a message for `ContainerCreating` (e.g. a missing ConfigMap).
-async fn prepare(shared: &Shared, pod: &Pod, ip: Ipv4Addr, dir: &Path) -> Result<Vec<Plan>, String> {
+async fn prepare(
+    shared: &Shared,
+    pod: &Pod,
+    ip: Ipv4Addr,
+    dir: &Path,
+) -> Result<Vec<Plan>, String> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
@@ -679,10 +727,22 @@ async fn prepare(shared: &Shared, pod: &Pod, ip: Ipv4Addr, dir: &Path) -> Result
         }
         std::fs::create_dir_all(&vdir).map_err(|e| io("creating volume dir", e))?;
         if let Some(cm) = &v.config_map {
-            src.write_config_map(&cm.name, cm.items.as_deref(), cm.optional.unwrap_or(false), &vdir).await?;
+            src.write_config_map(
+                &cm.name,
+                cm.items.as_deref(),
+                cm.optional.unwrap_or(false),
+                &vdir,
+            )
+            .await?;
         } else if let Some(s) = &v.secret {
             let name = s.secret_name.clone().unwrap_or_default();
-            src.write_secret(&name, s.items.as_deref(), s.optional.unwrap_or(false), &vdir).await?;
+            src.write_secret(
+                &name,
+                s.items.as_deref(),
+                s.optional.unwrap_or(false),
+                &vdir,
+            )
+            .await?;
         } else if let Some(d) = &v.downward_api {
             for item in d.items.iter().flatten() {
                 if let Some(f) = &item.field_ref {
@@ -692,10 +752,22 @@ async fn prepare(shared: &Shared, pod: &Pod, ip: Ipv4Addr, dir: &Path) -> Result
         } else if let Some(p) = &v.projected {
             for s in p.sources.iter().flatten() {
                 if let Some(cm) = &s.config_map {
-                    src.write_config_map(&cm.name, cm.items.as_deref(), cm.optional.unwrap_or(false), &vdir).await?;
+                    src.write_config_map(
+                        &cm.name,
+                        cm.items.as_deref(),
+                        cm.optional.unwrap_or(false),
+                        &vdir,
+                    )
+                    .await?;
                 }
                 if let Some(sec) = &s.secret {
-                    src.write_secret(&sec.name, sec.items.as_deref(), sec.optional.unwrap_or(false), &vdir).await?;
+                    src.write_secret(
+                        &sec.name,
+                        sec.items.as_deref(),
+                        sec.optional.unwrap_or(false),
+                        &vdir,
+                    )
+                    .await?;
                 }
                 if let Some(d) = &s.downward_api {
                     for item in d.items.iter().flatten() {
@@ -724,16 +796,23 @@ async fn prepare(shared: &Shared, pod: &Pod, ip: Ipv4Addr, dir: &Path) -> Result
 
 fn write_file(path: &Path, data: &[u8]) -> Result<(), String> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("creating {}: {e}", parent.display()))?;
     }
     std::fs::write(path, data).map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
-fn write_items(dir: &Path, data: &BTreeMap<String, Vec<u8>>, items: Option<&[KeyToPath]>) -> Result<(), String> {
+fn write_items(
+    dir: &Path,
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+) -> Result<(), String> {
     match items {
         Some(items) => {
             for it in items {
-                let v = data.get(&it.key).ok_or_else(|| format!("key {:?} not found", it.key))?;
+                let v = data
+                    .get(&it.key)
+                    .ok_or_else(|| format!("key {:?} not found", it.key))?;
                 write_file(&dir.join(&it.path), v)?;
             }
         }
@@ -757,7 +836,10 @@ struct Sources<'a> {
 impl Sources<'_> {
     async fn config_map(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
         let api: Api<ConfigMap> = Api::namespaced(self.shared.client.clone(), &self.ns);
-        let cm = api.get_opt(name).await.map_err(|e| format!("configmap {name}: {e}"))?;
+        let cm = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("configmap {name}: {e}"))?;
         Ok(cm.map(|cm| {
             let mut m: BTreeMap<String, Vec<u8>> = cm
                 .data
@@ -765,18 +847,38 @@ impl Sources<'_> {
                 .into_iter()
                 .map(|(k, v)| (k, v.into_bytes()))
                 .collect();
-            m.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
+            m.extend(
+                cm.binary_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0)),
+            );
             m
         }))
     }
 
     async fn secret(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
         let api: Api<Secret> = Api::namespaced(self.shared.client.clone(), &self.ns);
-        let s = api.get_opt(name).await.map_err(|e| format!("secret {name}: {e}"))?;
-        Ok(s.map(|s| s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect()))
+        let s = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("secret {name}: {e}"))?;
+        Ok(s.map(|s| {
+            s.data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect()
+        }))
     }
 
-    async fn write_config_map(&self, name: &str, items: Option<&[KeyToPath]>, optional: bool, dir: &Path) -> Result<(), String> {
+    async fn write_config_map(
+        &self,
+        name: &str,
+        items: Option<&[KeyToPath]>,
+        optional: bool,
+        dir: &Path,
+    ) -> Result<(), String> {
         match self.config_map(name).await? {
             Some(data) => write_items(dir, &data, items),
             None if optional => Ok(()),
@@ -784,7 +886,13 @@ impl Sources<'_> {
         }
     }
 
-    async fn write_secret(&self, name: &str, items: Option<&[KeyToPath]>, optional: bool, dir: &Path) -> Result<(), String> {
+    async fn write_secret(
+        &self,
+        name: &str,
+        items: Option<&[KeyToPath]>,
+        optional: bool,
+        dir: &Path,
+    ) -> Result<(), String> {
         match self.secret(name).await? {
             Some(data) => write_items(dir, &data, items),
             None if optional => Ok(()),
@@ -793,7 +901,11 @@ impl Sources<'_> {
     }
 
     /// A service-account token bound to this pod (TokenRequest API).
-    async fn token(&self, audience: Option<String>, expiration: Option<i64>) -> Result<String, String> {
+    async fn token(
+        &self,
+        audience: Option<String>,
+        expiration: Option<i64>,
+    ) -> Result<String, String> {
         let sa = self
             .pod
             .spec
@@ -818,7 +930,9 @@ impl Sources<'_> {
             .create_token_request(&sa, &PostParams::default(), &req)
             .await
             .map_err(|e| format!("token for service account {sa}: {e}"))?;
-        tr.status.and_then(|s| s.token).ok_or_else(|| "token request returned no token".into())
+        tr.status
+            .and_then(|s| s.token)
+            .ok_or_else(|| "token request returned no token".into())
     }
 
     /// `fieldRef` values.
@@ -828,7 +942,12 @@ impl Sources<'_> {
         let path = f.field_path.as_str();
         let keyed = |prefix: &str, map: &Option<BTreeMap<String, String>>| -> Option<String> {
             let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
-            Some(map.as_ref().and_then(|m| m.get(key)).cloned().unwrap_or_default())
+            Some(
+                map.as_ref()
+                    .and_then(|m| m.get(key))
+                    .cloned()
+                    .unwrap_or_default(),
+            )
         };
         if let Some(v) = keyed("metadata.labels['", &m.labels) {
             return Ok(v);
@@ -841,7 +960,9 @@ impl Sources<'_> {
             "metadata.namespace" => self.ns.clone(),
             "metadata.uid" => m.uid.clone().unwrap_or_default(),
             "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-            "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()).unwrap_or_default(),
+            "spec.serviceAccountName" => spec
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_default(),
             "status.podIP" | "status.podIPs" => self.ip.to_string(),
             "status.hostIP" | "status.hostIPs" => "127.0.0.1".into(),
             other => return Err(format!("unsupported fieldRef {other:?}")),
@@ -883,7 +1004,12 @@ impl Sources<'_> {
             env.set(k, v);
         }
         let name = self.pod.metadata.name.clone().unwrap_or_default();
-        let node = self.pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        let node = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
         env.set("POD_IP", &self.ip.to_string());
         env.set("POD_NAME", &name);
         env.set("POD_NAMESPACE", &self.ns);
@@ -896,7 +1022,10 @@ impl Sources<'_> {
             }
         }
         env.set("MEDEMBED_POD_DIR", &dir.to_string_lossy());
-        let table: Vec<String> = mounts.iter().map(|(m, h)| format!("{m}={}", h.display())).collect();
+        let table: Vec<String> = mounts
+            .iter()
+            .map(|(m, h)| format!("{m}={}", h.display()))
+            .collect();
         env.set("MEDEMBED_MOUNTS", &table.join("\n"));
         if let Some((token, ca)) = kubeconfig {
             let path = dir.join(format!("kubeconfig-{}", c.name));
@@ -941,19 +1070,32 @@ impl Sources<'_> {
                     match data.as_ref().and_then(|d| d.get(&r.key)) {
                         Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
                         None if r.optional.unwrap_or(false) => None,
-                        None => return Err(format!("secret \"{}\" key {:?} not found", r.name, r.key)),
+                        None => {
+                            return Err(format!("secret \"{}\" key {:?} not found", r.name, r.key))
+                        }
                     }
                 } else if let Some(r) = &vf.config_map_key_ref {
                     let data = self.config_map(&r.name).await?;
                     match data.as_ref().and_then(|d| d.get(&r.key)) {
                         Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
                         None if r.optional.unwrap_or(false) => None,
-                        None => return Err(format!("configmap \"{}\" key {:?} not found", r.name, r.key)),
+                        None => {
+                            return Err(format!(
+                                "configmap \"{}\" key {:?} not found",
+                                r.name, r.key
+                            ))
+                        }
                     }
                 } else if let Some(r) = &vf.resource_field_ref {
                     let res = c.resources.as_ref();
-                    let key = r.resource.split_once('.').map(|(_, k)| k).unwrap_or(&r.resource);
-                    let pick = |m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+                    let key = r
+                        .resource
+                        .split_once('.')
+                        .map(|(_, k)| k)
+                        .unwrap_or(&r.resource);
+                    let pick = |m: Option<
+                        &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+                    >| {
                         m.and_then(|m| m.get(key)).map(|q| q.0.clone())
                     };
                     Some(
@@ -977,7 +1119,11 @@ impl Sources<'_> {
             .vars
             .iter()
             .map(|(k, v)| {
-                let v = if k == "MEDEMBED_MOUNTS" { v.clone() } else { rewrite_mounts(v, &mounts) };
+                let v = if k == "MEDEMBED_MOUNTS" {
+                    v.clone()
+                } else {
+                    rewrite_mounts(v, &mounts)
+                };
                 (k.clone(), v)
             })
             .collect();
@@ -997,7 +1143,11 @@ impl Sources<'_> {
             .unwrap_or_else(|| dir.to_path_buf());
         Ok(Plan {
             name: c.name.clone(),
-            program: c.image.as_deref().and_then(|i| self.shared.config.binary_for(i)).map(Path::to_path_buf),
+            program: c
+                .image
+                .as_deref()
+                .and_then(|i| self.shared.config.binary_for(i))
+                .map(Path::to_path_buf),
             args,
             env: env_vars,
             cwd,
@@ -1023,7 +1173,10 @@ impl Env {
     }
 
     fn get(&self, k: &str) -> Option<&str> {
-        self.vars.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
+        self.vars
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
     }
 
     /// `$(VAR)` → its value if defined (else left as is); `$$` → `$`.
@@ -1103,14 +1256,32 @@ mod tests {
     #[test]
     fn rewrites_mount_paths_at_boundaries_only() {
         let mounts = vec![
-            ("/etc/app/certs".to_string(), PathBuf::from("/tmp/p/volumes/certs")),
-            ("/etc/app".to_string(), PathBuf::from("/tmp/p/volumes/config")),
+            (
+                "/etc/app/certs".to_string(),
+                PathBuf::from("/tmp/p/volumes/certs"),
+            ),
+            (
+                "/etc/app".to_string(),
+                PathBuf::from("/tmp/p/volumes/config"),
+            ),
         ];
-        assert_eq!(rewrite_mounts("/etc/app/config.yaml", &mounts), "/tmp/p/volumes/config/config.yaml");
-        assert_eq!(rewrite_mounts("--tls=/etc/app/certs/tls.crt", &mounts), "--tls=/tmp/p/volumes/certs/tls.crt");
-        assert_eq!(rewrite_mounts("/etc/application", &mounts), "/etc/application");
+        assert_eq!(
+            rewrite_mounts("/etc/app/config.yaml", &mounts),
+            "/tmp/p/volumes/config/config.yaml"
+        );
+        assert_eq!(
+            rewrite_mounts("--tls=/etc/app/certs/tls.crt", &mounts),
+            "--tls=/tmp/p/volumes/certs/tls.crt"
+        );
+        assert_eq!(
+            rewrite_mounts("/etc/application", &mounts),
+            "/etc/application"
+        );
         assert_eq!(rewrite_mounts("x/etc/app", &mounts), "x/etc/app");
-        assert_eq!(rewrite_mounts("a:/etc/app", &mounts), "a:/tmp/p/volumes/config");
+        assert_eq!(
+            rewrite_mounts("a:/etc/app", &mounts),
+            "a:/tmp/p/volumes/config"
+        );
     }
 
     #[test]

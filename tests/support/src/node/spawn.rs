@@ -63,7 +63,8 @@ impl Spawner {
         self.tx
             .send((cmd, reply))
             .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
-        rx.await.map_err(|_| std::io::Error::other("spawner thread is gone"))?
+        rx.await
+            .map_err(|_| std::io::Error::other("spawner thread is gone"))?
     }
 }
 

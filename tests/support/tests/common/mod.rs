@@ -36,7 +36,9 @@ pub async fn setup(prefix: &str) -> Env {
     let config = AgentConfig::new(ns.name().to_string())
         .node(NodeSpec::gpu(format!("{}-gpu-0", ns.name()), 2))
         .image("medembed/test-http", env!("CARGO_BIN_EXE_test-http"));
-    let agent = NodeAgent::start(&cp, config).await.expect("node agent starts");
+    let agent = NodeAgent::start(&cp, config)
+        .await
+        .expect("node agent starts");
     Env { agent, ns, cp }
 }
 
@@ -84,7 +86,9 @@ pub fn is_ready(p: &Pod) -> bool {
 
 /// GET `path` on a pod IP; `None` when unreachable.
 pub async fn get(ip: Ipv4Addr, path: &str) -> Option<http::Response> {
-    http::get(SocketAddr::from((ip, PORT)), path, Duration::from_secs(2)).await.ok()
+    http::get(SocketAddr::from((ip, PORT)), path, Duration::from_secs(2))
+        .await
+        .ok()
 }
 
 /// Whether a process id is still alive.
