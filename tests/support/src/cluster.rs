@@ -152,6 +152,12 @@ impl ControlPlane {
         BIN_DIR.get().map(PathBuf::as_path)
     }
 
+    /// The `helm` binary built next to the control plane (building it first,
+    /// if needed, even when the cluster itself is reused).
+    pub async fn helm(&self) -> Result<PathBuf> {
+        Ok(bin_dir().await?.join("helm"))
+    }
+
     /// A client authenticating with a bearer `token` (e.g. a service
     /// account's), trusting the cluster's CA.
     pub fn client_with_token(&self, token: &str) -> Result<Client> {

@@ -1,0 +1,85 @@
+//! Helm (built from its Go module next to the control plane) installs a chart
+//! into the local cluster, with RBAC on.
+
+mod common;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use medembed_testsupport::wait;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_installs_a_chart() {
+    let started = std::time::Instant::now();
+    let env = common::setup("helm").await;
+    let chart = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(chart.path().join("templates")).expect("templates dir");
+    std::fs::write(
+        chart.path().join("Chart.yaml"),
+        "apiVersion: v2\nname: tiny\nversion: 0.1.0\n",
+    )
+    .expect("Chart.yaml");
+    std::fs::write(chart.path().join("values.yaml"), "greeting: hello\n").expect("values");
+    std::fs::write(
+        chart.path().join("templates/cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\ndata:\n  greeting: {{ .Values.greeting | quote }}\n",
+    )
+    .expect("template");
+    let helm = env.cp.helm().await.expect("helm binary");
+    let run = |args: Vec<String>| {
+        let helm = helm.clone();
+        async move {
+            let out = tokio::process::Command::new(&helm)
+                .args(&args)
+                .kill_on_drop(true)
+                .output()
+                .await
+                .expect("run helm");
+            assert!(
+                out.status.success(),
+                "helm {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let kubeconfig = env.cp.kubeconfig().display().to_string();
+    let chart_dir = chart.path().display().to_string();
+    let lint = run(vec!["lint".into(), chart_dir.clone()]).await;
+    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+    wait::within(
+        "helm install",
+        Duration::from_secs(60),
+        run(vec![
+            "install".into(),
+            "demo".into(),
+            chart_dir,
+            "--kubeconfig".into(),
+            kubeconfig,
+            "--namespace".into(),
+            env.ns.name().into(),
+            "--set".into(),
+            "greeting=hi".into(),
+            "--wait".into(),
+            "--timeout".into(),
+            "30s".into(),
+        ]),
+    )
+    .await
+    .expect("helm install in time");
+    let cm = env
+        .ns
+        .api::<ConfigMap>()
+        .get("demo-cm")
+        .await
+        .expect("configmap from chart");
+    assert_eq!(
+        cm.data
+            .unwrap_or_default()
+            .get("greeting")
+            .map(String::as_str),
+        Some("hi")
+    );
+    env.teardown().await;
+    eprintln!("helm_installs_a_chart took {:?}", started.elapsed());
+}
