@@ -12,6 +12,8 @@
 # are cached outside the repository under
 # $MEDEMBED_CACHE/cluster-<hash of go.mod/go.sum/main.go + go version>/bin; a
 # cold build takes ~15-25 minutes on 2 cores (see tests/cluster/README.md).
+# kube-apiserver carries one patch (tests/cluster/patches/): loopback IPs are
+# allowed in Endpoints/EndpointSlices, since our pods live on 127.0.0.0/8.
 #
 #   scripts/cluster-build.sh          # prints the bin directory
 #   NICE=10 scripts/cluster-build.sh  # build at lower CPU priority
