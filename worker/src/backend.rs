@@ -117,13 +117,22 @@ impl SessionOptions {
 }
 
 fn file_sha256(path: &Path) -> Result<String, String> {
-    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok(h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect())
+    Ok(h.finalize()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
-fn open_session(env: &ort::environment::Environment, graph: &Path, opts: &SessionOptions) -> Result<Session, String> {
+fn open_session(
+    env: &ort::environment::Environment,
+    graph: &Path,
+    opts: &SessionOptions,
+) -> Result<Session, String> {
     let providers = opts.providers(graph)?;
     let mut builder = Session::builder(env)
         .map_err(|e| e.to_string())?
@@ -132,9 +141,12 @@ fn open_session(env: &ort::environment::Environment, graph: &Path, opts: &Sessio
         .with_intra_threads(opts.intra_threads)
         .map_err(|e| e.to_string())?;
     if !providers.is_empty() {
-        builder = builder
-            .with_execution_providers(providers)
-            .map_err(|e| format!("{} execution provider could not be registered: {e}", opts.provider.as_str()))?;
+        builder = builder.with_execution_providers(providers).map_err(|e| {
+            format!(
+                "{} execution provider could not be registered: {e}",
+                opts.provider.as_str()
+            )
+        })?;
     }
     builder.commit_from_file(graph).map_err(|e| e.to_string())
 }
@@ -156,7 +168,10 @@ fn check_outlet(outlets: &[ort::value::Outlet], kind: &str, e: &Expect<'_>) -> R
         return Err(format!("{kind} {:?} is not a tensor", e.name));
     };
     if *ty != e.ty {
-        return Err(format!("{kind} {:?} has element type {ty:?}, expected {:?}", e.name, e.ty));
+        return Err(format!(
+            "{kind} {:?} has element type {ty:?}, expected {:?}",
+            e.name, e.ty
+        ));
     }
     let dims: Vec<i64> = shape.iter().copied().collect();
     let want_rank = e.dims.len() + 1;
@@ -164,7 +179,11 @@ fn check_outlet(outlets: &[ort::value::Outlet], kind: &str, e: &Expect<'_>) -> R
         return Err(format!(
             "{kind} {:?} has shape {dims:?}, expected [batch, {}]",
             e.name,
-            e.dims.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+            e.dims
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     if dims[0] > 0 {
@@ -177,7 +196,11 @@ fn check_outlet(outlets: &[ort::value::Outlet], kind: &str, e: &Expect<'_>) -> R
         return Err(format!(
             "{kind} {:?} has shape {dims:?}, expected [batch, {}]",
             e.name,
-            e.dims.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+            e.dims
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     Ok(())
@@ -210,13 +233,21 @@ impl std::fmt::Debug for ImageModel {
 
 impl std::fmt::Debug for TextModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TextModel({}, {} -> {})", self.input_ids, self.attention_mask, self.output)
+        write!(
+            f,
+            "TextModel({}, {} -> {})",
+            self.input_ids, self.attention_mask, self.output
+        )
     }
 }
 
 impl ImageModel {
     /// Opens the image graph and checks it against the config.
-    pub fn load(model: &ModelDir, opts: &SessionOptions, library: Option<&Path>) -> Result<Self, ModelError> {
+    pub fn load(
+        model: &ModelDir,
+        opts: &SessionOptions,
+        library: Option<&Path>,
+    ) -> Result<Self, ModelError> {
         let c = &model.config;
         let graph = model.file(&c.image.onnx);
         let runtime = |reason: String| ModelError::Runtime {
@@ -253,7 +284,10 @@ impl ImageModel {
         )
         .map_err(mismatch)?;
         if session.inputs().len() != 1 {
-            return Err(mismatch(format!("expected exactly one input, found {}", session.inputs().len())));
+            return Err(mismatch(format!(
+                "expected exactly one input, found {}",
+                session.inputs().len()
+            )));
         }
         Ok(Self {
             session,
@@ -273,7 +307,8 @@ impl ImageModel {
     /// returning `n * dim` floats, each row L2-normalised.
     pub fn run(&mut self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>, InferenceError> {
         let shape = [n, 3, self.size, self.size];
-        let tensor = Tensor::from_array((shape, pixels)).map_err(|e| InferenceError(e.to_string()))?;
+        let tensor =
+            Tensor::from_array((shape, pixels)).map_err(|e| InferenceError(e.to_string()))?;
         let outputs = self
             .session
             .run(ort::inputs![self.input.as_str() => tensor])
@@ -284,7 +319,11 @@ impl ImageModel {
 
 impl TextModel {
     /// Opens the text graph and checks it against the config.
-    pub fn load(model: &ModelDir, opts: &SessionOptions, library: Option<&Path>) -> Result<Self, ModelError> {
+    pub fn load(
+        model: &ModelDir,
+        opts: &SessionOptions,
+        library: Option<&Path>,
+    ) -> Result<Self, ModelError> {
         let c = &model.config;
         let graph = model.file(&c.text.onnx);
         let runtime = |reason: String| ModelError::Runtime {
@@ -323,7 +362,10 @@ impl TextModel {
         )
         .map_err(mismatch)?;
         if session.inputs().len() != 2 {
-            return Err(mismatch(format!("expected exactly two inputs, found {}", session.inputs().len())));
+            return Err(mismatch(format!(
+                "expected exactly two inputs, found {}",
+                session.inputs().len()
+            )));
         }
         Ok(Self {
             session,
@@ -346,7 +388,12 @@ impl TextModel {
     }
 
     /// Embeds `n` tokenized texts, returning `n * dim` floats, each row L2-normalised.
-    pub fn run(&mut self, ids: Vec<i64>, mask: Vec<i64>, n: usize) -> Result<Vec<f32>, InferenceError> {
+    pub fn run(
+        &mut self,
+        ids: Vec<i64>,
+        mask: Vec<i64>,
+        n: usize,
+    ) -> Result<Vec<f32>, InferenceError> {
         let shape = [n, self.context];
         let ids = Tensor::from_array((shape, ids)).map_err(|e| InferenceError(e.to_string()))?;
         let mask = Tensor::from_array((shape, mask)).map_err(|e| InferenceError(e.to_string()))?;
@@ -361,7 +408,12 @@ impl TextModel {
     }
 }
 
-fn extract(outputs: &ort::session::SessionOutputs<'_>, name: &str, n: usize, dim: usize) -> Result<Vec<f32>, InferenceError> {
+fn extract(
+    outputs: &ort::session::SessionOutputs<'_>,
+    name: &str,
+    n: usize,
+    dim: usize,
+) -> Result<Vec<f32>, InferenceError> {
     let value = outputs
         .get(name)
         .ok_or_else(|| InferenceError(format!("output {name:?} missing")))?;
@@ -370,7 +422,9 @@ fn extract(outputs: &ort::session::SessionOutputs<'_>, name: &str, n: usize, dim
         .map_err(|e| InferenceError(e.to_string()))?;
     let dims: Vec<i64> = shape.iter().copied().collect();
     if dims != [n as i64, dim as i64] {
-        return Err(InferenceError(format!("output {name:?} has shape {dims:?}, expected [{n}, {dim}]")));
+        return Err(InferenceError(format!(
+            "output {name:?} has shape {dims:?}, expected [{n}, {dim}]"
+        )));
     }
     let mut out = data.to_vec();
     // The contract is unit-norm embeddings; exports (fp16 especially) may be a

@@ -177,7 +177,11 @@ pub struct BatchPolicy {
 /// Takes the next batch: blocks for the first item, then takes what is queued
 /// up to `max_batch`, waiting up to `max_delay` only while `more_coming()`.
 /// Returns `None` once the channel is closed and empty.
-fn next_batch<T>(rx: &Receiver<T>, policy: BatchPolicy, more_coming: &dyn Fn() -> bool) -> Option<Vec<T>> {
+fn next_batch<T>(
+    rx: &Receiver<T>,
+    policy: BatchPolicy,
+    more_coming: &dyn Fn() -> bool,
+) -> Option<Vec<T>> {
     let first = rx.recv().ok()?;
     let mut batch = Vec::with_capacity(policy.max_batch);
     batch.push(first);
@@ -227,7 +231,10 @@ fn keep_live<T: Item>(batch: Vec<T>, tower: &str, metrics: &Metrics) -> Vec<T> {
     for item in batch {
         let m = item.meta();
         if m.abandoned() {
-            metrics.dropped.with_label_values(&[tower, "cancelled"]).inc();
+            metrics
+                .dropped
+                .with_label_values(&[tower, "cancelled"])
+                .inc();
         } else if now >= m.deadline {
             metrics.dropped.with_label_values(&[tower, "expired"]).inc();
             // The handler may be gone already; then nobody listens, which is fine.
@@ -253,7 +260,9 @@ pub struct Pipeline {
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").field("threads", &self.threads.len()).finish()
+        f.debug_struct("Pipeline")
+            .field("threads", &self.threads.len())
+            .finish()
     }
 }
 
@@ -285,7 +294,8 @@ impl Pipeline {
     /// Starts the decode pool and one batcher thread per session.
     pub fn start(parts: PipelineParts, metrics: &Metrics) -> std::io::Result<Self> {
         let (decode_tx, decode_rx) = crossbeam_channel::unbounded::<ImageJob>();
-        let (image_tx, image_rx) = crossbeam_channel::bounded::<ReadyImage>(parts.image_policy.max_batch);
+        let (image_tx, image_rx) =
+            crossbeam_channel::bounded::<ReadyImage>(parts.image_policy.max_batch);
         let (text_tx, text_rx) = crossbeam_channel::unbounded::<TextJob>();
         let images_decoding = Arc::new(AtomicUsize::new(0));
         let mut threads = Vec::new();
@@ -301,7 +311,9 @@ impl Pipeline {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("decode-{i}"))
-                    .spawn(move || decode_loop(rx, tx, &transform, &limits, &windowing, &metrics, &decoding))?,
+                    .spawn(move || {
+                        decode_loop(rx, tx, &transform, &limits, &windowing, &metrics, &decoding)
+                    })?,
             );
         }
         drop(image_tx);
@@ -337,7 +349,10 @@ impl Pipeline {
                 parts.max_queued_images,
                 metrics.queue_depth.with_label_values(&["image"]),
             ),
-            text_admission: Admission::new(parts.max_queued_texts, metrics.queue_depth.with_label_values(&["text"])),
+            text_admission: Admission::new(
+                parts.max_queued_texts,
+                metrics.queue_depth.with_label_values(&["text"]),
+            ),
         })
     }
 
@@ -363,8 +378,14 @@ impl Pipeline {
 
     /// Stops taking work; the threads finish what is queued and exit.
     pub fn close(&self) {
-        self.decode_tx.write().unwrap_or_else(|p| p.into_inner()).take();
-        self.text_tx.write().unwrap_or_else(|p| p.into_inner()).take();
+        self.decode_tx
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.text_tx
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 
     /// Closes and waits for the threads to finish.
@@ -389,12 +410,18 @@ fn decode_loop(
         let meta = job.meta;
         // Dead work costs nothing: skip decoding it.
         if meta.abandoned() {
-            metrics.dropped.with_label_values(&["image", "cancelled"]).inc();
+            metrics
+                .dropped
+                .with_label_values(&["image", "cancelled"])
+                .inc();
             decoding.fetch_sub(1, Ordering::AcqRel);
             continue;
         }
         if Instant::now() >= meta.deadline {
-            metrics.dropped.with_label_values(&["image", "expired"]).inc();
+            metrics
+                .dropped
+                .with_label_values(&["image", "expired"])
+                .inc();
             decoding.fetch_sub(1, Ordering::AcqRel);
             let _ = meta.reply.send(Err(ItemError::Expired));
             continue;
@@ -408,7 +435,9 @@ fn decode_loop(
             transform.apply(&img, &mut pixels)?;
             Ok(pixels)
         });
-        metrics.decode_duration.observe(started.elapsed().as_secs_f64());
+        metrics
+            .decode_duration
+            .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(pixels) => {
                 // Blocks while the batcher is a full batch behind: back-pressure
@@ -455,7 +484,13 @@ fn observe_start(metas: &[&JobMeta], tower: &str, metrics: &Metrics) {
         .observe(metas.len() as f64);
 }
 
-fn image_loop(rx: Receiver<ReadyImage>, mut model: ImageModel, policy: BatchPolicy, metrics: &Metrics, decoding: &AtomicUsize) {
+fn image_loop(
+    rx: Receiver<ReadyImage>,
+    mut model: ImageModel,
+    policy: BatchPolicy,
+    metrics: &Metrics,
+    decoding: &AtomicUsize,
+) {
     let more_coming = || decoding.load(Ordering::Acquire) > 0;
     while let Some(batch) = next_batch(&rx, policy, &more_coming) {
         let batch = keep_live(batch, "image", metrics);
@@ -463,7 +498,11 @@ fn image_loop(rx: Receiver<ReadyImage>, mut model: ImageModel, policy: BatchPoli
             continue;
         }
         let n = batch.len();
-        observe_start(&batch.iter().map(|i| &i.meta).collect::<Vec<_>>(), "image", metrics);
+        observe_start(
+            &batch.iter().map(|i| &i.meta).collect::<Vec<_>>(),
+            "image",
+            metrics,
+        );
         let mut pixels = Vec::with_capacity(batch.iter().map(|i| i.pixels.len()).sum());
         let mut metas = Vec::with_capacity(n);
         for item in batch {
@@ -493,7 +532,11 @@ fn text_loop(rx: Receiver<TextJob>, mut model: TextModel, policy: BatchPolicy, m
             continue;
         }
         let n = batch.len();
-        observe_start(&batch.iter().map(|t| &t.meta).collect::<Vec<_>>(), "text", metrics);
+        observe_start(
+            &batch.iter().map(|t| &t.meta).collect::<Vec<_>>(),
+            "text",
+            metrics,
+        );
         let mut tokens = Tokens {
             input_ids: Vec::with_capacity(n * model.context()),
             attention_mask: Vec::with_capacity(n * model.context()),

@@ -68,7 +68,12 @@ pub struct WorkerConfig {
     pub ort_library: Option<PathBuf>,
 
     /// Execution provider. A GPU provider that fails to register is a fatal error.
-    #[arg(long, env = "MEDEMBED_EXECUTION_PROVIDER", value_enum, default_value = "cpu")]
+    #[arg(
+        long,
+        env = "MEDEMBED_EXECUTION_PROVIDER",
+        value_enum,
+        default_value = "cpu"
+    )]
     pub execution_provider: ExecutionProvider,
 
     /// GPU ordinal for the CUDA and TensorRT providers.
@@ -76,7 +81,11 @@ pub struct WorkerConfig {
     pub device_id: i32,
 
     /// Directory for TensorRT engine and timing caches (persist it across restarts).
-    #[arg(long, env = "MEDEMBED_TRT_CACHE_DIR", default_value = "/var/cache/medembed/tensorrt")]
+    #[arg(
+        long,
+        env = "MEDEMBED_TRT_CACHE_DIR",
+        default_value = "/var/cache/medembed/tensorrt"
+    )]
     pub trt_cache_dir: PathBuf,
 
     /// Let TensorRT build fp16 engines.
@@ -141,7 +150,12 @@ pub struct WorkerConfig {
     pub max_image_pixels: u64,
 
     /// The managed service's 512 px + JPEG q75 standardisation before preprocessing.
-    #[arg(long, env = "MEDEMBED_STANDARDIZE", value_enum, default_value = "model")]
+    #[arg(
+        long,
+        env = "MEDEMBED_STANDARDIZE",
+        value_enum,
+        default_value = "model"
+    )]
     pub standardize: StandardizeMode,
 
     /// Seconds to finish accepted requests after SIGTERM before exiting.

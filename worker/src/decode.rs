@@ -44,9 +44,14 @@ impl DecodeLimits {
     /// Checks declared dimensions against the limits.
     pub fn check(&self, width: u32, height: u32) -> Result<(), DecodeError> {
         if width == 0 || height == 0 {
-            return Err(DecodeError::Corrupt("image has zero width or height".into()));
+            return Err(DecodeError::Corrupt(
+                "image has zero width or height".into(),
+            ));
         }
-        if width > self.max_side || height > self.max_side || u64::from(width) * u64::from(height) > self.max_pixels {
+        if width > self.max_side
+            || height > self.max_side
+            || u64::from(width) * u64::from(height) > self.max_pixels
+        {
             return Err(DecodeError::TooLarge {
                 width,
                 height,
@@ -93,7 +98,11 @@ pub struct Image8 {
 impl std::fmt::Debug for Image8 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never dump pixels.
-        write!(f, "Image8({}x{} {:?})", self.width, self.height, self.channels)
+        write!(
+            f,
+            "Image8({}x{} {:?})",
+            self.width, self.height, self.channels
+        )
     }
 }
 
@@ -152,7 +161,11 @@ const B64: GeneralPurpose = GeneralPurpose::new(
 pub fn decode_base64(s: &str) -> Result<Vec<u8>, DecodeError> {
     let bytes = s.as_bytes();
     if bytes.iter().any(|b| b.is_ascii_whitespace()) {
-        let compact: Vec<u8> = bytes.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+        let compact: Vec<u8> = bytes
+            .iter()
+            .copied()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect();
         B64.decode(compact).map_err(|_| DecodeError::Base64)
     } else {
         B64.decode(bytes).map_err(|_| DecodeError::Base64)
@@ -184,7 +197,11 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
 }
 
 /// Decodes image bytes of any accepted format to an 8-bit raster.
-pub fn decode(bytes: &[u8], limits: &DecodeLimits, windowing: &Windowing) -> Result<Image8, DecodeError> {
+pub fn decode(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    windowing: &Windowing,
+) -> Result<Image8, DecodeError> {
     match sniff(bytes).ok_or(DecodeError::UnknownFormat)? {
         Format::Png => decode_raster(bytes, ImageFormat::Png, limits, windowing),
         Format::Jpeg => decode_raster(bytes, ImageFormat::Jpeg, limits, windowing),
@@ -309,31 +326,56 @@ mod tests {
     #[test]
     fn header_declaring_huge_image_is_refused_before_allocation() {
         // A valid 1x1 PNG with the IHDR dimensions patched to 100000x100000.
-        let mut png = png_bytes(DynamicImage::ImageLuma8(ImageBuffer::from_pixel(1, 1, Luma([0u8]))));
+        let mut png = png_bytes(DynamicImage::ImageLuma8(ImageBuffer::from_pixel(
+            1,
+            1,
+            Luma([0u8]),
+        )));
         png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
         png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
         let err = decode(&png, &DecodeLimits::default(), &Windowing::default()).unwrap_err();
         // Either our dimension check or the decoder's own limit (the IHDR CRC
         // no longer matches) refuses it; neither allocates 10 GB.
-        assert!(matches!(err, DecodeError::TooLarge { .. } | DecodeError::Corrupt(_)), "{err:?}");
+        assert!(
+            matches!(err, DecodeError::TooLarge { .. } | DecodeError::Corrupt(_)),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn truncated_png_is_corrupt() {
-        let img = DynamicImage::ImageLuma8(ImageBuffer::from_fn(64, 64, |x, y| Luma([(x * y) as u8])));
+        let img =
+            DynamicImage::ImageLuma8(ImageBuffer::from_fn(64, 64, |x, y| Luma([(x * y) as u8])));
         let png = png_bytes(img);
-        let err = decode(&png[..png.len() / 2], &DecodeLimits::default(), &Windowing::default()).unwrap_err();
+        let err = decode(
+            &png[..png.len() / 2],
+            &DecodeLimits::default(),
+            &Windowing::default(),
+        )
+        .unwrap_err();
         assert!(matches!(err, DecodeError::Corrupt(_)), "{err:?}");
     }
 
     #[test]
     fn rgba_drops_alpha_and_gray16_is_windowed() {
         let img = DynamicImage::ImageRgba8(ImageBuffer::from_pixel(2, 1, Rgba([10, 20, 30, 0])));
-        let out = decode(&png_bytes(img), &DecodeLimits::default(), &Windowing::default()).unwrap();
+        let out = decode(
+            &png_bytes(img),
+            &DecodeLimits::default(),
+            &Windowing::default(),
+        )
+        .unwrap();
         assert_eq!(out.data, vec![10, 20, 30, 10, 20, 30]);
 
-        let img16 = DynamicImage::ImageLuma16(ImageBuffer::from_fn(100, 1, |x, _| Luma([1000 + 30 * x as u16])));
-        let out = decode(&png_bytes(img16), &DecodeLimits::default(), &Windowing::default()).unwrap();
+        let img16 = DynamicImage::ImageLuma16(ImageBuffer::from_fn(100, 1, |x, _| {
+            Luma([1000 + 30 * x as u16])
+        }));
+        let out = decode(
+            &png_bytes(img16),
+            &DecodeLimits::default(),
+            &Windowing::default(),
+        )
+        .unwrap();
         assert_eq!(out.channels, Channels::Gray);
         assert!(out.data.iter().any(|&v| v > 0 && v < 255));
         assert!(out.data.iter().filter(|&&v| v == 255).count() <= 2);
@@ -342,7 +384,11 @@ mod tests {
     #[test]
     fn unknown_format() {
         assert_eq!(
-            decode(b"GIF89a......", &DecodeLimits::default(), &Windowing::default()),
+            decode(
+                b"GIF89a......",
+                &DecodeLimits::default(),
+                &Windowing::default()
+            ),
             Err(DecodeError::UnknownFormat)
         );
     }

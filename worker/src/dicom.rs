@@ -102,7 +102,11 @@ fn unsupported(msg: impl Into<String>) -> DecodeError {
 /// Decodes a DICOM Part 10 file (128-byte preamble, "DICM", file meta group,
 /// data set) to an 8-bit raster: the first frame, modality LUT and window
 /// applied (see the module documentation).
-pub fn decode(bytes: &[u8], limits: &DecodeLimits, windowing: &Windowing) -> Result<Image8, DecodeError> {
+pub fn decode(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    windowing: &Windowing,
+) -> Result<Image8, DecodeError> {
     // The parser and codecs index into attacker-controlled data; a panic there
     // must not take the worker thread down.
     match catch_unwind(AssertUnwindSafe(|| decode_inner(bytes, limits, windowing))) {
@@ -113,7 +117,11 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits, windowing: &Windowing) -> Res
 
 type Object = dicom_object::DefaultDicomObject;
 
-fn decode_inner(bytes: &[u8], limits: &DecodeLimits, windowing: &Windowing) -> Result<Image8, DecodeError> {
+fn decode_inner(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    windowing: &Windowing,
+) -> Result<Image8, DecodeError> {
     if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
         return Err(corrupt("not a DICOM Part 10 file (no DICM marker)"));
     }
@@ -184,7 +192,9 @@ fn decode_inner(bytes: &[u8], limits: &DecodeLimits, windowing: &Windowing) -> R
         }
         Codec::JpegLossy | Codec::JpegLossless | Codec::Rle => {
             let Value::PixelSequence(seq) = pixel_data.value() else {
-                return Err(corrupt("encapsulated Pixel Data is not a fragment sequence"));
+                return Err(corrupt(
+                    "encapsulated Pixel Data is not a fragment sequence",
+                ));
             };
             let fragments = seq.fragments();
             if fragments.is_empty() {
@@ -201,7 +211,9 @@ fn decode_inner(bytes: &[u8], limits: &DecodeLimits, windowing: &Windowing) -> R
             let data = decoded.into_data();
             let len = px.decoded_frame_len();
             if data.len() < len {
-                return Err(corrupt("compressed pixel data decoded to fewer samples than declared"));
+                return Err(corrupt(
+                    "compressed pixel data decoded to fewer samples than declared",
+                ));
             }
             let mut data = data;
             data.truncate(len);
@@ -264,9 +276,10 @@ impl PixelInfo {
             .ok()
             .flatten()
             .and_then(|e| {
-                e.to_str()
-                    .ok()
-                    .map(|s| s.trim_matches(|c: char| c.is_whitespace() || c == '\0').to_owned())
+                e.to_str().ok().map(|s| {
+                    s.trim_matches(|c: char| c.is_whitespace() || c == '\0')
+                        .to_owned()
+                })
             })
             .ok_or_else(|| corrupt("PhotometricInterpretation is missing"))?;
         let photometric = match pi.as_str() {
@@ -276,8 +289,8 @@ impl PixelInfo {
             "YBR_FULL" => Photometric::YbrFull,
             "YBR_FULL_422" => Photometric::YbrFull422,
             // Known names are structural and safe to repeat; anything else is not.
-            known @ ("PALETTE COLOR" | "YBR_PARTIAL_422" | "YBR_PARTIAL_420" | "YBR_ICT" | "YBR_RCT" | "HSV"
-            | "ARGB" | "CMYK") => {
+            known @ ("PALETTE COLOR" | "YBR_PARTIAL_422" | "YBR_PARTIAL_420" | "YBR_ICT"
+            | "YBR_RCT" | "HSV" | "ARGB" | "CMYK") => {
                 return Err(unsupported(format!("photometric interpretation {known}")));
             }
             _ => return Err(unsupported("unrecognised photometric interpretation")),
@@ -286,7 +299,11 @@ impl PixelInfo {
         match (samples, photometric) {
             (1, Photometric::Monochrome1 | Photometric::Monochrome2) => {}
             (3, Photometric::Rgb | Photometric::YbrFull | Photometric::YbrFull422) => {}
-            (1 | 3, _) => return Err(corrupt("SamplesPerPixel does not match the photometric interpretation")),
+            (1 | 3, _) => {
+                return Err(corrupt(
+                    "SamplesPerPixel does not match the photometric interpretation",
+                ))
+            }
             (n, _) => return Err(unsupported(format!("{n} samples per pixel"))),
         }
         if bits_allocated != 8 && bits_allocated != 16 {
@@ -294,9 +311,14 @@ impl PixelInfo {
                 "{bits_allocated} bits allocated (8 and 16 are supported)"
             )));
         }
-        if bits_stored == 0 || bits_stored > bits_allocated || high_bit >= bits_allocated || high_bit + 1 < bits_stored
+        if bits_stored == 0
+            || bits_stored > bits_allocated
+            || high_bit >= bits_allocated
+            || high_bit + 1 < bits_stored
         {
-            return Err(corrupt("BitsStored/HighBit are inconsistent with BitsAllocated"));
+            return Err(corrupt(
+                "BitsStored/HighBit are inconsistent with BitsAllocated",
+            ));
         }
         if pixel_representation > 1 {
             return Err(corrupt("PixelRepresentation is neither 0 nor 1"));
@@ -378,7 +400,10 @@ fn frame0_float(obj: &Object, group_seq: Tag, tag: Tag) -> Option<f64> {
         tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
         tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
     ] {
-        let item = obj.get(fg).and_then(|e| e.items()).and_then(|items| items.first());
+        let item = obj
+            .get(fg)
+            .and_then(|e| e.items())
+            .and_then(|items| items.first());
         let inner = item
             .and_then(|i| i.get(group_seq))
             .and_then(|e| e.items())
@@ -422,7 +447,10 @@ fn gray_to_u8(frame: &[u8], px: &PixelInfo, obj: &Object, windowing: &Windowing)
     let shift = px.high_bit + 1 - px.bits_stored;
     let mask: u32 = (1u32 << px.bits_stored) - 1;
     let keys: Vec<u16> = if px.bits_allocated == 8 {
-        frame.iter().map(|&b| ((u32::from(b) >> shift) & mask) as u16).collect()
+        frame
+            .iter()
+            .map(|&b| ((u32::from(b) >> shift) & mask) as u16)
+            .collect()
     } else {
         // Native frames are in machine order (dicom-rs reads the file's byte
         // order into native u16), as are the codecs' outputs.
@@ -432,9 +460,18 @@ fn gray_to_u8(frame: &[u8], px: &PixelInfo, obj: &Object, windowing: &Windowing)
             .collect()
     };
 
-    let slope = frame0_float(obj, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, tags::RESCALE_SLOPE).unwrap_or(1.0);
-    let intercept =
-        frame0_float(obj, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, tags::RESCALE_INTERCEPT).unwrap_or(0.0);
+    let slope = frame0_float(
+        obj,
+        tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+        tags::RESCALE_SLOPE,
+    )
+    .unwrap_or(1.0);
+    let intercept = frame0_float(
+        obj,
+        tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+        tags::RESCALE_INTERCEPT,
+    )
+    .unwrap_or(0.0);
     let map = GrayMap {
         bits: px.bits_stored,
         signed: px.signed,
@@ -442,21 +479,25 @@ fn gray_to_u8(frame: &[u8], px: &PixelInfo, obj: &Object, windowing: &Windowing)
         intercept,
     };
     let center = frame0_float(obj, tags::FRAME_VOILUT_SEQUENCE, tags::WINDOW_CENTER);
-    let width = frame0_float(obj, tags::FRAME_VOILUT_SEQUENCE, tags::WINDOW_WIDTH).filter(|w| *w > 0.0);
+    let width =
+        frame0_float(obj, tags::FRAME_VOILUT_SEQUENCE, tags::WINDOW_WIDTH).filter(|w| *w > 0.0);
     let invert = px.photometric == Photometric::Monochrome1;
 
     let identity = slope == 1.0 && intercept == 0.0;
     let lut_len = 1usize << px.bits_stored;
-    let mut lut: Vec<u8> = if px.bits_stored == 8 && !px.signed && identity && (center.is_none() || width.is_none()) {
-        // Already 8-bit display values: pass through, as for an 8-bit PNG.
-        (0..=255u8).collect()
-    } else {
-        let window = match (center, width) {
-            (Some(c), Some(w)) => Window::from_center_width(c, w),
-            _ => resolve_keys(windowing, &keys, &map),
+    let mut lut: Vec<u8> =
+        if px.bits_stored == 8 && !px.signed && identity && (center.is_none() || width.is_none()) {
+            // Already 8-bit display values: pass through, as for an 8-bit PNG.
+            (0..=255u8).collect()
+        } else {
+            let window = match (center, width) {
+                (Some(c), Some(w)) => Window::from_center_width(c, w),
+                _ => resolve_keys(windowing, &keys, &map),
+            };
+            (0..lut_len)
+                .map(|k| window.map(map.value(k as u16)))
+                .collect()
         };
-        (0..lut_len).map(|k| window.map(map.value(k as u16))).collect()
-    };
     if invert {
         for v in &mut lut {
             *v = 255 - *v;
@@ -557,7 +598,11 @@ fn color_to_u8(frame: &[u8], px: &PixelInfo, codec: Codec) -> Vec<u8> {
             .chunks_exact(2)
             .map(|c| u16::from_ne_bytes([c[0], c[1]]))
             .collect();
-        let samples = if planar { interleave(&samples, n) } else { samples };
+        let samples = if planar {
+            interleave(&samples, n)
+        } else {
+            samples
+        };
         let w = crate::window::resolve_u16(&Windowing::default(), &samples);
         return w.apply_u16(&samples);
     }
@@ -578,7 +623,9 @@ fn color_to_u8(frame: &[u8], px: &PixelInfo, codec: Codec) -> Vec<u8> {
             } else {
                 Cow::Borrowed(frame)
             };
-            src.chunks_exact(3).flat_map(|c| ybr_to_rgb(c[0], c[1], c[2])).collect()
+            src.chunks_exact(3)
+                .flat_map(|c| ybr_to_rgb(c[0], c[1], c[2]))
+                .collect()
         }
         _ => {
             if planar {
@@ -615,7 +662,11 @@ fn ybr_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
 /// Frame 0's JPEG frame header (SOFn) must agree with the DICOM attributes:
 /// the codec sizes its output from the JPEG header and the adapter copies it
 /// into a buffer sized from Rows × Columns.
-fn check_jpeg_header(fragments: &[Vec<u8>], px: &PixelInfo, codec: Codec) -> Result<(), DecodeError> {
+fn check_jpeg_header(
+    fragments: &[Vec<u8>],
+    px: &PixelInfo,
+    codec: Codec,
+) -> Result<(), DecodeError> {
     // Frame 0 starts at fragment 0 and may span several fragments; the frame
     // header comes early, so look at no more than the first 1 MiB.
     let mut head = Vec::new();
@@ -625,25 +676,34 @@ fn check_jpeg_header(fragments: &[Vec<u8>], px: &PixelInfo, codec: Codec) -> Res
             break;
         }
     }
-    let sof = find_sof(&head).ok_or_else(|| corrupt("JPEG frame header not found in the first frame"))?;
+    let sof =
+        find_sof(&head).ok_or_else(|| corrupt("JPEG frame header not found in the first frame"))?;
     match (codec, sof.marker) {
         (Codec::JpegLossy, 0xC0..=0xC2) | (Codec::JpegLossless, 0xC3) => {}
         (_, 0xC9..=0xCB | 0xCD..=0xCF) => return Err(unsupported("arithmetic-coded JPEG")),
         (_, 0xC5..=0xC7) => return Err(unsupported("hierarchical JPEG")),
-        _ => return Err(corrupt("JPEG coding process does not match the transfer syntax")),
+        _ => {
+            return Err(corrupt(
+                "JPEG coding process does not match the transfer syntax",
+            ))
+        }
     }
     if usize::from(sof.width) != px.cols || usize::from(sof.height) != px.rows {
         return Err(corrupt("JPEG frame size does not match Rows and Columns"));
     }
     if usize::from(sof.components) != px.samples {
-        return Err(corrupt("JPEG component count does not match SamplesPerPixel"));
+        return Err(corrupt(
+            "JPEG component count does not match SamplesPerPixel",
+        ));
     }
     if codec == Codec::JpegLossy && sof.precision != 8 {
         return Err(unsupported(format!("{}-bit lossy JPEG", sof.precision)));
     }
     let wants_16 = sof.precision > 8;
     if wants_16 != (px.bits_allocated == 16) {
-        return Err(unsupported("JPEG sample precision does not match BitsAllocated"));
+        return Err(unsupported(
+            "JPEG sample precision does not match BitsAllocated",
+        ));
     }
     if wants_16 && px.samples != 1 {
         return Err(unsupported("lossless JPEG colour above 8 bits"));
@@ -715,7 +775,9 @@ fn check_rle_header(fragment: &[u8], px: &PixelInfo) -> Result<(), DecodeError> 
     };
     let segments = word(0) as usize;
     if segments != px.samples * px.bytes_per_sample() {
-        return Err(corrupt("RLE segment count does not match the image attributes"));
+        return Err(corrupt(
+            "RLE segment count does not match the image attributes",
+        ));
     }
     let mut prev = 64usize;
     for s in 1..=segments {
@@ -750,7 +812,10 @@ fn meta_group_end(body: &[u8]) -> Option<usize> {
         }
         let vr = body.get(i + 4..i + 6)?;
         let (len, header) = if long_length_vr(vr) {
-            (u32::from_le_bytes(body.get(i + 8..i + 12)?.try_into().ok()?), 12)
+            (
+                u32::from_le_bytes(body.get(i + 8..i + 12)?.try_into().ok()?),
+                12,
+            )
         } else {
             (
                 u32::from(u16::from_le_bytes(body.get(i + 6..i + 8)?.try_into().ok()?)),
@@ -848,7 +913,10 @@ fn check_lengths(data: &[u8], syntax: Syntax) -> Result<(), DecodeError> {
         if stack.len() > 256 {
             return Err(corrupt("DICOM sequences are nested too deeply"));
         }
-        let explicit = syntax.explicit_vr && !stack.iter().any(|o| matches!(o, Open::Sequence { implicit: true, .. }));
+        let explicit = syntax.explicit_vr
+            && !stack
+                .iter()
+                .any(|o| matches!(o, Open::Sequence { implicit: true, .. }));
         let group = rd16(&data[i..]);
         let elem = rd16(&data[i + 2..]);
         if group == 0xFFFE {
@@ -917,7 +985,10 @@ fn check_lengths(data: &[u8], syntax: Syntax) -> Result<(), DecodeError> {
         if len == UNDEFINED {
             if sequence {
                 let implicit = matches!(vr, Some(v) if &v == b"UN");
-                stack.push(Open::Sequence { end: None, implicit });
+                stack.push(Open::Sequence {
+                    end: None,
+                    implicit,
+                });
             } else if pixel_data {
                 stack.push(Open::Fragments);
             }
@@ -943,7 +1014,9 @@ fn is_sq_tag(tag: Tag) -> bool {
     use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
     use dicom_core::VR;
     matches!(
-        dicom_dictionary_std::StandardDataDictionary.by_tag(tag).map(|e| e.vr()),
+        dicom_dictionary_std::StandardDataDictionary
+            .by_tag(tag)
+            .map(|e| e.vr()),
         Some(VirtualVr::Exact(VR::SQ))
     )
 }
@@ -987,8 +1060,10 @@ mod tests {
     /// (or fails with the expected kind of error).
     #[test]
     fn fixtures_match_numpy_reference() {
-        let expected: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap()).unwrap();
+        let expected: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixtures().join("expected.json")).unwrap(),
+        )
+        .unwrap();
         let cases = expected.as_object().unwrap();
         assert!(cases.len() >= 15, "{} fixtures", cases.len());
         for (name, want) in cases {
@@ -1023,7 +1098,10 @@ mod tests {
             let max = *diffs.iter().max().unwrap();
             let mean = diffs.iter().map(|&d| f64::from(d)).sum::<f64>() / diffs.len() as f64;
             let exact = diffs.iter().filter(|&&d| d == 0).count();
-            eprintln!("{name}: max diff {max}, mean {mean:.4}, exact {exact}/{}", diffs.len());
+            eprintln!(
+                "{name}: max diff {max}, mean {mean:.4}, exact {exact}/{}",
+                diffs.len()
+            );
             assert!(max <= tol, "{name}: max difference {max} > {tol}");
             if let Some(m) = want.get("mean_abs_tolerance").and_then(|m| m.as_f64()) {
                 assert!(mean <= m, "{name}: mean difference {mean} > {m}");
@@ -1079,7 +1157,12 @@ mod tests {
             max_pixels: 1000,
             max_side: 16384,
         };
-        let err = decode(&read("ct_signed16_window.dcm"), &limits, &Windowing::default()).unwrap_err();
+        let err = decode(
+            &read("ct_signed16_window.dcm"),
+            &limits,
+            &Windowing::default(),
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 err,
@@ -1136,7 +1219,10 @@ mod tests {
         let mut errors = 0;
         for name in names {
             let good = read(name);
-            let mut variants: Vec<Vec<u8>> = (0..good.len()).step_by(53).map(|n| good[..n].to_vec()).collect();
+            let mut variants: Vec<Vec<u8>> = (0..good.len())
+                .step_by(53)
+                .map(|n| good[..n].to_vec())
+                .collect();
             let mut state = 0x2545_F491_4F6C_DD1Du64;
             for _ in 0..150 {
                 state ^= state << 13;
@@ -1149,7 +1235,10 @@ mod tests {
             }
             for v in variants {
                 match decode_default(&v) {
-                    Ok(img) => assert_eq!(img.data.len(), (img.width * img.height) as usize * img.channels.count()),
+                    Ok(img) => assert_eq!(
+                        img.data.len(),
+                        (img.width * img.height) as usize * img.channels.count()
+                    ),
                     Err(e) => {
                         errors += 1;
                         assert_no_secrets(&e);
@@ -1182,13 +1271,21 @@ mod tests {
                 slope,
                 intercept,
             };
-            let keys: Vec<u16> = (0..5000).map(|_| (next() % (1u64 << bits)) as u16).collect();
+            let keys: Vec<u16> = (0..5000)
+                .map(|_| (next() % (1u64 << bits)) as u16)
+                .collect();
             let values: Vec<f64> = keys.iter().map(|&k| map.value(k)).collect();
             for w in [
                 Windowing::default(),
                 Windowing::Minmax,
-                Windowing::Percentile { low: 0.0, high: 100.0 },
-                Windowing::Percentile { low: 2.5, high: 97.3 },
+                Windowing::Percentile {
+                    low: 0.0,
+                    high: 100.0,
+                },
+                Windowing::Percentile {
+                    low: 2.5,
+                    high: 97.3,
+                },
             ] {
                 assert_eq!(
                     resolve_keys(&w, &keys, &map),
@@ -1202,8 +1299,12 @@ mod tests {
     #[test]
     fn sniffed_and_routed_by_the_generic_decoder() {
         let bytes = read("ct_signed16_window.dcm");
-        assert_eq!(crate::decode::sniff(&bytes), Some(crate::decode::Format::Dicom));
-        let via_generic = crate::decode::decode(&bytes, &DecodeLimits::default(), &Windowing::default()).unwrap();
+        assert_eq!(
+            crate::decode::sniff(&bytes),
+            Some(crate::decode::Format::Dicom)
+        );
+        let via_generic =
+            crate::decode::decode(&bytes, &DecodeLimits::default(), &Windowing::default()).unwrap();
         assert_eq!(via_generic, decode_default(&bytes).unwrap());
     }
 
@@ -1225,9 +1326,15 @@ mod tests {
 
     #[test]
     fn not_dicom_is_corrupt() {
-        assert!(matches!(decode_default(b"DICM"), Err(DecodeError::Corrupt(_))));
+        assert!(matches!(
+            decode_default(b"DICM"),
+            Err(DecodeError::Corrupt(_))
+        ));
         let mut fake = vec![0u8; 128];
         fake.extend_from_slice(b"DICM\x02\x00\x00\x00garbage");
-        assert!(matches!(decode_default(&fake), Err(DecodeError::Corrupt(_))));
+        assert!(matches!(
+            decode_default(&fake),
+            Err(DecodeError::Corrupt(_))
+        ));
     }
 }

@@ -90,7 +90,10 @@ impl ApiError {
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         match &self {
             ApiError::Overloaded(_) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

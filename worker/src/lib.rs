@@ -94,13 +94,19 @@ pub fn load_scorer(cfg: &WorkerConfig, metrics: &Metrics) -> anyhow::Result<Scor
             &mut warm,
         )
         .context("warm-up preprocessing")?;
-    let warm_tokens = tokenizer.encode_batch(["warm-up"]).context("warm-up tokenization")?;
+    let warm_tokens = tokenizer
+        .encode_batch(["warm-up"])
+        .context("warm-up tokenization")?;
     for m in &mut image_models {
         m.run(warm.clone(), 1).context("image warm-up inference")?;
     }
     for m in &mut text_models {
-        m.run(warm_tokens.input_ids.clone(), warm_tokens.attention_mask.clone(), 1)
-            .context("text warm-up inference")?;
+        m.run(
+            warm_tokens.input_ids.clone(),
+            warm_tokens.attention_mask.clone(),
+            1,
+        )
+        .context("text warm-up inference")?;
     }
 
     let pipeline = Pipeline::start(
@@ -240,7 +246,10 @@ pub async fn start(cfg: WorkerConfig) -> anyhow::Result<RunningWorker> {
 
 /// Runs a worker until `shutdown` resolves. Returns an error if the model
 /// cannot be loaded, so the process exits non-zero and Kubernetes reports it.
-pub async fn run(cfg: WorkerConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: WorkerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let mut worker = start(cfg).await?;
     tracing::info!(addr = %worker.addr, "listening; loading model");
     tokio::pin!(shutdown);

@@ -11,8 +11,11 @@ use tracing_subscriber::EnvFilter;
 const EXIT_MODEL_LOAD: i32 = 3;
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("MEDEMBED_LOG").unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("MEDEMBED_LOG").unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -44,7 +47,10 @@ async fn shutdown_signal() {
 fn main() {
     let cfg = WorkerConfig::parse();
     init_logging(cfg.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -56,7 +62,8 @@ fn main() {
         tracing::error!(error = %msg, "worker failed");
         // Kubernetes shows this file's content as the container's termination
         // message; the operator turns it into a status reason.
-        let path = std::env::var("MEDEMBED_TERMINATION_LOG").unwrap_or_else(|_| "/dev/termination-log".into());
+        let path = std::env::var("MEDEMBED_TERMINATION_LOG")
+            .unwrap_or_else(|_| "/dev/termination-log".into());
         let _ = std::fs::write(path, &msg);
         std::process::exit(EXIT_MODEL_LOAD);
     }

@@ -7,7 +7,8 @@
 //! concurrency), the managed router's `(busy + queued) / capacity`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The worker's metric families.
@@ -61,10 +62,17 @@ const LATENCY_BUCKETS: [f64; 16] = [
 impl Metrics {
     /// Creates and registers every family.
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("medembed_worker".into()), None).expect("valid prefix");
+        let registry =
+            Registry::new_custom(Some("medembed_worker".into()), None).expect("valid prefix");
         let lat = LATENCY_BUCKETS.to_vec();
-        let requests = IntCounterVec::new(Opts::new("requests_total", "Scoring requests answered, by HTTP status."), &["status"])
-            .expect("valid metric");
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "requests_total",
+                "Scoring requests answered, by HTTP status.",
+            ),
+            &["status"],
+        )
+        .expect("valid metric");
         let request_duration = Histogram::with_opts(secs(
             "request_duration_seconds",
             "Scoring request duration, from body received to response ready.",
@@ -87,7 +95,11 @@ impl Metrics {
         )
         .expect("valid metric");
         let inference_duration = HistogramVec::new(
-            secs("inference_duration_seconds", "Duration of one batched inference call.", lat),
+            secs(
+                "inference_duration_seconds",
+                "Duration of one batched inference call.",
+                lat,
+            ),
             &["tower"],
         )
         .expect("valid metric");
@@ -102,24 +114,33 @@ impl Metrics {
             &["tower"],
         )
         .expect("valid metric");
-        let items = IntCounterVec::new(Opts::new("items_total", "Items embedded."), &["tower"]).expect("valid metric");
+        let items = IntCounterVec::new(Opts::new("items_total", "Items embedded."), &["tower"])
+            .expect("valid metric");
         let dropped = IntCounterVec::new(
-            Opts::new("dropped_items_total", "Items dropped before inference (client gone or deadline passed)."),
+            Opts::new(
+                "dropped_items_total",
+                "Items dropped before inference (client gone or deadline passed).",
+            ),
             &["tower", "reason"],
         )
         .expect("valid metric");
         let decode_errors = IntCounterVec::new(
-            Opts::new("decode_errors_total", "Images refused by the decoder, by reason."),
+            Opts::new(
+                "decode_errors_total",
+                "Images refused by the decoder, by reason.",
+            ),
             &["reason"],
         )
         .expect("valid metric");
-        let in_flight = IntGauge::new("in_flight_requests", "Scoring requests being processed.").expect("valid metric");
+        let in_flight = IntGauge::new("in_flight_requests", "Scoring requests being processed.")
+            .expect("valid metric");
         let utilization = IntGauge::new(
             "utilization_percent",
             "Requests in flight over the concurrency limit, in percent; the autoscaling signal.",
         )
         .expect("valid metric");
-        let ready = IntGauge::new("ready", "1 once the model is loaded and warmed up.").expect("valid metric");
+        let ready = IntGauge::new("ready", "1 once the model is loaded and warmed up.")
+            .expect("valid metric");
         let model_info = IntGaugeVec::new(
             Opts::new("model_info", "The model served (constant 1)."),
             &["name", "version", "provider"],

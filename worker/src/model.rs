@@ -172,10 +172,15 @@ impl ModelDir {
             reason,
         };
         if config.format != FORMAT {
-            return Err(bad(format!("format is {:?}, this worker reads {FORMAT:?}", config.format)));
+            return Err(bad(format!(
+                "format is {:?}, this worker reads {FORMAT:?}",
+                config.format
+            )));
         }
         if config.embedding_dim == 0 || config.image.size == 0 || config.text.context_length < 2 {
-            return Err(bad("embedding_dim, image.size and text.context_length must be positive".into()));
+            return Err(bad(
+                "embedding_dim, image.size and text.context_length must be positive".into(),
+            ));
         }
         if config.image.std.iter().any(|&s| s <= 0.0 || !s.is_finite()) {
             return Err(bad("image.std values must be positive".into()));
@@ -186,10 +191,16 @@ impl ModelDir {
         config.preprocess.window.validate().map_err(&bad)?;
         if let Some(s) = config.preprocess.standardize {
             if s.size == 0 || s.jpeg_quality == 0 || s.jpeg_quality > 100 {
-                return Err(bad("preprocess.standardize needs size > 0 and jpeg_quality in 1..=100".into()));
+                return Err(bad(
+                    "preprocess.standardize needs size > 0 and jpeg_quality in 1..=100".into(),
+                ));
             }
         }
-        for file in [&config.image.onnx, &config.text.onnx, &config.text.tokenizer] {
+        for file in [
+            &config.image.onnx,
+            &config.text.onnx,
+            &config.text.tokenizer,
+        ] {
             let p = path.join(file);
             if !p.is_file() {
                 return Err(ModelError::Read {

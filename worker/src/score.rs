@@ -52,7 +52,12 @@ fn item_error(row: usize, e: ItemError, budget_ms: u64) -> ApiError {
 
 impl Scorer {
     /// Scores one request; `deadline` bounds the whole computation.
-    pub async fn score(&self, req: ScoreRequest, deadline: Instant, budget_ms: u64) -> Result<ScoreResponse, ApiError> {
+    pub async fn score(
+        &self,
+        req: ScoreRequest,
+        deadline: Instant,
+        budget_ms: u64,
+    ) -> Result<ScoreResponse, ApiError> {
         let n_images = req.image_count();
         let n_texts = req.text_count();
         let image_permit = if n_images > 0 {
@@ -87,7 +92,10 @@ impl Scorer {
         for (row, r) in req.rows.into_iter().enumerate() {
             if let Some(base64) = r.image {
                 let (tx, rx) = oneshot::channel();
-                self.pipeline.submit_image(ImageJob { base64, meta: meta(tx) });
+                self.pipeline.submit_image(ImageJob {
+                    base64,
+                    meta: meta(tx),
+                });
                 image_waits.push(wait(row, rx, budget_ms));
             }
             if let Some(t) = r.text {
@@ -103,9 +111,11 @@ impl Scorer {
                 texts
                     .into_iter()
                     .map(|(row, t)| {
-                        let tok = tokenizer.encode_batch([t.as_str()]).map_err(|_| ApiError::Invalid {
-                            code: "invalid_text",
-                            message: format!("row {row}: text could not be tokenized"),
+                        let tok = tokenizer.encode_batch([t.as_str()]).map_err(|_| {
+                            ApiError::Invalid {
+                                code: "invalid_text",
+                                message: format!("row {row}: text could not be tokenized"),
+                            }
                         })?;
                         debug_assert_eq!(tok.input_ids.len(), ctx);
                         Ok((row, tok.input_ids, tok.attention_mask))

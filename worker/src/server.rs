@@ -92,21 +92,28 @@ impl AppState {
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 /// Routes one request.
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path();
     let resp = match (req.method(), path) {
         (&Method::POST, "/score") => {
@@ -120,7 +127,10 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
                 .requests
                 .with_label_values(&[resp.status().as_str()])
                 .inc();
-            state.metrics.request_duration.observe(started.elapsed().as_secs_f64());
+            state
+                .metrics
+                .request_duration
+                .observe(started.elapsed().as_secs_f64());
             resp
         }
         (_, "/score") => ApiError::MethodNotAllowed("POST").into_response(),
@@ -146,7 +156,10 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
     Ok(resp)
 }
 
-async fn score(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+async fn score(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
     let received = Instant::now();
     let scorer = match state.scorer.get() {
         Some(s) if !state.draining.load(Ordering::Acquire) => s.clone(),
@@ -169,9 +182,10 @@ async fn score(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response
         .requests
         .try_acquire(1)
         .ok_or(ApiError::Overloaded("too many concurrent requests"))?;
-    state.metrics.utilization.set(
-        (state.requests.used() * 100 / state.requests.capacity().max(1)) as i64,
-    );
+    state
+        .metrics
+        .utilization
+        .set((state.requests.used() * 100 / state.requests.capacity().max(1)) as i64);
 
     let declared = req
         .headers()
@@ -191,7 +205,10 @@ async fn score(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response
         .try_acquire_many(kib(reserve))
         .map_err(|_| ApiError::Overloaded("too many request bytes buffered"))?;
 
-    let body = match Limited::new(req.into_body(), cfg.max_body_bytes).collect().await {
+    let body = match Limited::new(req.into_body(), cfg.max_body_bytes)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(ApiError::TooLarge {

@@ -13,7 +13,10 @@
 
 use std::path::Path;
 
-use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{
+    PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection,
+    TruncationParams, TruncationStrategy,
+};
 
 /// End-of-text id of the CLIP vocabulary, also used for padding.
 pub const END_OF_TEXT: i64 = 49407;
@@ -90,7 +93,10 @@ impl TextTokenizer {
             pad_type_id: 0,
             pad_token,
         }));
-        Ok(Self { inner, context_length })
+        Ok(Self {
+            inner,
+            context_length,
+        })
     }
 
     /// The fixed sequence length.
@@ -110,12 +116,16 @@ impl TextTokenizer {
             return Err(TokenizeError::Encode);
         }
         out.input_ids.extend(ids.iter().map(|&i| i64::from(i)));
-        out.attention_mask.extend(mask.iter().map(|&m| i64::from(m)));
+        out.attention_mask
+            .extend(mask.iter().map(|&m| i64::from(m)));
         Ok(())
     }
 
     /// Tokenizes a batch.
-    pub fn encode_batch<'a>(&self, texts: impl IntoIterator<Item = &'a str>) -> Result<Tokens, TokenizeError> {
+    pub fn encode_batch<'a>(
+        &self,
+        texts: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Tokens, TokenizeError> {
         let mut out = Tokens {
             input_ids: Vec::new(),
             attention_mask: Vec::new(),

@@ -197,14 +197,20 @@ mod tests {
         // numpy.percentile([0, 10, 20, 1000], [1, 99]) == [0.3, 970.6]
         let v = [0u16, 10, 20, 1000];
         let w = resolve_u16(&Windowing::default(), &v);
-        assert!((w.lo - 0.3).abs() < 1e-9 && (w.hi - 970.6).abs() < 1e-9, "{w:?}");
+        assert!(
+            (w.lo - 0.3).abs() < 1e-9 && (w.hi - 970.6).abs() < 1e-9,
+            "{w:?}"
+        );
         let wf = resolve_f64(&Windowing::default(), &[0.0, 10.0, 20.0, 1000.0]);
         assert_eq!(w, wf);
     }
 
     #[test]
     fn mapping_clips_scales_truncates() {
-        let w = Window { lo: 100.0, hi: 200.0 };
+        let w = Window {
+            lo: 100.0,
+            hi: 200.0,
+        };
         assert_eq!(w.map(0.0), 0);
         assert_eq!(w.map(100.0), 0);
         assert_eq!(w.map(150.0), 127); // 127.5 truncated
@@ -232,8 +238,18 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert!(Windowing::Percentile { low: 99.0, high: 1.0 }.validate().is_err());
-        assert!(Windowing::Percentile { low: -1.0, high: 1.0 }.validate().is_err());
+        assert!(Windowing::Percentile {
+            low: 99.0,
+            high: 1.0
+        }
+        .validate()
+        .is_err());
+        assert!(Windowing::Percentile {
+            low: -1.0,
+            high: 1.0
+        }
+        .validate()
+        .is_err());
         assert!(Windowing::default().validate().is_ok());
     }
 }

@@ -71,7 +71,9 @@ pub fn config() -> WorkerConfig {
 
 pub async fn start(cfg: WorkerConfig) -> RunningWorker {
     let mut w = medembed_worker::start(cfg).await.expect("worker starts");
-    w.wait_ready(Duration::from_secs(120)).await.expect("model loads");
+    w.wait_ready(Duration::from_secs(120))
+        .await
+        .expect("model loads");
     w
 }
 

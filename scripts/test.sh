@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test: formatting, the Rust workspace's unit and integration tests
+# (the worker against the TEST MODEL under real ONNX Runtime, the test-support
+# crate against a real Kubernetes control plane built from the Go module proxy).
+# First run on a fresh machine builds and caches the Python environment, the
+# test model and the control plane outside the repo ($MEDEMBED_CACHE).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$MEDEMBED_ROOT"
+
+eval "$(scripts/python-env.sh --exports)"
+eval "$(scripts/test-model.sh --exports)"
+log "building the control plane (cached)"
+export MEDEMBED_CLUSTER_BIN="$(NICE=${NICE:-0} scripts/cluster-build.sh)"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo test"
+cargo test --workspace 2>&1
