@@ -37,6 +37,7 @@ impl ErrorBody {
     /// Serialises the body to JSON bytes.
     pub fn to_json(&self) -> Vec<u8> {
         // Serialising two strings cannot fail.
-        serde_json::to_vec(self).unwrap_or_else(|_| br#"{"error":{"code":"internal","message":"error"}}"#.to_vec())
+        serde_json::to_vec(self)
+            .unwrap_or_else(|_| br#"{"error":{"code":"internal","message":"error"}}"#.to_vec())
     }
 }

@@ -166,7 +166,10 @@ pub fn parse_value(value: Value, limits: &RequestLimits) -> Result<ScoreRequest,
         .remove("input_data")
         .ok_or_else(|| shape("request is missing `input_data`"))?;
     let Value::Object(mut input) = input else {
-        return Err(shape(format!("`input_data` must be an object, got {}", type_name(&input))));
+        return Err(shape(format!(
+            "`input_data` must be an object, got {}",
+            type_name(&input)
+        )));
     };
 
     let columns = parse_columns(input.remove("columns"))?;
@@ -191,10 +194,10 @@ pub fn parse_value(value: Value, limits: &RequestLimits) -> Result<ScoreRequest,
         Some(Value::Array(index)) if index.len() == data.len() => {}
         Some(Value::Array(index)) => {
             return Err(shape(format!(
-                "`input_data.index` has {} entries but `input_data.data` has {} rows; they must match",
-                index.len(),
-                data.len()
-            )))
+            "`input_data.index` has {} entries but `input_data.data` has {} rows; they must match",
+            index.len(),
+            data.len()
+        )))
         }
         Some(other) => {
             return Err(shape(format!(
@@ -343,13 +346,19 @@ mod tests {
         .unwrap();
         assert_eq!(r.rows.len(), 1);
         assert!(r.rows[0].image.is_none());
-        assert_eq!(r.rows[0].text.as_deref(), Some("a quick brown fox jumps over the lazy dog"));
+        assert_eq!(
+            r.rows[0].text.as_deref(),
+            Some("a quick brown fox jumps over the lazy dog")
+        );
         assert!(r.get_scaling_factor);
     }
 
     #[test]
     fn columns_in_either_order() {
-        let r = parse(r#"{"input_data":{"columns":["text","image"],"index":[0],"data":[["t","aW1n"]]}}"#).unwrap();
+        let r = parse(
+            r#"{"input_data":{"columns":["text","image"],"index":[0],"data":[["t","aW1n"]]}}"#,
+        )
+        .unwrap();
         assert_eq!(r.rows[0].text.as_deref(), Some("t"));
         assert_eq!(r.rows[0].image.as_deref(), Some("aW1n"));
         let r = parse(r#"{"input_data":{"columns":["text"],"index":[7],"data":[["t"]]}}"#).unwrap();
@@ -377,7 +386,9 @@ mod tests {
             );
             assert!(matches!(parse(&body), Err(RequestError::Shape(_))), "{v}");
         }
-        let e = parse(r#"{"input_data":{"columns":["text"],"index":[0],"data":[["t"]]},"params":[1]}"#).unwrap_err();
+        let e =
+            parse(r#"{"input_data":{"columns":["text"],"index":[0],"data":[["t"]]},"params":[1]}"#)
+                .unwrap_err();
         assert!(e.to_string().contains("`params` must be an object"));
     }
 
@@ -386,8 +397,10 @@ mod tests {
         let e = parse(r#"{"input_data":{"columns":["image","text"],"index":[0,1],"data":[["","a"],["",42]]}}"#)
             .unwrap_err();
         assert!(e.to_string().starts_with("row 1:"), "{e}");
-        let e = parse(r#"{"input_data":{"columns":["image","secret-col"],"index":[0],"data":[["",""]]}}"#)
-            .unwrap_err();
+        let e = parse(
+            r#"{"input_data":{"columns":["image","secret-col"],"index":[0],"data":[["",""]]}}"#,
+        )
+        .unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
         let e = parse(r#"{"input_data":{"columns":["text"],"index":[0],"data":[["x"]]},"params":{"get_scaling_factor":"patient-name"}}"#)
             .unwrap_err();
@@ -396,14 +409,16 @@ mod tests {
 
     #[test]
     fn index_must_match_data() {
-        let e = parse(r#"{"input_data":{"columns":["text"],"index":[0,1],"data":[["t"]]}}"#).unwrap_err();
+        let e = parse(r#"{"input_data":{"columns":["text"],"index":[0,1],"data":[["t"]]}}"#)
+            .unwrap_err();
         assert!(e.to_string().contains("2 entries"), "{e}");
     }
 
     #[test]
     fn row_limit() {
         let limits = RequestLimits { max_rows: 2 };
-        let body = r#"{"input_data":{"columns":["text"],"index":[0,1,2],"data":[["a"],["b"],["c"]]}}"#;
+        let body =
+            r#"{"input_data":{"columns":["text"],"index":[0,1,2],"data":[["a"],["b"],["c"]]}}"#;
         assert_eq!(
             parse_request(body.as_bytes(), &limits).unwrap_err(),
             RequestError::TooManyRows { rows: 3, max: 2 }
@@ -436,7 +451,10 @@ mod tests {
             text_features: Some(vec![vec![1.0]]),
             ..Default::default()
         };
-        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"text_features":[[1.0]]}"#);
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"text_features":[[1.0]]}"#
+        );
     }
 
     #[test]
