@@ -5,6 +5,8 @@
 //! the gateway parse requests with [`score::parse_request`], so they agree on
 //! what is valid and on the wording of every error.
 
+#[cfg(feature = "k8s")]
+pub mod crd;
 pub mod error;
 pub mod score;
 

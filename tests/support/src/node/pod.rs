@@ -28,7 +28,10 @@
 //!   `secret` (all keys, or `items`), `emptyDir`, `downwardAPI`, `projected`
 //!   (ConfigMap, Secret, downward API and `serviceAccountToken` sources; the
 //!   token comes from the TokenRequest API, bound to the pod); `hostPath` maps
-//!   to the real path; anything else is an empty directory. A missing
+//!   to the real path, and so does a `persistentVolumeClaim` bound to a
+//!   PersistentVolume with a `hostPath` or `local` path (the claim must exist
+//!   and name its volume, else the pod stays in `ContainerCreating`); anything
+//!   else is an empty directory. A missing
 //!   ConfigMap or Secret that is not `optional` keeps the pod in
 //!   `ContainerCreating` until it appears.
 //! - **Mount paths**: processes see host paths, not the `mountPath`s, so every
@@ -725,6 +728,10 @@ async fn prepare(
             vol_dirs.insert(v.name.clone(), PathBuf::from(&hp.path));
             continue;
         }
+        if let Some(claim) = &v.persistent_volume_claim {
+            vol_dirs.insert(v.name.clone(), src.claim_dir(&claim.claim_name).await?);
+            continue;
+        }
         std::fs::create_dir_all(&vdir).map_err(|e| io("creating volume dir", e))?;
         if let Some(cm) = &v.config_map {
             src.write_config_map(
@@ -834,6 +841,35 @@ struct Sources<'a> {
 }
 
 impl Sources<'_> {
+    /// The host directory behind a claim: its PersistentVolume's `hostPath`
+    /// or `local` path.
+    async fn claim_dir(&self, claim: &str) -> Result<PathBuf, String> {
+        use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+        let claims: Api<PersistentVolumeClaim> =
+            Api::namespaced(self.shared.client.clone(), &self.ns);
+        let pvc = claims
+            .get_opt(claim)
+            .await
+            .map_err(|e| format!("persistentvolumeclaim {claim}: {e}"))?
+            .ok_or_else(|| format!("persistentvolumeclaim \"{claim}\" not found"))?;
+        let volume = pvc
+            .spec
+            .and_then(|s| s.volume_name)
+            .ok_or_else(|| format!("persistentvolumeclaim \"{claim}\" is not bound"))?;
+        let pvs: Api<PersistentVolume> = Api::all(self.shared.client.clone());
+        let pv = pvs
+            .get_opt(&volume)
+            .await
+            .map_err(|e| format!("persistentvolume {volume}: {e}"))?
+            .ok_or_else(|| format!("persistentvolume \"{volume}\" not found"))?;
+        let spec = pv.spec.unwrap_or_default();
+        spec.host_path
+            .map(|h| h.path)
+            .or(spec.local.map(|l| l.path))
+            .map(PathBuf::from)
+            .ok_or_else(|| format!("persistentvolume \"{volume}\" has no hostPath or local path"))
+    }
+
     async fn config_map(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
         let api: Api<ConfigMap> = Api::namespaced(self.shared.client.clone(), &self.ns);
         let cm = api

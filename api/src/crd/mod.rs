@@ -1,0 +1,31 @@
+//! The Kubernetes custom resources of medembed, group `medembed.io`, version
+//! `v1alpha1` (feature `k8s`):
+//!
+//! - [`EmbeddingEndpoint`]: a stable scoring URL with its auth mode, the
+//!   traffic split across its deployments, mirrored traffic, request limits and
+//!   the default quota of its clients (the managed service's "online
+//!   endpoint");
+//! - [`EmbeddingDeployment`]: one model served by a set of GPU workers behind
+//!   an endpoint (the managed service's "deployment");
+//! - [`EmbeddingClient`]: a tenant of the gateway: the endpoints it may call,
+//!   how it authenticates, and its quota.
+//!
+//! The types are the single source of the CRD YAML (`medembed-operator
+//! crdgen`): doc comments become the schema's descriptions, which is what
+//! `kubectl explain` shows, and the CEL rules (`x-kubernetes-validations`) make
+//! the API server refuse inconsistent specs before any controller sees them.
+
+mod client;
+mod common;
+mod deployment;
+mod endpoint;
+
+pub use client::*;
+pub use common::*;
+pub use deployment::*;
+pub use endpoint::*;
+
+/// The API group of medembed's resources.
+pub const GROUP: &str = "medembed.io";
+/// The API version of medembed's resources.
+pub const VERSION: &str = "v1alpha1";

@@ -1,0 +1,114 @@
+//! The operator's configuration: clap derive, every flag with an environment
+//! variable (the doc comment is the `--help`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Reconciles EmbeddingEndpoints and EmbeddingDeployments into running workers.
+#[derive(Debug, Clone, Parser)]
+pub struct OperatorConfig {
+    /// Watch only this namespace (default: every namespace).
+    #[arg(long, env = "MEDEMBED_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Address of the /healthz, /readyz and /metrics listener.
+    #[arg(long, env = "MEDEMBED_OPERATOR_LISTEN", default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+
+    /// Worker image of deployments that name none.
+    #[arg(long, env = "MEDEMBED_WORKER_IMAGE", default_value = concat!("medembed/worker:", env!("CARGO_PKG_VERSION")))]
+    pub worker_image: String,
+
+    /// Image of the init container that fetches URL model sources (this
+    /// binary's `fetch-model` subcommand).
+    #[arg(long, env = "MEDEMBED_FETCH_IMAGE", default_value = concat!("medembed/operator:", env!("CARGO_PKG_VERSION")))]
+    pub fetch_image: String,
+
+    /// Host part of the workers' listen address; `$(POD_IP)` binds the pod IP only.
+    #[arg(long, env = "MEDEMBED_WORKER_LISTEN_HOST", default_value = "0.0.0.0")]
+    pub worker_listen_host: String,
+
+    /// The workers' port.
+    #[arg(long, env = "MEDEMBED_WORKER_PORT", default_value_t = 8080)]
+    pub worker_port: u16,
+
+    /// The scoring URL reported in an endpoint's status; `{name}` and
+    /// `{namespace}` are replaced.
+    #[arg(
+        long,
+        env = "MEDEMBED_SCORING_URI_TEMPLATE",
+        default_value = "http://medembed-gateway.medembed-system.svc/endpoints/{namespace}/{name}/score"
+    )]
+    pub scoring_uri_template: String,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "MEDEMBED_LEASE_NAME", default_value = "medembed-operator")]
+    pub lease_name: String,
+
+    /// Namespace of the leader-election Lease (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "medembed-system")]
+    pub lease_namespace: String,
+
+    /// This replica's identity in the Lease (default: the pod name, else the
+    /// host name plus a random suffix).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Seconds a Lease is held without renewal before another replica may
+    /// take it.
+    #[arg(long, env = "MEDEMBED_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+
+    /// Seconds between renewals of the Lease (and tries to take it).
+    #[arg(long, env = "MEDEMBED_LEASE_RENEW_SECONDS", default_value_t = 5)]
+    pub lease_renew_seconds: u64,
+
+    /// Seconds between periodic reconciles of a healthy object.
+    #[arg(long, env = "MEDEMBED_RESYNC_SECONDS", default_value_t = 300)]
+    pub resync_seconds: u64,
+
+    /// Reconciles running at once per controller.
+    #[arg(long, env = "MEDEMBED_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+
+    /// Log format.
+    #[arg(long, env = "MEDEMBED_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+impl OperatorConfig {
+    /// Defaults, for tests and embedding (listener on 127.0.0.1, port 0).
+    pub fn for_tests() -> Self {
+        let mut c = OperatorConfig::parse_from(["medembed-operator"]);
+        c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        c
+    }
+
+    /// The Lease's duration.
+    pub fn lease_duration(&self) -> Duration {
+        Duration::from_secs(self.lease_duration_seconds.max(1))
+    }
+
+    /// The Lease's renewal period.
+    pub fn lease_renew(&self) -> Duration {
+        Duration::from_secs(self.lease_renew_seconds.max(1))
+    }
+
+    /// The scoring URL of endpoint `name` in `namespace`.
+    pub fn scoring_uri(&self, namespace: &str, name: &str) -> String {
+        self.scoring_uri_template
+            .replace("{namespace}", namespace)
+            .replace("{name}", name)
+    }
+}

@@ -1,0 +1,86 @@
+//! `medembed-operator`: runs the operator (default), or prints the generated
+//! CRD and RBAC YAML (`crdgen`).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use medembed_operator::config::LogFormat;
+use medembed_operator::OperatorConfig;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "medembed-operator", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: OperatorConfig,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the CRD and RBAC YAML generated from the types, or write one file
+    /// per kind (and rbac.yaml) into a directory.
+    Crdgen {
+        /// Write the files here instead of printing them.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("MEDEMBED_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Crdgen { out_dir }) => {
+            let files = medembed_operator::crdgen::generate()?;
+            match out_dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)?;
+                    for (name, content) in files {
+                        std::fs::write(dir.join(name), content)?;
+                    }
+                }
+                None => {
+                    for (_, content) in files {
+                        print!("{content}");
+                    }
+                }
+            }
+            Ok(())
+        }
+        None => {
+            init_logging(cli.config.log_format);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(medembed_operator::run(cli.config, shutdown_signal()))?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,690 @@
+//! Pure functions that build the desired child objects of an
+//! `EmbeddingDeployment` (worker Deployment, Service, PodDisruptionBudget,
+//! ConfigMap, HorizontalPodAutoscaler) and of an `EmbeddingEndpoint` (its key
+//! Secret). No I/O here: the reconcilers apply what these return, and unit
+//! tests check them field by field.
+//!
+//! Choices that matter:
+//! - the rollout never drops ready capacity: `maxUnavailable: 0`,
+//!   `maxSurge: 1`, and readiness is the worker's `/readyz` (model loaded and
+//!   warmed up);
+//! - the worker's settings travel in a ConfigMap read with `envFrom`; a hash
+//!   of its data is a pod-template annotation, so a settings change rolls the
+//!   workers like an image change does;
+//! - with autoscaling, `spec.replicas` is left out of the applied Deployment
+//!   so the HPA owns it (server-side apply field ownership).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Resource;
+use medembed_api::crd::{
+    EmbeddingDeployment, EmbeddingEndpoint, ProbeSettings, RequestSettings, DEFAULT_GPU_RESOURCE,
+};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+
+/// The field manager of every server-side apply.
+pub const MANAGER: &str = "medembed-operator";
+/// Label naming the `EmbeddingDeployment` a child belongs to.
+pub const DEPLOYMENT_LABEL: &str = "medembed.io/deployment";
+/// Label naming the `EmbeddingEndpoint` a child belongs to.
+pub const ENDPOINT_LABEL: &str = "medembed.io/endpoint";
+/// `app.kubernetes.io/managed-by` value of every child.
+pub const MANAGED_BY: &str = "medembed-operator";
+/// Pod-template annotation: hash of the worker ConfigMap's data.
+pub const CONFIG_HASH_ANNOTATION: &str = "medembed.io/config-hash";
+/// The worker container's name.
+pub const WORKER_CONTAINER: &str = "worker";
+/// The name of the metric the HPA scales on (exported by every worker).
+pub const UTILIZATION_METRIC: &str = "medembed_worker_utilization_percent";
+/// Where the model volume is mounted in the worker.
+pub const MODEL_MOUNT: &str = "/var/lib/medembed/model";
+/// Where the worker's caches (TensorRT engines) live.
+pub const CACHE_MOUNT: &str = "/var/cache/medembed";
+/// Exit code of the worker when the model cannot be loaded.
+pub const EXIT_MODEL_LOAD: i32 = 3;
+
+/// Operator-wide settings that shape the children.
+#[derive(Debug, Clone)]
+pub struct WorkerDefaults {
+    /// Worker image when the spec gives none.
+    pub image: String,
+    /// Image of the init container fetching URL model sources.
+    pub fetch_image: String,
+    /// Host part of the worker's listen address (`0.0.0.0`, or `$(POD_IP)`).
+    pub listen_host: String,
+    /// The worker's port.
+    pub port: u16,
+}
+
+/// Names of an `EmbeddingDeployment`'s children.
+pub fn worker_name(deployment: &str) -> String {
+    format!("{deployment}-worker")
+}
+
+/// Name of the worker ConfigMap.
+pub fn config_name(deployment: &str) -> String {
+    format!("{deployment}-worker-config")
+}
+
+/// Name of the generated key Secret of an endpoint.
+pub fn key_secret_name(endpoint: &str) -> String {
+    format!("{endpoint}-keys")
+}
+
+fn owner_of<K: Resource<DynamicType = ()>>(obj: &K) -> Result<OwnerReference, Error> {
+    obj.controller_owner_ref(&())
+        .ok_or_else(|| Error::InvalidObject("object has no name or uid".into()))
+}
+
+fn name_ns<K: Resource>(obj: &K) -> Result<(String, String), Error> {
+    let name = obj
+        .meta()
+        .name
+        .clone()
+        .ok_or_else(|| Error::InvalidObject("object has no name".into()))?;
+    let ns = obj
+        .meta()
+        .namespace
+        .clone()
+        .ok_or_else(|| Error::InvalidObject("object has no namespace".into()))?;
+    Ok((name, ns))
+}
+
+/// Labels selecting the pods of deployment `name` (stable for the Deployment's
+/// lifetime: the selector is immutable).
+pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "medembed-worker".to_string(),
+        ),
+        ("app.kubernetes.io/instance".to_string(), name.to_string()),
+    ])
+}
+
+/// All labels of a deployment's children.
+pub fn child_labels(name: &str, endpoint: &str) -> BTreeMap<String, String> {
+    let mut l = selector_labels(name);
+    l.insert("app.kubernetes.io/managed-by".into(), MANAGED_BY.into());
+    l.insert("app.kubernetes.io/component".into(), "worker".into());
+    l.insert(DEPLOYMENT_LABEL.into(), name.into());
+    l.insert(ENDPOINT_LABEL.into(), endpoint.into());
+    l
+}
+
+fn meta(name: &str, ns: &str, labels: &BTreeMap<String, String>, owner: &OwnerReference) -> Value {
+    json!({ "name": name, "namespace": ns, "labels": labels, "ownerReferences": [owner] })
+}
+
+/// The worker's settings, as the environment variables the worker reads
+/// (`MEDEMBED_*`, see the worker's configuration).
+pub fn worker_settings(
+    dep: &EmbeddingDeployment,
+    request: &RequestSettings,
+) -> BTreeMap<String, String> {
+    let rt = &dep.spec.runtime;
+    let mut m = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        m.insert(k.to_string(), v);
+    };
+    put(
+        "MEDEMBED_EXECUTION_PROVIDER",
+        rt.execution_provider.as_str().into(),
+    );
+    put("MEDEMBED_SESSIONS", rt.sessions_per_gpu.to_string());
+    put("MEDEMBED_MAX_BATCH_IMAGES", rt.max_batch_size.to_string());
+    put(
+        "MEDEMBED_MAX_BATCH_TEXTS",
+        (rt.max_batch_size.saturating_mul(4)).to_string(),
+    );
+    put(
+        "MEDEMBED_MAX_QUEUE_DELAY_MS",
+        rt.max_queue_delay_ms.to_string(),
+    );
+    put(
+        "MEDEMBED_MAX_CONCURRENT_REQUESTS",
+        rt.max_concurrent_requests.to_string(),
+    );
+    put(
+        "MEDEMBED_REQUEST_TIMEOUT_MS",
+        request.request_timeout_ms.to_string(),
+    );
+    put(
+        "MEDEMBED_MAX_BODY_BYTES",
+        request.max_body_bytes.to_string(),
+    );
+    put(
+        "MEDEMBED_MAX_ROWS",
+        request.max_rows_per_request.to_string(),
+    );
+    put("MEDEMBED_TRT_CACHE_DIR", format!("{CACHE_MOUNT}/tensorrt"));
+    put("MEDEMBED_LOG_FORMAT", "json".into());
+    m
+}
+
+/// SHA-256 (hex) of a string map, in key order.
+pub fn hash_map(data: &BTreeMap<String, String>) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in data {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The worker ConfigMap.
+pub fn config_map(
+    dep: &EmbeddingDeployment,
+    request: &RequestSettings,
+) -> Result<ConfigMap, Error> {
+    let (name, ns) = name_ns(dep)?;
+    let labels = child_labels(&name, &dep.spec.endpoint);
+    let owner = owner_of(dep)?;
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta(&config_name(&name), &ns, &labels, &owner),
+        "data": worker_settings(dep, request),
+    }))?)
+}
+
+fn probe(path: &str, s: Option<&ProbeSettings>) -> Value {
+    let s = s.cloned().unwrap_or_default();
+    json!({
+        "httpGet": { "path": path, "port": "http" },
+        "initialDelaySeconds": s.initial_delay_seconds.unwrap_or(10),
+        "periodSeconds": s.period_seconds.unwrap_or(10),
+        "timeoutSeconds": s.timeout_seconds.unwrap_or(2),
+        "failureThreshold": s.failure_threshold.unwrap_or(30),
+        "successThreshold": s.success_threshold.unwrap_or(1),
+    })
+}
+
+/// The number of workers asked for when not autoscaling.
+pub fn fixed_replicas(dep: &EmbeddingDeployment) -> Option<i32> {
+    match &dep.spec.autoscale {
+        Some(_) => None,
+        None => Some(dep.spec.instance_count.unwrap_or(1)),
+    }
+}
+
+/// The worker Deployment.
+pub fn deployment(
+    dep: &EmbeddingDeployment,
+    request: &RequestSettings,
+    defaults: &WorkerDefaults,
+) -> Result<Deployment, Error> {
+    let (name, ns) = name_ns(dep)?;
+    let spec = &dep.spec;
+    let labels = child_labels(&name, &spec.endpoint);
+    let owner = owner_of(dep)?;
+    let settings_hash = hash_map(&worker_settings(dep, request));
+
+    // The model volume and where the worker finds the model in it.
+    let mut volumes = vec![json!({"name": "cache", "emptyDir": {}})];
+    let mut init_containers: Vec<Value> = Vec::new();
+    let sub = |p: &Option<String>| {
+        p.as_deref()
+            .map(|p| p.trim_matches('/'))
+            .filter(|p| !p.is_empty())
+            .map(|p| format!("{MODEL_MOUNT}/{p}"))
+            .unwrap_or_else(|| MODEL_MOUNT.to_string())
+    };
+    let model_dir;
+    if let Some(pvc) = &spec.model.pvc {
+        volumes.push(json!({"name": "model", "persistentVolumeClaim": {"claimName": pvc.claim_name, "readOnly": true}}));
+        model_dir = sub(&pvc.path);
+    } else if let Some(img) = &spec.model.image {
+        volumes.push(json!({"name": "model", "image": {
+            "reference": img.reference,
+            "pullPolicy": img.pull_policy.clone().unwrap_or_else(|| "IfNotPresent".into()),
+        }}));
+        model_dir = sub(&img.path);
+    } else if let Some(url) = &spec.model.url {
+        let size = url
+            .cache_size
+            .clone()
+            .map(|q| q.0)
+            .unwrap_or_else(|| "20Gi".into());
+        volumes.push(json!({"name": "model", "emptyDir": {"sizeLimit": size}}));
+        init_containers.push(json!({
+            "name": "fetch-model",
+            "image": defaults.fetch_image,
+            "args": ["fetch-model", "--url", url.url, "--sha256", url.sha256, "--dest", MODEL_MOUNT],
+            "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT}],
+            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true},
+        }));
+        model_dir = MODEL_MOUNT.to_string();
+    } else {
+        return Err(Error::InvalidSpec(
+            "exactly one model source (pvc, image or url) must be set".into(),
+        ));
+    }
+
+    let mut env = vec![
+        json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
+        json!({"name": "MEDEMBED_LISTEN", "value": format!("{}:{}", defaults.listen_host, defaults.port)}),
+        json!({"name": "MEDEMBED_MODEL_DIR", "value": model_dir}),
+        json!({"name": "MEDEMBED_TERMINATION_LOG", "value": "/dev/termination-log"}),
+    ];
+    env.extend(
+        spec.env
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap_or(Value::Null)),
+    );
+
+    let mut limits = serde_json::Map::new();
+    let mut requests = serde_json::Map::new();
+    if let Some(gpu) = &spec.resources.gpu {
+        let rn = if gpu.resource_name.is_empty() {
+            DEFAULT_GPU_RESOURCE
+        } else {
+            &gpu.resource_name
+        };
+        limits.insert(rn.to_string(), json!(gpu.count.to_string()));
+        requests.insert(rn.to_string(), json!(gpu.count.to_string()));
+    }
+    for (k, q) in [
+        ("cpu", &spec.resources.cpu),
+        ("memory", &spec.resources.memory),
+    ] {
+        if let Some(q) = q {
+            limits.insert(k.into(), json!(q.0));
+            requests.insert(k.into(), json!(q.0));
+        }
+    }
+
+    let mut pod_spec = json!({
+        "automountServiceAccountToken": false,
+        "terminationGracePeriodSeconds": 40,
+        "containers": [{
+            "name": WORKER_CONTAINER,
+            "image": spec.image.clone().unwrap_or_else(|| defaults.image.clone()),
+            "env": env,
+            "envFrom": [{"configMapRef": {"name": config_name(&name)}}],
+            "ports": [{"name": "http", "containerPort": defaults.port, "protocol": "TCP"}],
+            "readinessProbe": probe("/readyz", spec.probes.readiness.as_ref()),
+            "livenessProbe": probe("/livez", spec.probes.liveness.as_ref()),
+            "resources": {"limits": limits, "requests": requests},
+            "volumeMounts": [
+                {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": true},
+                {"name": "cache", "mountPath": CACHE_MOUNT},
+            ],
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "securityContext": {"allowPrivilegeEscalation": false},
+        }],
+        "volumes": volumes,
+    });
+    let ps = pod_spec
+        .as_object_mut()
+        .ok_or_else(|| Error::InvalidObject("pod spec".into()))?;
+    if !init_containers.is_empty() {
+        ps.insert("initContainers".into(), json!(init_containers));
+    }
+    if !spec.node_selector.is_empty() {
+        ps.insert("nodeSelector".into(), json!(spec.node_selector));
+    }
+    if !spec.tolerations.is_empty() {
+        ps.insert(
+            "tolerations".into(),
+            serde_json::to_value(&spec.tolerations)?,
+        );
+    }
+    if let Some(a) = &spec.affinity {
+        ps.insert("affinity".into(), serde_json::to_value(a)?);
+    }
+    if let Some(r) = &spec.runtime_class_name {
+        ps.insert("runtimeClassName".into(), json!(r));
+    }
+    if let Some(p) = &spec.priority_class_name {
+        ps.insert("priorityClassName".into(), json!(p));
+    }
+
+    let mut dspec = json!({
+        "selector": {"matchLabels": selector_labels(&name)},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "progressDeadlineSeconds": 600,
+        "revisionHistoryLimit": 3,
+        "template": {
+            "metadata": {
+                "labels": labels,
+                "annotations": {CONFIG_HASH_ANNOTATION: settings_hash},
+            },
+            "spec": pod_spec,
+        },
+    });
+    if let Some(r) = fixed_replicas(dep) {
+        dspec["replicas"] = json!(r);
+    }
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta(&worker_name(&name), &ns, &labels, &owner),
+        "spec": dspec,
+    }))?)
+}
+
+/// The worker Service (the gateway finds workers through its EndpointSlices).
+pub fn service(dep: &EmbeddingDeployment, defaults: &WorkerDefaults) -> Result<Service, Error> {
+    let (name, ns) = name_ns(dep)?;
+    let labels = child_labels(&name, &dep.spec.endpoint);
+    let owner = owner_of(dep)?;
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(&worker_name(&name), &ns, &labels, &owner),
+        "spec": {
+            "selector": selector_labels(&name),
+            "ports": [{"name": "http", "port": defaults.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }))?)
+}
+
+/// The PodDisruptionBudget: voluntary evictions take at most one worker at a
+/// time.
+pub fn pdb(dep: &EmbeddingDeployment) -> Result<PodDisruptionBudget, Error> {
+    let (name, ns) = name_ns(dep)?;
+    let labels = child_labels(&name, &dep.spec.endpoint);
+    let owner = owner_of(dep)?;
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": meta(&worker_name(&name), &ns, &labels, &owner),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(&name)},
+            "maxUnavailable": 1,
+        },
+    }))?)
+}
+
+/// The HPA, when autoscaling is asked for: average of the workers'
+/// `medembed_worker_utilization_percent` ((busy + queued) over capacity)
+/// against the target; up at once, down after a minute of lower load.
+pub fn hpa(dep: &EmbeddingDeployment) -> Result<Option<HorizontalPodAutoscaler>, Error> {
+    let Some(a) = &dep.spec.autoscale else {
+        return Ok(None);
+    };
+    let (name, ns) = name_ns(dep)?;
+    let labels = child_labels(&name, &dep.spec.endpoint);
+    let owner = owner_of(dep)?;
+    Ok(Some(serde_json::from_value(json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": meta(&worker_name(&name), &ns, &labels, &owner),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": worker_name(&name)},
+            "minReplicas": a.min_replicas,
+            "maxReplicas": a.max_replicas,
+            "metrics": [{
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": UTILIZATION_METRIC},
+                    "target": {"type": "AverageValue", "averageValue": a.target_utilization_percent.to_string()},
+                },
+            }],
+            "behavior": {
+                "scaleUp": {"stabilizationWindowSeconds": 0,
+                            "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}]},
+                "scaleDown": {"stabilizationWindowSeconds": 60,
+                              "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]},
+            },
+        },
+    }))?))
+}
+
+/// The generated key Secret of an endpoint in Key mode: two fresh 256-bit
+/// keys (URL-safe base64). Created once; never logged.
+pub fn key_secret(ep: &EmbeddingEndpoint, primary: &str, secondary: &str) -> Result<Secret, Error> {
+    let (name, ns) = name_ns(ep)?;
+    let owner = owner_of(ep)?;
+    let labels = BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            MANAGED_BY.to_string(),
+        ),
+        (ENDPOINT_LABEL.to_string(), name.clone()),
+    ]);
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta(&key_secret_name(&name), &ns, &labels, &owner),
+        "type": "Opaque",
+        "stringData": {"primaryKey": primary, "secondaryKey": secondary},
+    }))?)
+}
+
+/// A fresh 256-bit key, URL-safe base64 without padding.
+pub fn generate_key() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use medembed_api::crd::EmbeddingDeploymentSpec;
+
+    fn defaults() -> WorkerDefaults {
+        WorkerDefaults {
+            image: "medembed/worker:1".into(),
+            fetch_image: "medembed/operator:1".into(),
+            listen_host: "0.0.0.0".into(),
+            port: 8080,
+        }
+    }
+
+    fn dep(spec: serde_json::Value) -> EmbeddingDeployment {
+        let spec: EmbeddingDeploymentSpec = serde_json::from_value(spec).unwrap();
+        let mut d = EmbeddingDeployment::new("blue", spec);
+        d.metadata.namespace = Some("ns".into());
+        d.metadata.uid = Some("uid-1".into());
+        d
+    }
+
+    fn base() -> serde_json::Value {
+        json!({"endpoint": "chest", "model": {"pvc": {"claimName": "models", "path": "/v1/"}}})
+    }
+
+    fn container(d: &Deployment) -> k8s_openapi::api::core::v1::Container {
+        d.spec.clone().unwrap().template.spec.unwrap().containers[0].clone()
+    }
+
+    #[test]
+    fn deployment_defaults() {
+        let d = deployment(&dep(base()), &RequestSettings::default(), &defaults()).unwrap();
+        assert_eq!(d.metadata.name.as_deref(), Some("blue-worker"));
+        let owner = &d.metadata.owner_references.clone().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("EmbeddingDeployment", "uid-1", Some(true))
+        );
+        let spec = d.spec.clone().unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        let ru = spec.strategy.unwrap().rolling_update.unwrap();
+        assert_eq!(serde_json::to_value(ru.max_unavailable).unwrap(), json!(0));
+        assert_eq!(serde_json::to_value(ru.max_surge).unwrap(), json!(1));
+        let c = container(&d);
+        assert_eq!(c.image.as_deref(), Some("medembed/worker:1"));
+        let env: BTreeMap<String, Option<String>> = c
+            .env
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.value))
+            .collect();
+        assert_eq!(
+            env["MEDEMBED_MODEL_DIR"].as_deref(),
+            Some("/var/lib/medembed/model/v1")
+        );
+        assert_eq!(env["MEDEMBED_LISTEN"].as_deref(), Some("0.0.0.0:8080"));
+        let r = c.readiness_probe.unwrap();
+        assert_eq!(r.http_get.unwrap().path.as_deref(), Some("/readyz"));
+        assert_eq!(
+            (
+                r.initial_delay_seconds,
+                r.period_seconds,
+                r.timeout_seconds,
+                r.failure_threshold
+            ),
+            (Some(10), Some(10), Some(2), Some(30))
+        );
+        assert!(c.resources.unwrap().limits.unwrap_or_default().is_empty());
+        let vols = d.spec.unwrap().template.spec.unwrap().volumes.unwrap();
+        let model = vols.iter().find(|v| v.name == "model").unwrap();
+        let pvc = model.persistent_volume_claim.clone().unwrap();
+        assert_eq!(
+            (pvc.claim_name.as_str(), pvc.read_only),
+            ("models", Some(true))
+        );
+    }
+
+    #[test]
+    fn gpus_placement_and_overrides() {
+        let mut s = base();
+        s["resources"] = json!({"gpu": {"count": 2, "resourceName": "nvidia.com/mig-1g.10gb"}, "cpu": "4", "memory": "16Gi"});
+        s["nodeSelector"] = json!({"pool": "gpu"});
+        s["tolerations"] =
+            json!([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]);
+        s["runtimeClassName"] = json!("nvidia");
+        s["priorityClassName"] = json!("inference");
+        s["image"] = json!("registry.local/worker:2");
+        s["env"] = json!([{"name": "EXTRA", "value": "1"}]);
+        s["probes"] = json!({"readiness": {"periodSeconds": 3}});
+        let d = deployment(&dep(s), &RequestSettings::default(), &defaults()).unwrap();
+        let ps = d.spec.clone().unwrap().template.spec.unwrap();
+        assert_eq!(ps.node_selector.unwrap()["pool"], "gpu");
+        assert_eq!(ps.tolerations.unwrap().len(), 1);
+        assert_eq!(ps.runtime_class_name.as_deref(), Some("nvidia"));
+        assert_eq!(ps.priority_class_name.as_deref(), Some("inference"));
+        let c = container(&d);
+        assert_eq!(c.image.as_deref(), Some("registry.local/worker:2"));
+        let res = c.resources.clone().unwrap();
+        assert_eq!(
+            res.limits.as_ref().unwrap()["nvidia.com/mig-1g.10gb"].0,
+            "2"
+        );
+        assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "16Gi");
+        assert!(c.env.clone().unwrap().iter().any(|e| e.name == "EXTRA"));
+        assert_eq!(c.readiness_probe.unwrap().period_seconds, Some(3));
+    }
+
+    #[test]
+    fn url_source_fetches_in_an_init_container() {
+        let mut s = base();
+        s["model"] =
+            json!({"url": {"url": "https://models.local/m.tar.gz", "sha256": "a".repeat(64)}});
+        let d = deployment(&dep(s), &RequestSettings::default(), &defaults()).unwrap();
+        let ps = d.spec.unwrap().template.spec.unwrap();
+        let init = &ps.init_containers.unwrap()[0];
+        assert_eq!(init.image.as_deref(), Some("medembed/operator:1"));
+        let args = init.args.clone().unwrap();
+        assert!(
+            args.contains(&"a".repeat(64))
+                && args.contains(&"https://models.local/m.tar.gz".to_string())
+        );
+        assert!(ps
+            .volumes
+            .unwrap()
+            .iter()
+            .any(|v| v.name == "model" && v.empty_dir.is_some()));
+    }
+
+    #[test]
+    fn image_source_is_an_image_volume() {
+        let mut s = base();
+        s["model"] = json!({"image": {"reference": "registry.local/models/mii@sha256:abc", "path": "model"}});
+        let d = deployment(&dep(s), &RequestSettings::default(), &defaults()).unwrap();
+        let ps = d.spec.clone().unwrap().template.spec.unwrap();
+        let v = ps
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "model")
+            .unwrap();
+        assert_eq!(
+            v.image.unwrap().reference.as_deref(),
+            Some("registry.local/models/mii@sha256:abc")
+        );
+        let env = container(&d).env.unwrap();
+        assert!(env.iter().any(|e| e.name == "MEDEMBED_MODEL_DIR"
+            && e.value.as_deref() == Some("/var/lib/medembed/model/model")));
+    }
+
+    #[test]
+    fn autoscaling_leaves_replicas_to_the_hpa() {
+        let mut s = base();
+        s["autoscale"] =
+            json!({"minReplicas": 2, "maxReplicas": 5, "targetUtilizationPercent": 60});
+        let d = dep(s);
+        let k = deployment(&d, &RequestSettings::default(), &defaults()).unwrap();
+        assert_eq!(k.spec.unwrap().replicas, None);
+        let h = hpa(&d).unwrap().unwrap();
+        let hs = h.spec;
+        assert_eq!((hs.min_replicas, hs.max_replicas), (Some(2), 5));
+        assert_eq!(hs.scale_target_ref.name, "blue-worker");
+        let m = &hs.metrics.unwrap()[0];
+        let pods = m.pods.clone().unwrap();
+        assert_eq!(pods.metric.name, UTILIZATION_METRIC);
+        assert_eq!(pods.target.average_value.unwrap().0, "60");
+        assert!(hpa(&dep(base())).unwrap().is_none());
+    }
+
+    #[test]
+    fn settings_change_rolls_the_workers() {
+        let d = dep(base());
+        let a = deployment(&d, &RequestSettings::default(), &defaults()).unwrap();
+        let slower = RequestSettings {
+            request_timeout_ms: 9000,
+            ..Default::default()
+        };
+        let b = deployment(&d, &slower, &defaults()).unwrap();
+        let hash = |d: &Deployment| {
+            d.spec
+                .clone()
+                .unwrap()
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap()[CONFIG_HASH_ANNOTATION]
+                .clone()
+        };
+        assert_ne!(hash(&a), hash(&b));
+        let cm = config_map(&d, &slower).unwrap();
+        assert_eq!(cm.data.unwrap()["MEDEMBED_REQUEST_TIMEOUT_MS"], "9000");
+    }
+
+    #[test]
+    fn service_pdb_and_keys() {
+        let d = dep(base());
+        let s = service(&d, &defaults()).unwrap();
+        assert_eq!(s.spec.unwrap().selector.unwrap(), selector_labels("blue"));
+        let p = pdb(&d).unwrap();
+        assert_eq!(
+            serde_json::to_value(p.spec.unwrap().max_unavailable).unwrap(),
+            json!(1)
+        );
+        let k1 = generate_key();
+        assert_eq!(k1.len(), 43);
+        assert_ne!(k1, generate_key());
+        let mut ep = EmbeddingEndpoint::new("chest", Default::default());
+        ep.metadata.namespace = Some("ns".into());
+        ep.metadata.uid = Some("uid-2".into());
+        let sec = key_secret(&ep, "p", "s").unwrap();
+        assert_eq!(sec.metadata.name.as_deref(), Some("chest-keys"));
+        assert_eq!(sec.string_data.unwrap()["secondaryKey"], "s");
+    }
+}

@@ -1,0 +1,406 @@
+//! Shared set-up of the operator's integration tests: a real control plane,
+//! the CRDs, the operator's service account bound to exactly the generated
+//! ClusterRole (the API server enforces RBAC), a node agent that runs the real
+//! worker binary on the TEST MODEL (random weights: embeddings mean nothing),
+//! and helpers to build specs and wait.
+//!
+//! The worker binary: `CARGO_BIN_EXE_*` only exists for a package's own
+//! binaries, so the harness runs `cargo build -p medembed-worker --bin
+//! medembed-worker --message-format=json` once per test process (with the
+//! same cargo and target directory as the test build; a no-op when `cargo
+//! test --workspace` already built it) and takes the path cargo reports.
+//! `MEDEMBED_WORKER_BIN` overrides it.
+
+#![allow(dead_code, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{
+    Namespace, PersistentVolume, PersistentVolumeClaim, ServiceAccount,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use medembed_operator::{crdgen, OperatorConfig, RunningOperator};
+use medembed_testsupport::node::AGENT_LABEL;
+use medembed_testsupport::{wait, AgentConfig, ControlPlane, NodeAgent, NodeSpec, TestNamespace};
+use serde_json::{json, Value};
+
+pub const STEP: Duration = Duration::from_millis(200);
+pub const WORKER_IMAGE: &str = "medembed/worker:test";
+pub const CRASH_IMAGE: &str = "medembed/crasher:test";
+
+fn exports(script: &Path) -> Vec<(String, String)> {
+    let out = Command::new("bash")
+        .arg(script)
+        .arg("--exports")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(out.status.success(), "{} failed", script.display());
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect()
+}
+
+pub struct Paths {
+    pub repo: PathBuf,
+    pub worker: PathBuf,
+    pub ort_library: PathBuf,
+    pub model_dir: PathBuf,
+}
+
+/// The worker binary, ONNX Runtime's library and the TEST MODEL (built once,
+/// cached outside the repository).
+pub fn paths() -> &'static Paths {
+    static P: OnceLock<Paths> = OnceLock::new();
+    P.get_or_init(|| {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut vars = exports(&repo.join("scripts/python-env.sh"));
+        vars.extend(exports(&repo.join("scripts/test-model.sh")));
+        let get = |k: &str| {
+            PathBuf::from(
+                vars.iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_else(|| panic!("{k} not exported")),
+            )
+        };
+        let worker = match std::env::var_os("MEDEMBED_WORKER_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => build_worker(&repo),
+        };
+        Paths {
+            worker,
+            ort_library: get("ORT_DYLIB_PATH"),
+            model_dir: get("MEDEMBED_TEST_MODEL"),
+            repo,
+        }
+    })
+}
+
+fn build_worker(repo: &Path) -> PathBuf {
+    let out = Command::new(env!("CARGO"))
+        .current_dir(repo)
+        .args([
+            "build",
+            "-p",
+            "medembed-worker",
+            "--bin",
+            "medembed-worker",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running cargo build for the worker");
+    assert!(out.status.success(), "building medembed-worker failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "medembed-worker")
+        .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .last()
+        .expect("cargo reported the worker executable")
+}
+
+pub struct Env {
+    pub agent: NodeAgent,
+    pub ns: TestNamespace,
+    /// The operator's namespace (its service account and Lease).
+    pub op_ns: String,
+    /// A client authenticated as the operator's service account.
+    pub op_client: Client,
+    pub admin: Client,
+    pub models: tempfile::TempDir,
+    pub cp: ControlPlane,
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,medembed_operator=info")
+            }),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A control plane with the CRDs, the operator's RBAC and a node agent with
+/// `nodes` (name suffix, GPUs).
+pub async fn setup(prefix: &str, nodes: &[(&str, u32)]) -> Env {
+    init_tracing();
+    let p = paths();
+    let t = std::time::Instant::now();
+    let cp = ControlPlane::start().await.expect("control plane starts");
+    eprintln!("control plane ready in {:?}", t.elapsed());
+    let admin = cp.client().expect("admin client");
+    install_crds(&admin).await;
+    let ns = cp.namespace(prefix).await.expect("namespace");
+    let op_ns = cp
+        .namespace("medembed-system")
+        .await
+        .expect("operator namespace")
+        .name()
+        .to_string();
+    let op_client = operator_client(&cp, &admin, &op_ns).await;
+
+    let mut config = AgentConfig::new(ns.name().to_string())
+        .image("medembed/worker", &p.worker)
+        .image("medembed/crasher", "/bin/false")
+        .env(
+            "ORT_DYLIB_PATH",
+            p.ort_library.to_string_lossy().into_owned(),
+        )
+        .env("MEDEMBED_LOG", "warn")
+        .backoff(Duration::from_millis(300), Duration::from_secs(2));
+    for (suffix, gpus) in nodes {
+        config = config.node(NodeSpec::gpu(format!("{}-{suffix}", ns.name()), *gpus));
+    }
+    let agent = NodeAgent::start(&cp, config)
+        .await
+        .expect("node agent starts");
+
+    // Two model versions (copies of the TEST MODEL) on a hostPath volume.
+    let models = tempfile::Builder::new()
+        .prefix("medembed-models.")
+        .tempdir()
+        .expect("tempdir");
+    for v in ["v1", "v2"] {
+        let dst = models.path().join(v);
+        copy_dir(&p.model_dir, &dst);
+    }
+    std::fs::create_dir_all(models.path().join("empty")).expect("empty model dir");
+    Env {
+        agent,
+        ns,
+        op_ns,
+        op_client,
+        admin,
+        models,
+        cp,
+    }
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("mkdir");
+    for e in std::fs::read_dir(src).expect("read model dir") {
+        let e = e.expect("entry");
+        let to = dst.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).expect("copy");
+        }
+    }
+}
+
+/// Applies the CRDs generated from the types and waits until established.
+pub async fn install_crds(admin: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    for crd in crdgen::crds() {
+        let name = crd.metadata.name.clone().expect("crd name");
+        api.patch(
+            &name,
+            &PatchParams::apply("medembed-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("apply CRD");
+        wait::until(
+            &format!("CRD {name} established"),
+            Duration::from_secs(30),
+            STEP,
+            || async {
+                let c = api.get(&name).await?;
+                let ok = c.status.and_then(|s| s.conditions).is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                });
+                Ok::<_, kube::Error>(ok.then_some(()))
+            },
+        )
+        .await
+        .expect("CRD established");
+    }
+}
+
+/// The operator's service account in `op_ns`, bound to the generated
+/// ClusterRole and the leader-election Role; a client with its token.
+pub async fn operator_client(cp: &ControlPlane, admin: &Client, op_ns: &str) -> Client {
+    let token = operator_token(admin, op_ns).await;
+    cp.client_with_token(&token).expect("operator client")
+}
+
+/// Like [`operator_client`], but returns the service account's token.
+pub async fn operator_token(admin: &Client, op_ns: &str) -> String {
+    let pp = PostParams::default();
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), op_ns);
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "medembed-operator"}})).expect("sa");
+    sas.create(&pp, &sa).await.expect("create sa");
+    let role = crdgen::cluster_role().expect("cluster role");
+    Api::<ClusterRole>::all(admin.clone())
+        .patch(
+            crdgen::CLUSTER_ROLE,
+            &PatchParams::apply("medembed-tests").force(),
+            &Patch::Apply(&role),
+        )
+        .await
+        .expect("cluster role");
+    let crb: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": format!("medembed-operator-{op_ns}")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": crdgen::CLUSTER_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": "medembed-operator", "namespace": op_ns}],
+    }))
+    .expect("crb");
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&pp, &crb)
+        .await
+        .expect("crb");
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": crdgen::LEASE_ROLE}, "rules": crdgen::lease_rules(),
+    }))
+    .expect("role");
+    Api::<Role>::namespaced(admin.clone(), op_ns)
+        .create(&pp, &role)
+        .await
+        .expect("role");
+    let rb: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": crdgen::LEASE_ROLE},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": crdgen::LEASE_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": "medembed-operator", "namespace": op_ns}],
+    }))
+    .expect("rb");
+    Api::<RoleBinding>::namespaced(admin.clone(), op_ns)
+        .create(&pp, &rb)
+        .await
+        .expect("rb");
+    let tr = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600 * 6),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    sas.create_token_request("medembed-operator", &pp, &tr)
+        .await
+        .expect("token request")
+        .status
+        .and_then(|s| s.token)
+        .expect("token")
+}
+
+impl Env {
+    /// The operator's configuration for these tests: workers bind their pod
+    /// IP, short leases.
+    pub fn op_config(&self, identity: &str) -> OperatorConfig {
+        let mut c = OperatorConfig::for_tests();
+        c.worker_image = WORKER_IMAGE.into();
+        c.worker_listen_host = "$(POD_IP)".into();
+        c.lease_namespace = self.op_ns.clone();
+        c.identity = Some(identity.into());
+        c.lease_duration_seconds = 4;
+        c.lease_renew_seconds = 1;
+        c
+    }
+
+    pub async fn start_operator(&self, identity: &str) -> RunningOperator {
+        medembed_operator::start(self.op_config(identity), self.op_client.clone())
+            .await
+            .expect("operator starts")
+    }
+
+    /// A PersistentVolume (hostPath: the models directory) and a claim bound
+    /// to it, as a storage provisioner would leave them.
+    pub async fn model_claim(&self, claim: &str) {
+        let pv_name = format!("{}-{claim}", self.ns.name());
+        let pv: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": pv_name},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "hostPath": {"path": self.models.path().to_string_lossy()},
+                "claimRef": {"namespace": self.ns.name(), "name": claim},
+                "persistentVolumeReclaimPolicy": "Retain",
+            },
+        }))
+        .expect("pv");
+        Api::<PersistentVolume>::all(self.admin.clone())
+            .create(&PostParams::default(), &pv)
+            .await
+            .expect("pv");
+        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": claim, "annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "resources": {"requests": {"storage": "1Gi"}},
+                "volumeName": pv_name,
+                "storageClassName": "",
+            },
+        }))
+        .expect("pvc");
+        let pvcs = self.ns.api::<PersistentVolumeClaim>();
+        pvcs.create(&PostParams::default(), &pvc)
+            .await
+            .expect("pvc");
+        let st = json!({"status": {"phase": "Bound", "accessModes": ["ReadOnlyMany"], "capacity": {"storage": "1Gi"}}});
+        pvcs.patch_status(claim, &PatchParams::default(), &Patch::Merge(&st))
+            .await
+            .expect("pvc status");
+        let st = json!({"status": {"phase": "Bound"}});
+        Api::<PersistentVolume>::all(self.admin.clone())
+            .patch_status(&pv_name, &PatchParams::default(), &Patch::Merge(&st))
+            .await
+            .expect("pv status");
+    }
+
+    /// An EmbeddingDeployment spec on the model claim `claim` at `path`,
+    /// pinned to this test's nodes, with fast probes.
+    pub fn deployment_spec(&self, endpoint: &str, claim: &str, path: &str) -> Value {
+        json!({
+            "endpoint": endpoint,
+            "model": {"pvc": {"claimName": claim, "path": path}},
+            "runtime": {"executionProvider": "cpu", "maxBatchSize": 8},
+            "instanceCount": 1,
+            "nodeSelector": {AGENT_LABEL: self.agent.name()},
+            "probes": {
+                "readiness": {"initialDelaySeconds": 0, "periodSeconds": 1, "failureThreshold": 3},
+                "liveness": {"initialDelaySeconds": 0, "periodSeconds": 5},
+            },
+        })
+    }
+
+    pub async fn teardown(self) {
+        self.agent.shutdown().await;
+        drop(self.cp);
+    }
+}
+
+/// Creates an object of kind `kind` from `spec` with the admin client.
+pub async fn create<K>(api: &Api<K>, name: &str, spec: Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec}))
+        .unwrap_or_else(|e| panic!("building {name}: {e}"));
+    api.create(&PostParams::default(), &obj)
+        .await
+        .unwrap_or_else(|e| panic!("creating {name}: {e}"));
+}
+
+/// Deletes the namespace-less helper objects of a test (nothing for now).
+pub async fn delete_namespace(admin: &Client, name: &str) {
+    let _ = Api::<Namespace>::all(admin.clone())
+        .delete(name, &Default::default())
+        .await;
+}

@@ -1,0 +1,230 @@
+//! What goes wrong, and how it shows: invalid specs are refused by the API
+//! server with the CEL rule's message; a deployment asking for more GPUs than
+//! any node has is `InsufficientGPU`; a model that cannot load is
+//! `ModelLoadFailed`; a worker that keeps exiting is `CrashLoop`; a missing
+//! claim is `ModelSourceInvalid`. All against the real control plane, the
+//! operator under its generated RBAC role.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{create, STEP};
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{ListParams, PostParams};
+use medembed_api::crd::{find_condition, EmbeddingDeployment, EmbeddingEndpoint};
+use medembed_testsupport::wait;
+use serde_json::{json, Value};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+async fn refused<K>(api: &kube::Api<K>, name: &str, spec: Value, message: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K =
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).expect("object");
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(_) => {
+            panic!("{name} was accepted; expected the API server to refuse it with {message:?}")
+        }
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 422, "{name}: {s:?}");
+            assert!(
+                s.message.contains(message),
+                "{name}: expected {message:?} in {:?}",
+                s.message
+            );
+        }
+        Err(e) => panic!("{name}: {e}"),
+    }
+}
+
+async fn until_reason(
+    deps: &kube::Api<EmbeddingDeployment>,
+    name: &str,
+    reason: &str,
+) -> EmbeddingDeployment {
+    wait::until(
+        &format!("{name} Degraded with {reason}"),
+        LIMIT,
+        STEP,
+        || async {
+            let d = deps.get(name).await?;
+            let st = d.status.clone().unwrap_or_default();
+            let deg = find_condition(&st.conditions, "Degraded")
+                .is_some_and(|c| c.is_true() && c.reason == reason);
+            let not_ready = find_condition(&st.conditions, "Ready")
+                .is_some_and(|c| !c.is_true() && c.reason == reason);
+            Ok::<_, kube::Error>((deg && not_ready).then_some(d))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        let st = futures::executor::block_on(deps.get(name))
+            .ok()
+            .and_then(|d| d.status);
+        panic!("{e}\nstatus: {st:?}")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalid_specs_and_failing_workers() {
+    let started = Instant::now();
+    let env = common::setup("op-fail", &[("gpu-0", 2)]).await;
+    let op = env.start_operator("op-a").await;
+    let result = wait::within("failures", Duration::from_secs(400), async {
+        env.model_claim("models").await;
+        let eps = env.ns.api::<EmbeddingEndpoint>();
+        let deps = env.ns.api::<EmbeddingDeployment>();
+
+        // Refused by the API server, with the rule's message.
+        refused(
+            &eps,
+            "bad-sum",
+            json!({"traffic": {"a": 60, "b": 30}}),
+            "traffic weights must sum to 100",
+        )
+        .await;
+        refused(
+            &eps,
+            "bad-mirror",
+            json!({"traffic": {"a": 100}, "mirrorTraffic": {"deployment": "a", "percent": 10}}),
+            "the mirror deployment must take no live traffic",
+        )
+        .await;
+        refused(
+            &eps,
+            "bad-mirror-pct",
+            json!({"traffic": {"a": 100}, "mirrorTraffic": {"deployment": "b", "percent": 60}}),
+            "should be less than or equal to 50",
+        )
+        .await;
+        refused(
+            &eps,
+            "bad-token",
+            json!({"auth": {"mode": "Token"}}),
+            "auth.token is required in Token mode",
+        )
+        .await;
+        let base = env.deployment_spec("ep", "models", "v1");
+        let mut two_sources = base.clone();
+        two_sources["model"]["url"] =
+            json!({"url": "https://models.example/m.tar", "sha256": "0".repeat(64)});
+        refused(
+            &deps,
+            "bad-sources",
+            two_sources,
+            "exactly one model source",
+        )
+        .await;
+        let mut no_source = base.clone();
+        no_source["model"] = json!({});
+        refused(&deps, "bad-nosource", no_source, "exactly one model source").await;
+        let mut bad_sha = base.clone();
+        bad_sha["model"] = json!({"url": {"url": "https://models.example/m.tar", "sha256": "XYZ"}});
+        refused(
+            &deps,
+            "bad-sha",
+            bad_sha,
+            "sha256 must be 64 lowercase hex digits",
+        )
+        .await;
+        let mut bad_scale = base.clone();
+        bad_scale["instanceCount"] = Value::Null;
+        bad_scale["autoscale"] = json!({"minReplicas": 3, "maxReplicas": 2});
+        refused(&deps, "bad-scale", bad_scale, "minReplicas must not exceed").await;
+        let mut both_scale = base.clone();
+        both_scale["autoscale"] = json!({"minReplicas": 1, "maxReplicas": 2});
+        refused(
+            &deps,
+            "bad-both",
+            both_scale,
+            "set either instanceCount or autoscale",
+        )
+        .await;
+        // A valid endpoint (no weights given) is accepted.
+        create(&eps, "ep", json!({"auth": {"mode": "Unauthenticated"}})).await;
+
+        // More GPUs than any node has: InsufficientGPU, no pod runs.
+        let mut greedy = base.clone();
+        greedy["resources"] = json!({"gpu": {"count": 4}});
+        create(&deps, "greedy", greedy).await;
+        // The model directory holds no model: the worker exits with code 3.
+        create(
+            &deps,
+            "nomodel",
+            env.deployment_spec("ep", "models", "empty"),
+        )
+        .await;
+        // A worker that exits at once, again and again.
+        let mut crasher = base.clone();
+        crasher["image"] = json!(common::CRASH_IMAGE);
+        create(&deps, "crasher", crasher).await;
+        // A claim that does not exist.
+        create(&deps, "noclaim", env.deployment_spec("ep", "missing", "v1")).await;
+
+        let g = until_reason(&deps, "greedy", "InsufficientGPU").await;
+        let msg = find_condition(&g.status.expect("status").conditions, "Degraded")
+            .expect("degraded")
+            .message
+            .clone();
+        assert!(msg.contains("nvidia.com/gpu"), "{msg}");
+        let n = until_reason(&deps, "nomodel", "ModelLoadFailed").await;
+        eprintln!(
+            "ModelLoadFailed: {}",
+            find_condition(&n.status.expect("status").conditions, "Degraded")
+                .expect("degraded")
+                .message
+        );
+        until_reason(&deps, "crasher", "CrashLoop").await;
+        until_reason(&deps, "noclaim", "ModelSourceInvalid").await;
+
+        // Transitions are Kubernetes Events on the deployments.
+        let evs = wait::until("warning events", LIMIT, STEP, || async {
+            let l = env.ns.api::<Event>().list(&ListParams::default()).await?;
+            let reasons: Vec<String> = l
+                .items
+                .iter()
+                .filter(|e| e.involved_object.kind.as_deref() == Some("EmbeddingDeployment"))
+                .filter_map(|e| e.reason.clone())
+                .collect();
+            let all = ["InsufficientGPU", "ModelLoadFailed", "CrashLoop"]
+                .iter()
+                .all(|r| reasons.iter().any(|x| x == r));
+            Ok::<_, kube::Error>(all.then_some(reasons))
+        })
+        .await
+        .expect("events");
+        eprintln!("events: {evs:?}");
+
+        // The endpoint tells which deployments are not ready.
+        let e = wait::until("endpoint status", LIMIT, STEP, || async {
+            let e = eps.get("ep").await?;
+            let n = e.status.as_ref().map_or(0, |s| s.deployments.len());
+            Ok::<_, kube::Error>((n == 4).then_some(e))
+        })
+        .await
+        .expect("endpoint lists its deployments");
+        let st = e.status.expect("status");
+        assert!(st.deployments.iter().all(|d| !d.ready));
+        assert!(st.key_secret_name.is_none());
+
+        let metrics = op.metrics_text();
+        assert!(
+            metrics.contains("medembed_operator_reconcile_duration_seconds"),
+            "{metrics}"
+        );
+    })
+    .await;
+    if result.is_err() {
+        eprintln!("{}", env.ns.describe().await);
+    }
+    op.shutdown().await.expect("operator stops");
+    result.expect("failures test finishes in time");
+    env.teardown().await;
+    eprintln!(
+        "invalid_specs_and_failing_workers took {:?}",
+        started.elapsed()
+    );
+}
