@@ -12,6 +12,15 @@ eval "$(scripts/test-model.sh --exports)"
 log "building the control plane (cached)"
 export MEDEMBED_CLUSTER_BIN="$(NICE=${NICE:-0} scripts/cluster-build.sh)"
 
+# --- gateway: Debian's redis-server for the shared-quota tests (idempotent) ---
+if ! command -v redis-server >/dev/null 2>&1; then
+  log "installing redis-server (Debian) for the gateway's shared-quota tests"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q redis-server >/dev/null
+fi
+# --- end gateway ---
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo test"

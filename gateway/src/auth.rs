@@ -1,0 +1,367 @@
+//! Who is calling: API keys and OIDC tokens, both as `Authorization: Bearer`.
+//!
+//! Keys: a client has a primary and a secondary key (rotate one while the
+//! other keeps working). Only their SHA-256 hashes are stored (in a Secret or
+//! the static file). A presented key is hashed, the client is looked up by
+//! hash and the match confirmed with a constant-time comparison (`subtle`),
+//! so neither the key nor its hash is compared byte by byte with early exit.
+//!
+//! Tokens: JWTs from an OIDC issuer, verified against the issuer's JSON Web
+//! Key Set (fetched from its URL, or read from a mounted file on air-gapped
+//! clusters), with issuer, audience and expiry checked. The client is the one
+//! whose token identity (`sub` and optional further claims) matches.
+//!
+//! 401 means "we do not know who you are" (no, malformed, unknown, expired or
+//! mis-addressed credentials); 403 means "we know, and you may not call this
+//! endpoint".
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::proxy::HttpClient;
+use crate::table::{AuthMode, Client, Endpoint, JwksSource, KeySlot, Table, TokenSettings};
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The client (`None` on an unauthenticated endpoint).
+    pub client: Option<Arc<Client>>,
+    /// How it authenticated: `primary`, `secondary`, `token` or `none`.
+    pub method: &'static str,
+}
+
+impl Principal {
+    /// The client's id for labels and audit lines (`anonymous` if none).
+    pub fn id(&self) -> &str {
+        self.client.as_ref().map_or("anonymous", |c| c.id.as_str())
+    }
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` header (401).
+    #[error("missing credentials: send Authorization: Bearer <key or token>")]
+    Missing,
+    /// The key matches no client (401).
+    #[error("invalid key")]
+    BadKey,
+    /// The token failed verification (401); the reason is bounded.
+    #[error("invalid token: {0}")]
+    BadToken(&'static str),
+    /// Authenticated, but not allowed on this endpoint (403).
+    #[error("this client may not call this endpoint")]
+    Forbidden,
+}
+
+impl AuthError {
+    /// Bounded label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_credentials",
+            AuthError::BadKey => "invalid_key",
+            AuthError::BadToken(_) => "invalid_token",
+            AuthError::Forbidden => "forbidden",
+        }
+    }
+}
+
+/// Hex SHA-256 of a key, as stored in Secrets and the static file.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn bearer(header: Option<&http::HeaderValue>) -> Option<&str> {
+    let v = header?.to_str().ok()?.trim();
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(rest.trim())
+        .filter(|s| !s.is_empty())
+}
+
+/// Authenticates and authorises one request.
+pub async fn authenticate(
+    table: &Table,
+    endpoint: &Endpoint,
+    authorization: Option<&http::HeaderValue>,
+    jwks: &JwksCache,
+) -> Result<Principal, AuthError> {
+    match endpoint.auth {
+        AuthMode::Unauthenticated => Ok(Principal {
+            client: None,
+            method: "none",
+        }),
+        AuthMode::Key => {
+            let key = bearer(authorization).ok_or(AuthError::Missing)?;
+            let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+            let (client, slot) = table.client_by_key(&hash).ok_or(AuthError::BadKey)?;
+            // Confirm against every stored hash of that client in constant time.
+            let ok = client
+                .key_hashes
+                .iter()
+                .fold(subtle::Choice::from(0), |acc, (h, _)| acc | h.ct_eq(&hash));
+            if !bool::from(ok) {
+                return Err(AuthError::BadKey);
+            }
+            if !client.endpoints.contains(&endpoint.id) {
+                return Err(AuthError::Forbidden);
+            }
+            Ok(Principal {
+                client: Some(client.clone()),
+                method: match slot {
+                    KeySlot::Primary => "primary",
+                    KeySlot::Secondary => "secondary",
+                },
+            })
+        }
+        AuthMode::Token => {
+            let token = bearer(authorization).ok_or(AuthError::Missing)?;
+            let settings = endpoint
+                .token
+                .as_ref()
+                .ok_or(AuthError::BadToken("endpoint has no token settings"))?;
+            let claims = jwks.verify(settings, token).await?;
+            let sub = claims.get("sub").and_then(|v| v.as_str()).unwrap_or("");
+            // Among the clients with this identity, one allowed here wins.
+            let mut known = false;
+            for c in &table.clients {
+                let Some(t) = &c.token else { continue };
+                let claims_match = t.subject == sub
+                    && t.claims
+                        .iter()
+                        .all(|(k, v)| claims.get(k).and_then(|x| x.as_str()) == Some(v.as_str()));
+                if claims_match {
+                    known = true;
+                    if c.endpoints.contains(&endpoint.id) {
+                        return Ok(Principal {
+                            client: Some(c.clone()),
+                            method: "token",
+                        });
+                    }
+                }
+            }
+            // A valid token of an identity that is no client, or a client not
+            // allowed here: authenticated, but not authorised.
+            let _ = known;
+            Err(AuthError::Forbidden)
+        }
+    }
+}
+
+/// How long a fetched key set is trusted before it is fetched again.
+const JWKS_TTL: Duration = Duration::from_secs(300);
+/// Least time between fetches triggered by an unknown key id.
+const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
+
+struct CachedSet {
+    keys: Arc<JwkSet>,
+    loaded: Instant,
+    mtime: Option<SystemTime>,
+}
+
+/// Signing keys of token issuers, by source, loaded on demand and refreshed.
+pub struct JwksCache {
+    http: HttpClient,
+    sets: Mutex<HashMap<JwksSource, CachedSet>>,
+    file_check: Duration,
+}
+
+impl std::fmt::Debug for JwksCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JwksCache")
+    }
+}
+
+fn parse_alg(s: &str) -> Option<Algorithm> {
+    s.parse().ok()
+}
+
+impl JwksCache {
+    /// A cache fetching over `http`; files are re-checked every `file_check`.
+    pub fn new(http: HttpClient, file_check: Duration) -> Self {
+        JwksCache {
+            http,
+            sets: Mutex::new(HashMap::new()),
+            file_check,
+        }
+    }
+
+    async fn load(
+        &self,
+        source: &JwksSource,
+    ) -> Result<(JwkSet, Option<SystemTime>), &'static str> {
+        let text = match source {
+            JwksSource::Inline(s) => s.clone(),
+            JwksSource::File(p) => {
+                let meta = tokio::fs::metadata(p)
+                    .await
+                    .map_err(|_| "key set file unreadable")?;
+                let text = tokio::fs::read_to_string(p)
+                    .await
+                    .map_err(|_| "key set file unreadable")?;
+                return serde_json::from_str(&text)
+                    .map(|s| (s, meta.modified().ok()))
+                    .map_err(|_| "key set file is not a JWKS");
+            }
+            JwksSource::Url(u) => crate::proxy::get_text(&self.http, u, Duration::from_secs(5))
+                .await
+                .map_err(|_| "key set URL unreachable")?,
+        };
+        serde_json::from_str(&text)
+            .map(|s| (s, None))
+            .map_err(|_| "key set is not a JWKS")
+    }
+
+    /// The key set of `source`, loading or refreshing it as needed;
+    /// `want_kid` forces a (rate-limited) refresh when the kid is unknown.
+    async fn keys(
+        &self,
+        source: &JwksSource,
+        want_kid: Option<&str>,
+    ) -> Result<Arc<JwkSet>, &'static str> {
+        let mut sets = self.sets.lock().await;
+        let now = Instant::now();
+        let stale = match sets.get(source) {
+            None => true,
+            Some(c) => {
+                let age = now.duration_since(c.loaded);
+                let unknown = want_kid.is_some_and(|k| c.keys.find(k).is_none());
+                match source {
+                    JwksSource::Inline(_) => false,
+                    JwksSource::Url(_) => age > JWKS_TTL || (unknown && age > JWKS_MIN_REFETCH),
+                    JwksSource::File(p) => {
+                        age > self.file_check
+                            && tokio::fs::metadata(p)
+                                .await
+                                .ok()
+                                .and_then(|m| m.modified().ok())
+                                != c.mtime
+                    }
+                }
+            }
+        };
+        if stale {
+            match self.load(source).await {
+                Ok((set, mtime)) => {
+                    sets.insert(
+                        source.clone(),
+                        CachedSet {
+                            keys: Arc::new(set),
+                            loaded: now,
+                            mtime,
+                        },
+                    );
+                }
+                Err(e) => {
+                    if let Some(c) = sets.get_mut(source) {
+                        // Keep serving with the last good set; retry later.
+                        c.loaded = now;
+                        tracing::warn!(
+                            reason = e,
+                            "cannot refresh a token key set; keeping the last one"
+                        );
+                    } else {
+                        return Err(e);
+                    }
+                }
+            }
+        } else if let Some(c) = sets.get_mut(source) {
+            if matches!(source, JwksSource::File(_))
+                && now.duration_since(c.loaded) > self.file_check
+            {
+                c.loaded = now;
+            }
+        }
+        sets.get(source).map(|c| c.keys.clone()).ok_or("no key set")
+    }
+
+    /// Verifies a JWT's signature, issuer, audience and expiry; returns its claims.
+    pub async fn verify(
+        &self,
+        settings: &TokenSettings,
+        token: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| AuthError::BadToken("malformed"))?;
+        let allowed: Vec<Algorithm> = if settings.algorithms.is_empty() {
+            vec![Algorithm::RS256, Algorithm::ES256]
+        } else {
+            settings
+                .algorithms
+                .iter()
+                .filter_map(|a| parse_alg(a))
+                .collect()
+        };
+        if !allowed.contains(&header.alg) {
+            return Err(AuthError::BadToken("algorithm not accepted"));
+        }
+        let set = self
+            .keys(&settings.jwks, header.kid.as_deref())
+            .await
+            .map_err(AuthError::BadToken)?;
+        let jwk = match &header.kid {
+            Some(kid) => set.find(kid),
+            None if set.keys.len() == 1 => set.keys.first(),
+            None => None,
+        }
+        .ok_or(AuthError::BadToken("unknown signing key"))?;
+        let key =
+            DecodingKey::from_jwk(jwk).map_err(|_| AuthError::BadToken("unusable signing key"))?;
+        // The header's algorithm is among the accepted ones (checked above);
+        // jsonwebtoken wants every listed algorithm to fit the key's family.
+        let mut v = Validation::new(header.alg);
+        v.set_issuer(&[&settings.issuer]);
+        v.set_audience(&settings.audiences);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v.leeway = 30;
+        let data =
+            jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &v)
+                .map_err(|e| {
+                    use jsonwebtoken::errors::ErrorKind as K;
+                    AuthError::BadToken(match e.kind() {
+                        K::ExpiredSignature => "expired",
+                        K::InvalidAudience => "wrong audience",
+                        K::InvalidIssuer => "wrong issuer",
+                        K::ImmatureSignature => "not yet valid",
+                        K::InvalidSignature => "bad signature",
+                        K::MissingRequiredClaim(_) => "missing claim",
+                        K::InvalidAlgorithm => "algorithm does not fit the key",
+                        _ => "rejected",
+                    })
+                })?;
+        Ok(data.claims)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        let h = |s: &str| http::HeaderValue::from_str(s).unwrap();
+        assert_eq!(bearer(Some(&h("Bearer abc"))), Some("abc"));
+        assert_eq!(bearer(Some(&h("bearer  abc "))), Some("abc"));
+        assert_eq!(bearer(Some(&h("Basic abc"))), None);
+        assert_eq!(bearer(Some(&h("Bearer "))), None);
+        assert_eq!(bearer(None), None);
+    }
+
+    #[test]
+    fn key_hash_is_hex_sha256() {
+        assert_eq!(
+            hash_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

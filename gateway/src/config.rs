@@ -1,0 +1,120 @@
+//! The gateway's command line: every flag also reads an environment variable,
+//! so the same binary is configured by a pod spec, a ConfigMap or a shell.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// One API-compatible entry point in front of medembed's workers: auth, per-client
+/// quotas, balancing, mirroring and metrics.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "medembed-gateway", version, about)]
+pub struct GatewayConfig {
+    /// Address to serve the scoring API on.
+    #[arg(long, env = "MEDEMBED_GATEWAY_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+
+    /// Optional separate address for `/metrics`, `/livez` and `/readyz` (they are
+    /// also served on the main address).
+    #[arg(long, env = "MEDEMBED_GATEWAY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Static configuration file (YAML: endpoints, deployments with worker
+    /// addresses, clients with key hashes and quotas). Re-read when it changes.
+    /// Without it, the gateway discovers everything from Kubernetes.
+    #[arg(long, env = "MEDEMBED_GATEWAY_CONFIG")]
+    pub config_file: Option<PathBuf>,
+
+    /// Namespace to watch in Kubernetes mode (all namespaces when absent).
+    #[arg(long, env = "MEDEMBED_GATEWAY_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// How often files (static configuration, JWKS files, TLS certificates) are
+    /// checked for changes, in milliseconds.
+    #[arg(long, env = "MEDEMBED_GATEWAY_RELOAD_MS", default_value_t = 2000)]
+    pub reload_interval_ms: u64,
+
+    /// PEM certificate chain for TLS. TLS is off unless both this and
+    /// `--tls-key` are set. Reloaded when the file changes (a mounted Secret
+    /// updates in place).
+    #[arg(long, env = "MEDEMBED_GATEWAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for TLS.
+    #[arg(long, env = "MEDEMBED_GATEWAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Number of gateway replicas sharing the traffic. Without a shared quota
+    /// store each replica enforces 1/N of every per-minute and concurrency
+    /// limit (rounded up), assuming the load balancer in front spreads clients
+    /// evenly.
+    #[arg(long, env = "MEDEMBED_GATEWAY_REPLICAS", default_value_t = 1)]
+    pub replicas: u32,
+
+    /// Redis URL (`redis://host:port/db`) of a shared quota store: per-minute
+    /// limits become exact across all replicas. Concurrency limits stay per
+    /// replica.
+    #[arg(long, env = "MEDEMBED_GATEWAY_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Count quota violations (metrics, audit) without rejecting any request,
+    /// for every client.
+    #[arg(long, env = "MEDEMBED_GATEWAY_QUOTA_DRY_RUN", default_value_t = false)]
+    pub quota_dry_run: bool,
+
+    /// How long a worker that answered 429/503 or refused a connection is
+    /// avoided, in milliseconds.
+    #[arg(long, env = "MEDEMBED_GATEWAY_PENALTY_MS", default_value_t = 1000)]
+    pub penalty_ms: u64,
+
+    /// How often each worker's `/metrics` is read for its queue depth, in
+    /// milliseconds (0 = never).
+    #[arg(long, env = "MEDEMBED_GATEWAY_SCRAPE_MS", default_value_t = 1000)]
+    pub scrape_interval_ms: u64,
+
+    /// Timeout for opening a connection to a worker, in milliseconds.
+    #[arg(
+        long,
+        env = "MEDEMBED_GATEWAY_CONNECT_TIMEOUT_MS",
+        default_value_t = 1000
+    )]
+    pub connect_timeout_ms: u64,
+
+    /// Where to write the audit log (one JSON line per request): `-` for
+    /// standard output, `off`, or a file path (appended).
+    #[arg(long, env = "MEDEMBED_GATEWAY_AUDIT_LOG", default_value = "-")]
+    pub audit_log: String,
+
+    /// Longest time in-flight requests may take to finish after a shutdown
+    /// signal, in seconds.
+    #[arg(long, env = "MEDEMBED_GATEWAY_SHUTDOWN_GRACE_S", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+
+    /// Log line format.
+    #[arg(long, env = "MEDEMBED_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+impl GatewayConfig {
+    /// A configuration for a static file, listening on an ephemeral loopback
+    /// port, audit log off (for tests and embedding).
+    pub fn for_file(path: impl Into<PathBuf>) -> Self {
+        let mut cfg = GatewayConfig::parse_from(["medembed-gateway"]);
+        cfg.config_file = Some(path.into());
+        cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        cfg.audit_log = "off".into();
+        cfg.reload_interval_ms = 200;
+        cfg.shutdown_grace_seconds = 10;
+        cfg
+    }
+}

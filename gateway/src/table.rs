@@ -1,0 +1,292 @@
+//! The routing table: every endpoint with its deployments and workers, every
+//! client with its credentials and quota, and the indexes a request needs
+//! (host name, path prefix, key hash).
+//!
+//! Both sources of configuration, the static file ([`crate::file`]) and
+//! Kubernetes ([`crate::discovery`]), build this same model. A table is
+//! immutable: a change builds a new one and swaps it in whole ([`Tables`]),
+//! so a request sees one consistent view from start to end. Per-worker state
+//! (in-flight counts, penalties, reported queue depth) lives in
+//! [`crate::balance::Registry`] and survives the swap.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::balance::Worker;
+
+/// Limits applied to one client, as the `EmbeddingClient` CRD's `quota`. An
+/// absent limit is no limit.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Quota {
+    /// Most requests per minute.
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+    /// Most images (rows with an image) per minute.
+    #[serde(default)]
+    pub images_per_minute: Option<u64>,
+    /// Most request-body bytes per minute.
+    #[serde(default)]
+    pub bytes_per_minute: Option<u64>,
+    /// Most requests in flight at once.
+    #[serde(default)]
+    pub concurrent_requests: Option<u32>,
+    /// Most rows in one request.
+    #[serde(default)]
+    pub max_rows_per_request: Option<u32>,
+    /// Largest request body in bytes.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+}
+
+/// How clients of an endpoint authenticate.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuthMode {
+    /// `Authorization: Bearer KEY`, matched against the clients' key hashes.
+    #[default]
+    Key,
+    /// `Authorization: Bearer JWT` from an OIDC issuer.
+    Token,
+    /// Anyone who reaches the gateway (development only).
+    Unauthenticated,
+}
+
+/// Where the signing keys of a token issuer come from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum JwksSource {
+    /// Fetched over HTTP from the issuer's JWKS URL, refreshed periodically.
+    Url(String),
+    /// A mounted file (air-gapped clusters), re-read when it changes.
+    File(PathBuf),
+    /// The key set itself (e.g. read from a ConfigMap by discovery).
+    Inline(String),
+}
+
+/// How an endpoint in Token mode verifies JWTs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenSettings {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values.
+    pub audiences: Vec<String>,
+    /// The issuer's signing keys.
+    pub jwks: JwksSource,
+    /// Accepted algorithms (`RS256`, `ES256`, ...).
+    pub algorithms: Vec<String>,
+}
+
+/// One deployment of an endpoint: a set of interchangeable workers.
+#[derive(Debug)]
+pub struct Deployment {
+    /// The deployment's name (what the pin header names).
+    pub name: String,
+    /// Its ready workers.
+    pub workers: Vec<Arc<Worker>>,
+}
+
+/// An endpoint: what clients call.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Unique name: `name` in file mode, `namespace/name` in Kubernetes mode;
+    /// used in metric labels and audit lines.
+    pub id: String,
+    /// Host names (without port) that select this endpoint.
+    pub hosts: Vec<String>,
+    /// Path prefix that selects this endpoint (`PREFIX/score`), without a
+    /// trailing slash.
+    pub path_prefix: String,
+    /// Authentication mode.
+    pub auth: AuthMode,
+    /// Token verification in Token mode.
+    pub token: Option<Arc<TokenSettings>>,
+    /// Live traffic weights per deployment name (zero weights omitted).
+    pub traffic: Vec<(String, u32)>,
+    /// Mirrored traffic: deployment name and percent of live requests.
+    pub mirror: Option<(String, u32)>,
+    /// Time budget of a request.
+    pub timeout: Duration,
+    /// Largest request body.
+    pub max_body_bytes: u64,
+    /// Most rows per request.
+    pub max_rows: u32,
+    /// Quota of clients that declare none.
+    pub default_quota: Option<Quota>,
+    /// Deployments by name.
+    pub deployments: BTreeMap<String, Arc<Deployment>>,
+}
+
+/// A client's token identity: `sub` and further string claims.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientToken {
+    /// Expected `sub`.
+    pub subject: String,
+    /// Further claims the token must carry with these values.
+    pub claims: BTreeMap<String, String>,
+}
+
+/// Which of a client's two keys matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySlot {
+    /// The primary key.
+    Primary,
+    /// The secondary key.
+    Secondary,
+}
+
+impl KeySlot {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySlot::Primary => "primary",
+            KeySlot::Secondary => "secondary",
+        }
+    }
+}
+
+/// A client (tenant).
+pub struct Client {
+    /// Unique name (`namespace/name` in Kubernetes mode); metric label.
+    pub id: String,
+    /// Endpoint ids it may call.
+    pub endpoints: HashSet<String>,
+    /// SHA-256 of its primary and secondary keys.
+    pub key_hashes: Vec<([u8; 32], KeySlot)>,
+    /// Its token identity.
+    pub token: Option<ClientToken>,
+    /// Its own quota (else the endpoint's default).
+    pub quota: Option<Quota>,
+    /// Count quota violations without rejecting.
+    pub dry_run: bool,
+}
+
+impl std::fmt::Debug for Client {
+    // Key hashes are not secrets, but nothing key-derived goes to logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .field("endpoints", &self.endpoints)
+            .field("keys", &self.key_hashes.len())
+            .field("token", &self.token)
+            .field("quota", &self.quota)
+            .field("dry_run", &self.dry_run)
+            .finish()
+    }
+}
+
+/// An immutable snapshot of everything routable.
+#[derive(Debug, Default)]
+pub struct Table {
+    /// All endpoints.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// All clients.
+    pub clients: Vec<Arc<Client>>,
+    by_host: HashMap<String, Arc<Endpoint>>,
+    by_prefix: Vec<(String, Arc<Endpoint>)>,
+    by_key: HashMap<[u8; 32], (Arc<Client>, KeySlot)>,
+}
+
+/// Lower-cases a host name and strips a port.
+pub fn normalize_host(host: &str) -> String {
+    let h = host.trim();
+    let h = if let Some(rest) = h.strip_prefix('[') {
+        // IPv6 literal: keep the brackets' content.
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        h.rsplit_once(':')
+            .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+            .map_or(h, |(h, _)| h)
+    };
+    h.to_ascii_lowercase()
+}
+
+impl Table {
+    /// Builds the indexes. A host or key claimed twice keeps its first owner.
+    pub fn new(endpoints: Vec<Endpoint>, clients: Vec<Client>) -> Self {
+        let endpoints: Vec<Arc<Endpoint>> = endpoints.into_iter().map(Arc::new).collect();
+        let clients: Vec<Arc<Client>> = clients.into_iter().map(Arc::new).collect();
+        let mut by_host = HashMap::new();
+        let mut by_prefix = Vec::new();
+        for e in &endpoints {
+            for h in &e.hosts {
+                by_host
+                    .entry(normalize_host(h))
+                    .or_insert_with(|| e.clone());
+            }
+            by_prefix.push((e.path_prefix.clone(), e.clone()));
+        }
+        // Longest prefix first.
+        by_prefix.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+        let mut by_key = HashMap::new();
+        for c in &clients {
+            for (hash, slot) in &c.key_hashes {
+                by_key.entry(*hash).or_insert_with(|| (c.clone(), *slot));
+            }
+        }
+        Table {
+            endpoints,
+            clients,
+            by_host,
+            by_prefix,
+            by_key,
+        }
+    }
+
+    /// The endpoint a request addresses: by host name when the path is
+    /// `/score`, else by path prefix (`PREFIX/score`).
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Endpoint>> {
+        if path == "/score" {
+            if let Some(e) = host.and_then(|h| self.by_host.get(&normalize_host(h))) {
+                return Some(e);
+            }
+        }
+        let prefix = path.strip_suffix("/score")?;
+        self.by_prefix
+            .iter()
+            .find(|(p, _)| p == prefix)
+            .map(|(_, e)| e)
+    }
+
+    /// The client owning a key hash (found by hash; the caller confirms with a
+    /// constant-time comparison).
+    pub fn client_by_key(&self, hash: &[u8; 32]) -> Option<&(Arc<Client>, KeySlot)> {
+        self.by_key.get(hash)
+    }
+}
+
+/// The current table, swapped whole on every change.
+#[derive(Debug, Default)]
+pub struct Tables {
+    current: RwLock<Arc<Table>>,
+}
+
+impl Tables {
+    /// The current table.
+    pub fn get(&self) -> Arc<Table> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the table.
+    pub fn set(&self, t: Table) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(t);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_normalized() {
+        assert_eq!(normalize_host("Chest.Example:8443"), "chest.example");
+        assert_eq!(normalize_host("chest.example"), "chest.example");
+        assert_eq!(normalize_host("[::1]:80"), "::1");
+    }
+}

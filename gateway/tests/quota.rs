@@ -1,0 +1,201 @@
+//! Quotas through the gateway: requests, images and bytes per minute,
+//! concurrency, rows and body size per request, the 429's headers, dry run,
+//! and the per-replica division. (The rate arithmetic itself is tested with
+//! paused time next to the code, in `quota.rs`.)
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const KEY: &str = "quota-test-key-000000000000000000001";
+
+fn config(upstream: &str, quota: &str, dry_run: bool) -> String {
+    format!(
+        r#"
+endpoints:
+  - name: chest
+    deployments: {{blue: {{workers: ["{upstream}"]}}}}
+clients:
+  - name: radiology
+    endpoints: [chest]
+    keys: {{primarySha256: "{}"}}
+    quota: {quota}
+    dryRun: {dry_run}
+"#,
+        hash(KEY)
+    )
+}
+
+async fn post(gw: &TestGateway, body: String) -> reqwest::Response {
+    client()
+        .post(gw.url("/endpoints/chest/score"))
+        .bearer_auth(KEY)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn requests_per_minute_with_headers() {
+    let up = upstream("blue", Behaviour::Ok).await;
+    let gw = gateway(&config(&up.authority(), "{requestsPerMinute: 3}", false)).await;
+    for _ in 0..3 {
+        assert_eq!(post(&gw, text_body()).await.status(), 200);
+    }
+    let r = post(&gw, text_body()).await;
+    assert_eq!(r.status(), 429);
+    let h = r.headers();
+    let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((19..=20).contains(&retry), "retry-after {retry}");
+    assert_eq!(h["ratelimit-policy"], "\"requests\";q=3;w=60");
+    assert!(h["ratelimit"]
+        .to_str()
+        .unwrap()
+        .starts_with("\"requests\";r=0;t="));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_requests");
+    assert_eq!(up.count(), 3);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "medembed_gateway_rejections_total",
+            &["reason=\"requests_per_minute\"", "enforced=\"true\""]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn images_and_bytes_per_minute() {
+    let up = upstream("blue", Behaviour::Ok).await;
+    let gw = gateway(&config(&up.authority(), "{imagesPerMinute: 10}", false)).await;
+    assert_eq!(post(&gw, image_body(8)).await.status(), 200);
+    let r = post(&gw, image_body(4)).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers()["ratelimit"]
+        .to_str()
+        .unwrap()
+        .starts_with("\"images\";r=2;"));
+    assert_eq!(post(&gw, image_body(2)).await.status(), 200);
+    // Text-only rows cost no image quota.
+    assert_eq!(post(&gw, text_body()).await.status(), 200);
+
+    let one = text_body().len() as u64;
+    let gw = gateway(&config(
+        &up.authority(),
+        &format!("{{bytesPerMinute: {}}}", one * 2),
+        false,
+    ))
+    .await;
+    assert_eq!(post(&gw, text_body()).await.status(), 200);
+    assert_eq!(post(&gw, text_body()).await.status(), 200);
+    let r = post(&gw, text_body()).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers()["ratelimit-policy"]
+        .to_str()
+        .unwrap()
+        .contains("\"bytes\";q="));
+}
+
+#[tokio::test]
+async fn concurrent_requests() {
+    let up = upstream("slow", Behaviour::Slow(Duration::from_millis(700))).await;
+    let gw = gateway(&config(&up.authority(), "{concurrentRequests: 2}", false)).await;
+    let url = gw.url("/endpoints/chest/score");
+    let tasks: Vec<_> = (0..3)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100 * i)).await;
+                client()
+                    .post(&url)
+                    .bearer_auth(KEY)
+                    .body(text_body())
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(statuses, vec![200, 200, 429]);
+    // Slots come back when responses finish.
+    assert_eq!(post(&gw, text_body()).await.status(), 200);
+}
+
+#[tokio::test]
+async fn rows_and_body_per_request() {
+    let up = upstream("blue", Behaviour::Ok).await;
+    let gw = gateway(&config(
+        &up.authority(),
+        "{maxRowsPerRequest: 2, maxBodyBytes: 1000}",
+        false,
+    ))
+    .await;
+    assert_eq!(post(&gw, image_body(2)).await.status(), 200);
+    let r = post(&gw, image_body(3)).await;
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_rows");
+    let big = format!("{}{}", text_body(), " ".repeat(1000));
+    assert_eq!(post(&gw, big).await.status(), 413);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn dry_run_counts_without_rejecting() {
+    let up = upstream("blue", Behaviour::Ok).await;
+    let gw = gateway(&config(
+        &up.authority(),
+        "{requestsPerMinute: 2, imagesPerMinute: 1}",
+        true,
+    ))
+    .await;
+    for _ in 0..5 {
+        assert_eq!(post(&gw, image_body(1)).await.status(), 200);
+    }
+    let m = gw.metrics().await;
+    let counted = metric(
+        &m,
+        "medembed_gateway_rejections_total",
+        &["enforced=\"false\""],
+    );
+    assert_eq!(counted, 4.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "medembed_gateway_rejections_total",
+            &["enforced=\"true\""]
+        ),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn limits_are_divided_across_replicas() {
+    let up = upstream("blue", Behaviour::Ok).await;
+    let gw = gateway_with(
+        &config(&up.authority(), "{requestsPerMinute: 5}", false),
+        |c| c.replicas = 2,
+    )
+    .await;
+    // ceil(5 / 2) = 3 on this replica.
+    for _ in 0..3 {
+        assert_eq!(post(&gw, text_body()).await.status(), 200);
+    }
+    let r = post(&gw, text_body()).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["ratelimit-policy"], "\"requests\";q=3;w=60");
+}

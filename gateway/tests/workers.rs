@@ -1,0 +1,303 @@
+//! The gateway in front of real worker processes serving the TEST MODEL
+//! (random weights, MedImageInsight's exact I/O; its embeddings mean
+//! nothing): answers pass through unchanged, load spreads, and workers are
+//! added and removed under load without a failed request.
+//!
+//! The worker binary: `MEDEMBED_WORKER_BIN` when set (scripts/test.sh sets
+//! it), else this test builds it with the same cargo, profile and target
+//! directory as the test itself (`cargo build -p medembed-worker`).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const KEY: &str = "workers-test-key-000000000000000000001";
+
+fn exports(script: &Path) -> Vec<(String, String)> {
+    let out = Command::new("bash")
+        .arg(script)
+        .arg("--exports")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(out.status.success(), "{} failed", script.display());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect()
+}
+
+struct WorkerEnv {
+    bin: PathBuf,
+    ort: String,
+    model: String,
+}
+
+fn worker_env() -> &'static WorkerEnv {
+    static ENV: OnceLock<WorkerEnv> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut vars = exports(&repo.join("scripts/python-env.sh"));
+        vars.extend(exports(&repo.join("scripts/test-model.sh")));
+        let get = |k: &str| {
+            vars.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        let bin = match std::env::var_os("MEDEMBED_WORKER_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => build_worker(&repo),
+        };
+        WorkerEnv {
+            bin,
+            ort: get("ORT_DYLIB_PATH"),
+            model: get("MEDEMBED_TEST_MODEL"),
+        }
+    })
+}
+
+fn build_worker(repo: &Path) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(repo)
+        .args([
+            "build",
+            "-p",
+            "medembed-worker",
+            "--bin",
+            "medembed-worker",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cargo builds the worker");
+    assert!(out.status.success(), "building the worker failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "medembed-worker")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("the worker's executable path")
+}
+
+struct Worker {
+    child: Child,
+    port: u16,
+}
+
+impl Worker {
+    fn authority(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    /// SIGTERM: the worker drains (503 for new requests) and exits.
+    fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_worker() -> Worker {
+    let e = worker_env();
+    let port = free_port();
+    let child = Command::new(&e.bin)
+        .env("MEDEMBED_MODEL_DIR", &e.model)
+        .env("ORT_DYLIB_PATH", &e.ort)
+        .env("MEDEMBED_LISTEN", format!("127.0.0.1:{port}"))
+        .env("MEDEMBED_INTRA_THREADS", "1")
+        .env("MEDEMBED_DECODE_THREADS", "1")
+        .env("MEDEMBED_SHUTDOWN_GRACE_SECONDS", "10")
+        .env("MEDEMBED_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "worker did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Worker { child, port }
+}
+
+fn config(workers: &[&Worker]) -> String {
+    let list: Vec<String> = workers
+        .iter()
+        .map(|w| format!("\"{}\"", w.authority()))
+        .collect();
+    format!(
+        r#"
+endpoints:
+  - name: chest
+    requestSettings: {{requestTimeoutMs: 30000}}
+    deployments: {{blue: {{workers: [{}]}}}}
+clients:
+  - name: radiology
+    endpoints: [chest]
+    keys: {{primarySha256: "{}"}}
+"#,
+        list.join(", "),
+        hash(KEY)
+    )
+}
+
+fn mixed_body() -> String {
+    let png = "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAYAAABytg0kAAAAAXNSR0IArs4c6QAAAARnQU1BAACxjwv8YQUAAAAJcEhZcwAAFiUAABYlAUlSJPAAAAAbSURBVBhXY/gUoPS/fhfDfwaGJe///9/J8B8AVGwJ5VDvPeYAAAAASUVORK5CYII=";
+    format!(
+        r#"{{"input_data":{{"columns":["image","text"],"index":[0],"data":[["{png}","x-ray chest anteroposterior Pleural Effusion"]]}},"params":{{"get_scaling_factor":"true"}}}}"#
+    )
+}
+
+#[tokio::test]
+async fn real_workers_answer_through_the_gateway_and_share_the_load() {
+    let (w1, w2) = (start_worker().await, start_worker().await);
+    let gw = gateway_with(&config(&[&w1, &w2]), |c| c.scrape_interval_ms = 200).await;
+    let direct: serde_json::Value = client()
+        .post(format!("http://{}/score", w1.authority()))
+        .body(mixed_body())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = client()
+        .post(gw.url("/endpoints/chest/score"))
+        .bearer_auth(KEY)
+        .body(mixed_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let via: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(via["image_features"][0].as_array().unwrap().len(), 1024);
+    assert_eq!(via, direct, "the gateway changed the worker's answer");
+    // Errors from the worker come back in its JSON shape.
+    let r = client()
+        .post(gw.url("/endpoints/chest/score"))
+        .bearer_auth(KEY)
+        .body(r#"{"input_data":{"columns":["image"],"index":[0],"data":[["not base64 !!"]]}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert!(e["error"]["code"].is_string());
+    // Load spreads across both workers.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let url = gw.url("/endpoints/chest/score");
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let r = client()
+                    .post(&url)
+                    .bearer_auth(KEY)
+                    .body(mixed_body())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for w in [&w1, &w2] {
+        let m = reqwest::get(format!("http://{}/metrics", w.authority()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let n = metric(&m, "medembed_worker_requests_total", &["status=\"200\""]);
+        assert!(n >= 8.0, "worker {} served only {n}", w.authority());
+    }
+}
+
+#[tokio::test]
+async fn workers_added_and_removed_under_load_without_failed_requests() {
+    let (w1, w2) = (start_worker().await, start_worker().await);
+    let gw = gateway(&config(&[&w1, &w2])).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (url, stop, ok) = (gw.url("/endpoints/chest/score"), stop.clone(), ok.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let r = client()
+                    .post(&url)
+                    .bearer_auth(KEY)
+                    .body(mixed_body())
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status() == 200 {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failures.push((r.status().as_u16(), r.text().await.unwrap_or_default()));
+                }
+            }
+            failures
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Add a worker.
+    let w3 = start_worker().await;
+    gw.rewrite(&config(&[&w1, &w2, &w3])).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Remove one the way Kubernetes does: the pod is told to stop (it drains,
+    // answering 503 to new requests, then exits) while its address is taken
+    // out of the endpoint's list.
+    w1.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.rewrite(&config(&[&w2, &w3])).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for t in tasks {
+        failures.extend(t.await.unwrap());
+    }
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(
+        ok.load(Ordering::Relaxed) > 20,
+        "only {} requests",
+        ok.load(Ordering::Relaxed)
+    );
+    let m = reqwest::get(format!("http://{}/metrics", w3.authority()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metric(&m, "medembed_worker_requests_total", &["status=\"200\""]) > 0.0);
+}
