@@ -7,7 +7,8 @@
 //!   manager, owner references, pruning);
 //! - [`leader`]: Lease-based leader election (only the leader reconciles);
 //! - [`http`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`;
-//! - [`crdgen`]: the CRD and RBAC YAML generated from the types.
+//! - [`crdgen`]: the CRD and RBAC YAML generated from the types;
+//! - [`fetch`]: the init container fetching URL model sources.
 //!
 //! [`start`] runs everything in-process (tests use port 0); `main.rs` is a thin
 //! wrapper.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod controller;
 pub mod crdgen;
 mod error;
+pub mod fetch;
 pub mod http;
 pub mod leader;
 pub mod metrics;

@@ -1,5 +1,5 @@
 //! `medembed-operator`: runs the operator (default), or prints the generated
-//! CRD and RBAC YAML (`crdgen`).
+//! CRD and RBAC YAML (`crdgen`), or fetches a model archive (`fetch-model`).
 
 use std::path::PathBuf;
 
@@ -25,6 +25,19 @@ enum Command {
         /// Write the files here instead of printing them.
         #[arg(long)]
         out_dir: Option<PathBuf>,
+    },
+    /// Download a model archive, verify its SHA-256 and unpack it (the init
+    /// container of URL model sources).
+    FetchModel {
+        /// The archive's http(s) URL.
+        #[arg(long)]
+        url: String,
+        /// Its expected SHA-256 (hex).
+        #[arg(long)]
+        sha256: String,
+        /// The directory to unpack into.
+        #[arg(long)]
+        dest: PathBuf,
     },
 }
 
@@ -71,6 +84,19 @@ fn main() -> anyhow::Result<()> {
                         print!("{content}");
                     }
                 }
+            }
+            Ok(())
+        }
+        Some(Command::FetchModel { url, sha256, dest }) => {
+            init_logging(cli.config.log_format);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            if let Err(e) = rt.block_on(medembed_operator::fetch::fetch(&url, &sha256, &dest)) {
+                tracing::error!(error = %e, "fetching the model failed");
+                // Shown as the init container's termination message.
+                let _ = std::fs::write("/dev/termination-log", e.to_string());
+                std::process::exit(2);
             }
             Ok(())
         }
