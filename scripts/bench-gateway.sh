@@ -79,7 +79,9 @@ http {
 NGX
 }
 
-nginx_conf upstream "$UP_PORT" "" "location / { default_type application/json; alias $WORK/response.json; error_page 405 =200 \$uri; }"
+# Every path answers the file; a POST is turned into an internal GET (405 ->
+# error_page) so nginx's static module serves it.
+nginx_conf upstream "$UP_PORT" "" "root $WORK; default_type application/json; location / { try_files /response.json =404; error_page 405 =200 /response.json; }"
 nginx_conf proxy "$NGX_PORT" "upstream workers { server 127.0.0.1:$UP_PORT; keepalive 256; }" \
   "location / { proxy_pass http://workers; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; }"
 

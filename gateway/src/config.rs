@@ -39,6 +39,17 @@ pub struct GatewayConfig {
     #[arg(long, env = "MEDEMBED_GATEWAY_NAMESPACE")]
     pub namespace: Option<String>,
 
+    /// Kubeconfig file for Kubernetes mode outside a cluster (default: the
+    /// in-cluster service account, else `$KUBECONFIG` or `~/.kube/config`).
+    #[arg(long, env = "MEDEMBED_GATEWAY_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// In Kubernetes mode, a host name given to every endpoint besides its
+    /// `spec.hosts`, with `{name}` and `{namespace}` replaced (for a wildcard
+    /// DNS record, e.g. `{name}.{namespace}.ml.hospital.example`).
+    #[arg(long, env = "MEDEMBED_GATEWAY_HOST_TEMPLATE")]
+    pub host_template: Option<String>,
+
     /// How often files (static configuration, JWKS files, TLS certificates) are
     /// checked for changes, in milliseconds.
     #[arg(long, env = "MEDEMBED_GATEWAY_RELOAD_MS", default_value_t = 2000)]
@@ -111,6 +122,20 @@ impl GatewayConfig {
     pub fn for_file(path: impl Into<PathBuf>) -> Self {
         let mut cfg = GatewayConfig::parse_from(["medembed-gateway"]);
         cfg.config_file = Some(path.into());
+        cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        cfg.audit_log = "off".into();
+        cfg.reload_interval_ms = 200;
+        cfg.shutdown_grace_seconds = 10;
+        cfg
+    }
+
+    /// A configuration for Kubernetes discovery through `kubeconfig`, watching
+    /// `namespace`, on an ephemeral loopback port, audit log off.
+    pub fn for_kubernetes(kubeconfig: impl Into<PathBuf>, namespace: Option<String>) -> Self {
+        let mut cfg = GatewayConfig::parse_from(["medembed-gateway"]);
+        cfg.config_file = None;
+        cfg.kubeconfig = Some(kubeconfig.into());
+        cfg.namespace = namespace;
         cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         cfg.audit_log = "off".into();
         cfg.reload_interval_ms = 200;

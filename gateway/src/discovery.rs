@@ -1,19 +1,798 @@
 //! Kubernetes discovery: builds the routing table from `EmbeddingEndpoint`,
-//! `EmbeddingDeployment` and `EmbeddingClient` resources, the workers'
-//! EndpointSlices and the clients' key Secrets.
+//! `EmbeddingDeployment` and `EmbeddingClient` resources, the EndpointSlices
+//! of the worker Services the operator creates, the key Secrets and the JWKS
+//! ConfigMaps.
 //!
-//! Not available in this build: the gateway needs `--config-file`.
+//! One watch per kind (all namespaces, or the one given) feeds a single task
+//! that keeps a projection of each object, only what routing needs, and
+//! rebuilds the whole [`Table`] after every burst of changes (debounced by a
+//! few milliseconds). Nothing is polled: a worker that turns ready appears in
+//! the table as soon as its EndpointSlice says so, one that starts
+//! terminating disappears the same way, and a rotated key works as soon as its
+//! Secret is updated.
+//!
+//! What the cluster says, and how it is read:
+//!
+//! - an endpoint `NS/NAME` is served at `/endpoints/NS/NAME/score` (the
+//!   operator's `status.scoringUri` default) and, by host name, at each of
+//!   `spec.hosts` and at the gateway's `--host-template` expanded for it
+//!   (wildcard DNS as the managed service's `NAME.REGION.inference...`);
+//! - its deployments are the `EmbeddingDeployment`s of the namespace whose
+//!   `spec.endpoint` names it; a deployment's workers are the ready, not
+//!   terminating addresses (port `http`) of the EndpointSlices of its worker
+//!   Service (`status.serviceName`, by default `NAME-worker`, labelled
+//!   `medembed.io/deployment` by the operator; the EndpointSlice controller
+//!   copies the Service's labels, which is what the watch selects on);
+//! - Key mode: the endpoint's own Secret (`spec.auth.keySecretName`, else
+//!   `status.keySecretName`, else `NAME-keys`) holds two keys in clear under
+//!   `primaryKey`/`secondaryKey`; the gateway hashes them on receipt and keeps
+//!   only the hashes. Callers with those keys are the client
+//!   `NS/NAME:endpoint-key`, allowed on that endpoint only, with the
+//!   endpoint's default quota;
+//! - each `EmbeddingClient` `NS/C` may call the endpoints it names (same
+//!   namespace); its Secret holds the hex SHA-256 of its keys (never the
+//!   keys); Token mode reads the key set from `jwksUri` or from the ConfigMap
+//!   `jwksConfigMap` (`jwks.json`).
+//!
+//! Only `Opaque` Secrets are watched, and of each only the entries above are
+//! kept, as 32-byte hashes: the gateway holds no key in clear, and the
+//! Secret object itself is dropped as soon as it is projected.
+//!
+//! RBAC the gateway needs: get/list/watch on `embeddingendpoints`,
+//! `embeddingdeployments`, `embeddingclients` (`medembed.io`),
+//! `endpointslices` (`discovery.k8s.io`), `secrets` and `configmaps`.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource, ResourceExt};
+use medembed_api::crd::{
+    ClientQuota, EmbeddingClient, EmbeddingDeployment, EmbeddingEndpoint, EmbeddingEndpointSpec,
+};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
 
 use crate::balance::Registry;
-use crate::table::Tables;
+use crate::table::{
+    AuthMode, Client as TableClient, ClientToken, Deployment, Endpoint, JwksSource, KeySlot, Quota,
+    Table, Tables, TokenSettings,
+};
 
-/// Starts watching the cluster.
+/// Label the operator puts on a deployment's children (Service, and so its
+/// EndpointSlices).
+pub const DEPLOYMENT_LABEL: &str = "medembed.io/deployment";
+/// Label naming the Service an EndpointSlice belongs to.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The worker Service's port name.
+const PORT_NAME: &str = "http";
+/// Key of the JWKS in a ConfigMap.
+const JWKS_KEY: &str = "jwks.json";
+/// Entries of an endpoint's key Secret (keys in clear).
+const ENDPOINT_KEY_ENTRIES: [&str; 2] = ["primaryKey", "secondaryKey"];
+/// How long a burst of changes may last before the table is rebuilt.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+/// How long [`start`] waits for the first complete view of the cluster.
+const INITIAL_SYNC: Duration = Duration::from_secs(60);
+
+/// Where discovery looks and what it adds.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Namespace to watch (all when `None`).
+    pub namespace: Option<String>,
+    /// Kubeconfig file (else in-cluster configuration or `$KUBECONFIG`).
+    pub kubeconfig: Option<PathBuf>,
+    /// A host name per endpoint, with `{name}` and `{namespace}` replaced.
+    pub host_template: Option<String>,
+}
+
+/// `(namespace, name)` of an object.
+type Key = (String, String);
+
+fn key_of<K: Resource>(o: &K) -> Key {
+    (o.namespace().unwrap_or_default(), o.name_any())
+}
+
+/// A worker Service's ready addresses, from one EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SliceView {
+    service: String,
+    workers: Vec<String>,
+}
+
+/// What is kept of a Secret: hashes only (see the module's documentation).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct SecretView {
+    /// SHA-256 of the clear keys of an endpoint Secret, by entry.
+    hashed: BTreeMap<String, [u8; 32]>,
+    /// Entries that are hex SHA-256 hashes (client Secrets), decoded.
+    hashes: BTreeMap<String, [u8; 32]>,
+}
+
+/// One change seen by a watch.
+enum Change {
+    Endpoint(Op<EmbeddingEndpoint>),
+    Deployment(Op<EmbeddingDeployment>),
+    Client(Op<EmbeddingClient>),
+    Slice(Op<SliceView>),
+    Secret(Op<SecretView>),
+    ConfigMap(Op<Option<String>>),
+}
+
+/// A change to one kind's objects.
+enum Op<T> {
+    /// The watch (re)started: these objects replace all known ones.
+    Reset(Vec<(Key, T)>),
+    Put(Key, T),
+    Delete(Key),
+}
+
+impl<T> Op<T> {
+    fn apply(self, map: &mut HashMap<Key, T>) {
+        match self {
+            Op::Reset(all) => *map = all.into_iter().collect(),
+            Op::Put(k, v) => {
+                map.insert(k, v);
+            }
+            Op::Delete(k) => {
+                map.remove(&k);
+            }
+        }
+    }
+}
+
+/// Everything discovery knows of the cluster.
+#[derive(Default)]
+struct State {
+    endpoints: HashMap<Key, EmbeddingEndpoint>,
+    deployments: HashMap<Key, EmbeddingDeployment>,
+    clients: HashMap<Key, EmbeddingClient>,
+    slices: HashMap<Key, SliceView>,
+    secrets: HashMap<Key, SecretView>,
+    config_maps: HashMap<Key, Option<String>>,
+}
+
+impl State {
+    fn apply(&mut self, c: Change) {
+        match c {
+            Change::Endpoint(op) => op.apply(&mut self.endpoints),
+            Change::Deployment(op) => op.apply(&mut self.deployments),
+            Change::Client(op) => op.apply(&mut self.clients),
+            Change::Slice(op) => op.apply(&mut self.slices),
+            Change::Secret(op) => op.apply(&mut self.secrets),
+            Change::ConfigMap(op) => op.apply(&mut self.config_maps),
+        }
+    }
+}
+
+fn slice_view(s: &EndpointSlice) -> SliceView {
+    let service = s
+        .labels()
+        .get(SERVICE_NAME_LABEL)
+        .cloned()
+        .unwrap_or_default();
+    let ports = s.ports.as_deref().unwrap_or_default();
+    let port = ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some(PORT_NAME))
+        .or_else(|| ports.first())
+        .and_then(|p| p.port);
+    let mut workers = Vec::new();
+    if let Some(port) = port {
+        for ep in s.endpoints.iter().flatten() {
+            let c = ep.conditions.as_ref();
+            // An unknown readiness counts as ready (the API's convention).
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            if !ready || terminating {
+                continue;
+            }
+            if let Some(addr) = ep.addresses.first() {
+                workers.push(if addr.contains(':') {
+                    format!("[{addr}]:{port}")
+                } else {
+                    format!("{addr}:{port}")
+                });
+            }
+        }
+    }
+    workers.sort();
+    SliceView { service, workers }
+}
+
+fn secret_view(s: &Secret) -> SecretView {
+    let mut v = SecretView::default();
+    let mut take = |k: &str, bytes: &[u8]| {
+        if ENDPOINT_KEY_ENTRIES.contains(&k) {
+            v.hashed.insert(k.to_string(), Sha256::digest(bytes).into());
+        } else if let Some(h) = std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|t| crate::file::parse_hash(t).ok())
+        {
+            v.hashes.insert(k.to_string(), h);
+        }
+    };
+    for (k, b) in s.data.iter().flatten() {
+        take(k, &b.0);
+    }
+    // `stringData` is write-only, but a client library may hand it back.
+    for (k, t) in s.string_data.iter().flatten() {
+        take(k, t.as_bytes());
+    }
+    v
+}
+
+fn config_map_view(c: &ConfigMap) -> Option<String> {
+    c.data.as_ref().and_then(|d| d.get(JWKS_KEY)).cloned()
+}
+
+/// Runs one watch, sending each change through `tx` (projected by `view`).
+fn spawn_watch<K, T>(
+    api: Api<K>,
+    config: watcher::Config,
+    view: impl Fn(&K) -> T + Send + 'static,
+    wrap: fn(Op<T>) -> Change,
+    tx: mpsc::UnboundedSender<Change>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    T: Send + 'static,
+{
+    let kind = std::any::type_name::<K>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("object");
+    tokio::spawn(async move {
+        let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+        let mut buffer: Option<Vec<(Key, T)>> = None;
+        while let Some(event) = stream.next().await {
+            let op = match event {
+                Err(e) => {
+                    tracing::warn!(kind, error = %e, "watch failed; retrying");
+                    continue;
+                }
+                Ok(Event::Init) => {
+                    buffer = Some(Vec::new());
+                    continue;
+                }
+                Ok(Event::InitApply(o)) => {
+                    buffer
+                        .get_or_insert_with(Vec::new)
+                        .push((key_of(&o), view(&o)));
+                    continue;
+                }
+                Ok(Event::InitDone) => Op::Reset(buffer.take().unwrap_or_default()),
+                Ok(Event::Apply(o)) => Op::Put(key_of(&o), view(&o)),
+                Ok(Event::Delete(o)) => Op::Delete(key_of(&o)),
+            };
+            if tx.send(wrap(op)).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn kube_client(s: &Settings) -> anyhow::Result<Client> {
+    let config = match &s.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes configuration (in-cluster or kubeconfig); without Kubernetes, pass --config-file")?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// Starts watching the cluster; returns once the first complete view is in
+/// the table (or fails when it does not come within a minute).
 pub async fn start(
-    _namespace: Option<String>,
-    _tables: Arc<Tables>,
-    _registry: Arc<Registry>,
+    settings: Settings,
+    tables: Arc<Tables>,
+    registry: Arc<Registry>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    anyhow::bail!("Kubernetes discovery is not built in yet; pass --config-file")
+    let client = kube_client(&settings).await?;
+    let ns = settings.namespace.as_deref();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
+    let any = watcher::Config::default;
+    let watches = vec![
+        spawn_watch(
+            api::<EmbeddingEndpoint>(&client, ns),
+            any(),
+            Clone::clone,
+            Change::Endpoint,
+            tx.clone(),
+        ),
+        spawn_watch(
+            api::<EmbeddingDeployment>(&client, ns),
+            any(),
+            Clone::clone,
+            Change::Deployment,
+            tx.clone(),
+        ),
+        spawn_watch(
+            api::<EmbeddingClient>(&client, ns),
+            any(),
+            Clone::clone,
+            Change::Client,
+            tx.clone(),
+        ),
+        spawn_watch(
+            api::<EndpointSlice>(&client, ns),
+            any().labels(DEPLOYMENT_LABEL),
+            slice_view,
+            Change::Slice,
+            tx.clone(),
+        ),
+        spawn_watch(
+            api::<Secret>(&client, ns),
+            any().fields("type=Opaque"),
+            secret_view,
+            Change::Secret,
+            tx.clone(),
+        ),
+        spawn_watch(
+            api::<ConfigMap>(&client, ns),
+            any(),
+            config_map_view,
+            Change::ConfigMap,
+            tx,
+        ),
+    ];
+    const KINDS: usize = 6;
+    let (ready_tx, mut ready_rx) = watch::channel(false);
+    let host_template = settings.host_template.clone();
+    let task = tokio::spawn(async move {
+        let _watches = AbortOnDrop(watches);
+        let mut state = State::default();
+        let mut synced: HashSet<usize> = HashSet::new();
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            // Take the rest of the burst.
+            tokio::time::sleep(DEBOUNCE).await;
+            while let Ok(c) = rx.try_recv() {
+                batch.push(c);
+            }
+            for c in batch {
+                if let Some(i) = reset_index(&c) {
+                    synced.insert(i);
+                }
+                state.apply(c);
+            }
+            if synced.len() < KINDS {
+                continue;
+            }
+            let table = build(&state, host_template.as_deref(), &registry);
+            tracing::debug!(
+                endpoints = table.endpoints.len(),
+                clients = table.clients.len(),
+                "routing table rebuilt from the cluster"
+            );
+            tables.set(table);
+            let _ = ready_tx.send(true);
+        }
+    });
+    let waited = tokio::time::timeout(INITIAL_SYNC, ready_rx.wait_for(|r| *r)).await;
+    match waited {
+        Ok(Ok(_)) => Ok(task),
+        _ => {
+            task.abort();
+            anyhow::bail!(
+                "no complete view of the cluster within {} s (are the CRDs installed, and may the gateway list them, EndpointSlices, Secrets and ConfigMaps?)",
+                INITIAL_SYNC.as_secs()
+            )
+        }
+    }
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+fn reset_index(c: &Change) -> Option<usize> {
+    match c {
+        Change::Endpoint(Op::Reset(_)) => Some(0),
+        Change::Deployment(Op::Reset(_)) => Some(1),
+        Change::Client(Op::Reset(_)) => Some(2),
+        Change::Slice(Op::Reset(_)) => Some(3),
+        Change::Secret(Op::Reset(_)) => Some(4),
+        Change::ConfigMap(Op::Reset(_)) => Some(5),
+        _ => None,
+    }
+}
+
+fn quota(q: &ClientQuota) -> Quota {
+    Quota {
+        requests_per_minute: q.requests_per_minute,
+        images_per_minute: q.images_per_minute,
+        bytes_per_minute: q.bytes_per_minute,
+        concurrent_requests: q.concurrent_requests,
+        max_rows_per_request: q.max_rows_per_request,
+        max_body_bytes: q.max_body_bytes,
+    }
+}
+
+/// The id of an object: `namespace/name`.
+fn id(ns: &str, name: &str) -> String {
+    format!("{ns}/{name}")
+}
+
+fn expand(template: &str, ns: &str, name: &str) -> String {
+    template.replace("{namespace}", ns).replace("{name}", name)
+}
+
+fn endpoint_token(
+    ns: &str,
+    name: &str,
+    spec: &EmbeddingEndpointSpec,
+    state: &State,
+) -> Option<Arc<TokenSettings>> {
+    let t = spec.auth.token.as_ref()?;
+    let jwks = match (&t.jwks_uri, &t.jwks_config_map) {
+        (Some(u), _) => JwksSource::Url(u.clone()),
+        (None, Some(cm)) => {
+            let set = state
+                .config_maps
+                .get(&(ns.to_string(), cm.clone()))
+                .cloned()
+                .flatten();
+            if set.is_none() {
+                tracing::warn!(endpoint = %id(ns, name), config_map = %cm, "the JWKS ConfigMap is missing or has no jwks.json; tokens cannot be verified");
+            }
+            JwksSource::Inline(set.unwrap_or_else(|| r#"{"keys":[]}"#.into()))
+        }
+        (None, None) => JwksSource::Inline(r#"{"keys":[]}"#.into()),
+    };
+    Some(Arc::new(TokenSettings {
+        issuer: t.issuer.clone(),
+        audiences: t.audiences.clone(),
+        jwks,
+        algorithms: t.algorithms.clone(),
+    }))
+}
+
+/// Builds the table from what the watches saw.
+fn build(state: &State, host_template: Option<&str>, registry: &Registry) -> Table {
+    // Ready workers per (namespace, Service).
+    let mut by_service: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for ((ns, _), s) in &state.slices {
+        by_service
+            .entry((ns.clone(), s.service.clone()))
+            .or_default()
+            .extend(s.workers.iter().cloned());
+    }
+    // Deployments per (namespace, endpoint).
+    let mut deps_of: HashMap<(String, String), Vec<&EmbeddingDeployment>> = HashMap::new();
+    for ((ns, _), d) in &state.deployments {
+        deps_of
+            .entry((ns.clone(), d.spec.endpoint.clone()))
+            .or_default()
+            .push(d);
+    }
+    let mut endpoints = Vec::new();
+    let mut clients = Vec::new();
+    let mut sorted: Vec<(&Key, &EmbeddingEndpoint)> = state.endpoints.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    for ((ns, name), ep) in sorted {
+        let spec = &ep.spec;
+        let eid = id(ns, name);
+        let mut deployments: BTreeMap<String, Arc<Deployment>> = BTreeMap::new();
+        for d in deps_of
+            .get(&(ns.clone(), name.clone()))
+            .into_iter()
+            .flatten()
+        {
+            let dname = d.name_any();
+            let service = d
+                .status
+                .as_ref()
+                .and_then(|s| s.service_name.clone())
+                .unwrap_or_else(|| format!("{dname}-worker"));
+            let mut authorities = by_service
+                .get(&(ns.clone(), service))
+                .cloned()
+                .unwrap_or_default();
+            authorities.sort();
+            authorities.dedup();
+            let workers = authorities.iter().map(|a| registry.worker(a)).collect();
+            deployments.insert(
+                dname.clone(),
+                Arc::new(Deployment {
+                    name: dname,
+                    workers,
+                }),
+            );
+        }
+        // Traffic may name a deployment not created yet: it has no workers.
+        for d in spec.traffic.keys() {
+            deployments.entry(d.clone()).or_insert_with(|| {
+                Arc::new(Deployment {
+                    name: d.clone(),
+                    workers: Vec::new(),
+                })
+            });
+        }
+        let mirror = spec
+            .mirror_traffic
+            .as_ref()
+            .filter(|m| m.percent > 0 && deployments.contains_key(&m.deployment))
+            .map(|m| (m.deployment.clone(), m.percent.clamp(0, 50) as u32));
+        let mut traffic: Vec<(String, u32)> = spec
+            .traffic
+            .iter()
+            .filter(|(d, _)| mirror.as_ref().is_none_or(|(m, _)| m != *d))
+            .filter(|(_, w)| **w > 0)
+            .map(|(d, w)| (d.clone(), *w as u32))
+            .collect();
+        if traffic.is_empty() {
+            // No split: the single ready deployment takes all traffic.
+            let ready: Vec<&String> = deployments
+                .iter()
+                .filter(|(d, dep)| {
+                    !dep.workers.is_empty() && mirror.as_ref().is_none_or(|(m, _)| m != *d)
+                })
+                .map(|(d, _)| d)
+                .collect();
+            if let [one] = ready.as_slice() {
+                traffic.push(((*one).clone(), 100));
+            }
+        }
+        let mut hosts = spec.hosts.clone();
+        if let Some(t) = host_template {
+            hosts.push(expand(t, ns, name));
+        }
+        let auth = match spec.auth.mode {
+            medembed_api::crd::AuthMode::Key => AuthMode::Key,
+            medembed_api::crd::AuthMode::Token => AuthMode::Token,
+            medembed_api::crd::AuthMode::Unauthenticated => AuthMode::Unauthenticated,
+        };
+        if auth == AuthMode::Key {
+            let secret = spec
+                .auth
+                .key_secret_name
+                .clone()
+                .or_else(|| ep.status.as_ref().and_then(|s| s.key_secret_name.clone()))
+                .unwrap_or_else(|| format!("{name}-keys"));
+            if let Some(s) = state.secrets.get(&(ns.clone(), secret)) {
+                let mut key_hashes = Vec::new();
+                for (entry, slot) in ENDPOINT_KEY_ENTRIES
+                    .iter()
+                    .zip([KeySlot::Primary, KeySlot::Secondary])
+                {
+                    if let Some(h) = s.hashed.get(*entry) {
+                        key_hashes.push((*h, slot));
+                    }
+                }
+                if !key_hashes.is_empty() {
+                    clients.push(TableClient {
+                        id: format!("{eid}:endpoint-key"),
+                        endpoints: HashSet::from([eid.clone()]),
+                        key_hashes,
+                        token: None,
+                        quota: None,
+                        dry_run: false,
+                    });
+                }
+            }
+        }
+        let rs = &spec.request_settings;
+        endpoints.push(Endpoint {
+            id: eid.clone(),
+            hosts,
+            path_prefix: format!("/endpoints/{ns}/{name}"),
+            auth,
+            token: endpoint_token(ns, name, spec, state),
+            traffic,
+            mirror,
+            timeout: Duration::from_millis(u64::from(rs.request_timeout_ms.max(1))),
+            max_body_bytes: rs.max_body_bytes,
+            max_rows: rs.max_rows_per_request,
+            default_quota: spec.default_client_quota.as_ref().map(quota),
+            deployments,
+        });
+    }
+    let mut sorted: Vec<(&Key, &EmbeddingClient)> = state.clients.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    for ((ns, name), c) in sorted {
+        let spec = &c.spec;
+        let mut key_hashes = Vec::new();
+        if let Some(k) = &spec.keys {
+            match state.secrets.get(&(ns.clone(), k.secret_name.clone())) {
+                Some(s) => {
+                    if let Some(h) = s.hashes.get(&k.primary_key) {
+                        key_hashes.push((*h, KeySlot::Primary));
+                    } else {
+                        tracing::warn!(client = %id(ns, name), "the key Secret has no valid primary hash (64 hex digits)");
+                    }
+                    if let Some(h) = s.hashes.get(&k.secondary_key) {
+                        key_hashes.push((*h, KeySlot::Secondary));
+                    }
+                }
+                None => {
+                    tracing::warn!(client = %id(ns, name), "the key Secret does not exist (yet)")
+                }
+            }
+        }
+        clients.push(TableClient {
+            id: id(ns, name),
+            endpoints: spec.endpoints.iter().map(|e| id(ns, e)).collect(),
+            key_hashes,
+            token: spec.token.as_ref().map(|t| ClientToken {
+                subject: t.subject.clone(),
+                claims: t.claims.clone(),
+            }),
+            quota: spec.quota.as_ref().map(quota),
+            dry_run: spec.dry_run,
+        });
+    }
+    let table = Table::new(endpoints, clients);
+    let keep: HashSet<String> = table
+        .endpoints
+        .iter()
+        .flat_map(|e| e.deployments.values())
+        .flat_map(|d| d.workers.iter().map(|w| w.authority.clone()))
+        .collect();
+    registry.retain(&keep);
+    table
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj<K: DeserializeOwned>(v: serde_json::Value) -> K {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn slices_keep_ready_non_terminating_addresses_on_the_http_port() {
+        let s: EndpointSlice = obj(json!({
+            "metadata": {"name": "blue-worker-abc", "namespace": "ns",
+                         "labels": {"kubernetes.io/service-name": "blue-worker"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "metrics", "port": 9000}, {"name": "http", "port": 8080}],
+            "endpoints": [
+                {"addresses": ["10.0.0.1"], "conditions": {"ready": true}},
+                {"addresses": ["10.0.0.2"], "conditions": {"ready": false}},
+                {"addresses": ["10.0.0.3"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+                {"addresses": ["10.0.0.4"]},
+            ],
+        }));
+        let v = slice_view(&s);
+        assert_eq!(v.service, "blue-worker");
+        assert_eq!(v.workers, vec!["10.0.0.1:8080", "10.0.0.4:8080"]);
+    }
+
+    #[test]
+    fn secrets_keep_hashes_only() {
+        let s: Secret = obj(json!({
+            "metadata": {"name": "k", "namespace": "ns"},
+            "stringData": {
+                "primaryKey": "clear-key-1",
+                "primary-sha256": crate::auth::hash_key("client-key"),
+                "other": "not a hash",
+            },
+        }));
+        let v = secret_view(&s);
+        assert_eq!(
+            hex::encode(v.hashed["primaryKey"]),
+            crate::auth::hash_key("clear-key-1")
+        );
+        assert_eq!(
+            hex::encode(v.hashes["primary-sha256"]),
+            crate::auth::hash_key("client-key")
+        );
+        assert_eq!(v.hashes.len() + v.hashed.len(), 2);
+    }
+
+    #[test]
+    fn table_from_resources() {
+        let registry = Registry::default();
+        let mut state = State::default();
+        let k = |n: &str| ("ns".to_string(), n.to_string());
+        state.endpoints.insert(
+            k("chest"),
+            obj(json!({
+                "apiVersion": "medembed.io/v1alpha1", "kind": "EmbeddingEndpoint",
+                "metadata": {"name": "chest", "namespace": "ns"},
+                "spec": {"hosts": ["chest.example.org"], "traffic": {"blue": 90, "green": 10},
+                         "mirrorTraffic": {"deployment": "shadow", "percent": 5},
+                         "requestSettings": {"requestTimeoutMs": 7000}},
+            })),
+        );
+        for d in ["blue", "green", "shadow"] {
+            state.deployments.insert(
+                k(d),
+                obj(json!({
+                    "apiVersion": "medembed.io/v1alpha1", "kind": "EmbeddingDeployment",
+                    "metadata": {"name": d, "namespace": "ns"},
+                    "spec": {"endpoint": "chest", "model": {"pvc": {"claimName": "m"}}},
+                })),
+            );
+        }
+        state.slices.insert(
+            k("blue-worker-x"),
+            SliceView {
+                service: "blue-worker".into(),
+                workers: vec!["10.0.0.1:8080".into(), "10.0.0.2:8080".into()],
+            },
+        );
+        state.secrets.insert(
+            k("chest-keys"),
+            SecretView {
+                hashed: BTreeMap::from([("primaryKey".to_string(), [1u8; 32])]),
+                hashes: BTreeMap::new(),
+            },
+        );
+        state.secrets.insert(
+            k("radiology-keys"),
+            SecretView {
+                hashed: BTreeMap::new(),
+                hashes: BTreeMap::from([("primary-sha256".to_string(), [2u8; 32])]),
+            },
+        );
+        state.clients.insert(
+            k("radiology"),
+            obj(json!({
+                "apiVersion": "medembed.io/v1alpha1", "kind": "EmbeddingClient",
+                "metadata": {"name": "radiology", "namespace": "ns"},
+                "spec": {"endpoints": ["chest"], "keys": {"secretName": "radiology-keys"},
+                         "quota": {"requestsPerMinute": 60}},
+            })),
+        );
+        let t = build(&state, Some("{name}.{namespace}.ml.example"), &registry);
+        let e = &t.endpoints[0];
+        assert_eq!(e.id, "ns/chest");
+        assert_eq!(e.path_prefix, "/endpoints/ns/chest");
+        assert_eq!(e.hosts, vec!["chest.example.org", "chest.ns.ml.example"]);
+        assert_eq!(
+            e.traffic,
+            vec![("blue".to_string(), 90), ("green".to_string(), 10)]
+        );
+        assert_eq!(e.mirror, Some(("shadow".to_string(), 5)));
+        assert_eq!(e.timeout, Duration::from_millis(7000));
+        assert_eq!(e.deployments["blue"].workers.len(), 2);
+        assert!(e.deployments["green"].workers.is_empty());
+        assert!(t.route(Some("chest.ns.ml.example:443"), "/score").is_some());
+        assert!(t.route(None, "/endpoints/ns/chest/score").is_some());
+        let (c, slot) = t.client_by_key(&[1u8; 32]).unwrap();
+        assert_eq!(
+            (c.id.as_str(), *slot),
+            ("ns/chest:endpoint-key", KeySlot::Primary)
+        );
+        let (c, _) = t.client_by_key(&[2u8; 32]).unwrap();
+        assert_eq!(c.id, "ns/radiology");
+        assert!(c.endpoints.contains("ns/chest"));
+        assert_eq!(c.quota.as_ref().unwrap().requests_per_minute, Some(60));
+        assert_eq!(registry.all().len(), 2);
+    }
 }

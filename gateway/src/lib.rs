@@ -142,7 +142,14 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<RunningGateway> {
             file::watch(path.clone(), reload, tables, registry)
                 .with_context(|| format!("configuration file {}", path.display()))?,
         ),
-        None => background.push(discovery::start(cfg.namespace.clone(), tables, registry).await?),
+        None => {
+            let settings = discovery::Settings {
+                namespace: cfg.namespace.clone(),
+                kubeconfig: cfg.kubeconfig.clone(),
+                host_template: cfg.host_template.clone(),
+            };
+            background.push(discovery::start(settings, tables, registry).await?)
+        }
     }
     if cfg.scrape_interval_ms > 0 {
         background.push(spawn_scraper(

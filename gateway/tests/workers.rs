@@ -3,94 +3,22 @@
 //! nothing): answers pass through unchanged, load spreads, and workers are
 //! added and removed under load without a failed request.
 //!
-//! The worker binary: `MEDEMBED_WORKER_BIN` when set (scripts/test.sh sets
-//! it), else this test builds it with the same cargo, profile and target
-//! directory as the test itself (`cargo build -p medembed-worker`).
+//! The worker binary: `MEDEMBED_WORKER_BIN` when set, else the test builds
+//! it with the same cargo, profile and target directory as the test itself
+//! (`cargo build -p medembed-worker`; see `common::worker_env`).
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const KEY: &str = "workers-test-key-000000000000000000001";
-
-fn exports(script: &Path) -> Vec<(String, String)> {
-    let out = Command::new("bash")
-        .arg(script)
-        .arg("--exports")
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(out.status.success(), "{} failed", script.display());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect()
-}
-
-struct WorkerEnv {
-    bin: PathBuf,
-    ort: String,
-    model: String,
-}
-
-fn worker_env() -> &'static WorkerEnv {
-    static ENV: OnceLock<WorkerEnv> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut vars = exports(&repo.join("scripts/python-env.sh"));
-        vars.extend(exports(&repo.join("scripts/test-model.sh")));
-        let get = |k: &str| {
-            vars.iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.clone())
-                .unwrap()
-        };
-        let bin = match std::env::var_os("MEDEMBED_WORKER_BIN") {
-            Some(p) => PathBuf::from(p),
-            None => build_worker(&repo),
-        };
-        WorkerEnv {
-            bin,
-            ort: get("ORT_DYLIB_PATH"),
-            model: get("MEDEMBED_TEST_MODEL"),
-        }
-    })
-}
-
-fn build_worker(repo: &Path) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(repo)
-        .args([
-            "build",
-            "-p",
-            "medembed-worker",
-            "--bin",
-            "medembed-worker",
-            "--message-format=json-render-diagnostics",
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cargo builds the worker");
-    assert!(out.status.success(), "building the worker failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "medembed-worker")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .expect("the worker's executable path")
-}
 
 struct Worker {
     child: Child,
@@ -165,13 +93,6 @@ clients:
 "#,
         list.join(", "),
         hash(KEY)
-    )
-}
-
-fn mixed_body() -> String {
-    let png = "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAYAAABytg0kAAAAAXNSR0IArs4c6QAAAARnQU1BAACxjwv8YQUAAAAJcEhZcwAAFiUAABYlAUlSJPAAAAAbSURBVBhXY/gUoPS/fhfDfwaGJe///9/J8B8AVGwJ5VDvPeYAAAAASUVORK5CYII=";
-    format!(
-        r#"{{"input_data":{{"columns":["image","text"],"index":[0],"data":[["{png}","x-ray chest anteroposterior Pleural Effusion"]]}},"params":{{"get_scaling_factor":"true"}}}}"#
     )
 }
 

@@ -7,8 +7,9 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -278,4 +279,85 @@ pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
+}
+
+fn exports(script: &Path) -> Vec<(String, String)> {
+    let out = Command::new("bash")
+        .arg(script)
+        .arg("--exports")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(out.status.success(), "{} failed", script.display());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect()
+}
+
+/// How to run a real worker: its binary, ONNX Runtime's library and the
+/// TEST MODEL's directory (from the repository's scripts).
+pub struct WorkerEnv {
+    pub bin: PathBuf,
+    pub ort: String,
+    pub model: String,
+}
+
+pub fn worker_env() -> &'static WorkerEnv {
+    static ENV: OnceLock<WorkerEnv> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut vars = exports(&repo.join("scripts/python-env.sh"));
+        vars.extend(exports(&repo.join("scripts/test-model.sh")));
+        let get = |k: &str| {
+            vars.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        let bin = match std::env::var_os("MEDEMBED_WORKER_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => build_worker(&repo),
+        };
+        WorkerEnv {
+            bin,
+            ort: get("ORT_DYLIB_PATH"),
+            model: get("MEDEMBED_TEST_MODEL"),
+        }
+    })
+}
+
+fn build_worker(repo: &Path) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(repo)
+        .args([
+            "build",
+            "-p",
+            "medembed-worker",
+            "--bin",
+            "medembed-worker",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cargo builds the worker");
+    assert!(out.status.success(), "building the worker failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "medembed-worker")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("the worker's executable path")
+}
+
+/// A one-row image and text request for the TEST MODEL.
+pub fn mixed_body() -> String {
+    let png = "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAYAAABytg0kAAAAAXNSR0IArs4c6QAAAARnQU1BAACxjwv8YQUAAAAJcEhZcwAAFiUAABYlAUlSJPAAAAAbSURBVBhXY/gUoPS/fhfDfwaGJe///9/J8B8AVGwJ5VDvPeYAAAAASUVORK5CYII=";
+    format!(
+        r#"{{"input_data":{{"columns":["image","text"],"index":[0],"data":[["{png}","x-ray chest anteroposterior Pleural Effusion"]]}},"params":{{"get_scaling_factor":"true"}}}}"#
+    )
 }
