@@ -241,6 +241,44 @@ impl std::fmt::Debug for TextModel {
     }
 }
 
+/// Opens `graph_file` of the model directory and checks its inputs (exactly
+/// these, in any order) and outputs against the config.
+fn load_checked(
+    model: &ModelDir,
+    graph_file: &str,
+    opts: &SessionOptions,
+    library: Option<&Path>,
+    inputs: &[Expect<'_>],
+    outputs: &[Expect<'_>],
+) -> Result<Session, ModelError> {
+    let runtime = |reason: String| ModelError::Runtime {
+        dir: model.path.display().to_string(),
+        graph: graph_file.to_string(),
+        reason,
+    };
+    let mismatch = |reason: String| ModelError::Mismatch {
+        dir: model.path.display().to_string(),
+        graph: graph_file.to_string(),
+        reason,
+    };
+    let env = environment(library).map_err(runtime)?;
+    let session = open_session(&env, &model.file(graph_file), opts).map_err(runtime)?;
+    for e in inputs {
+        check_outlet(session.inputs(), "input", e).map_err(mismatch)?;
+    }
+    for e in outputs {
+        check_outlet(session.outputs(), "output", e).map_err(mismatch)?;
+    }
+    if session.inputs().len() != inputs.len() {
+        return Err(mismatch(format!(
+            "expected exactly {} input(s), found {}",
+            inputs.len(),
+            session.inputs().len()
+        )));
+    }
+    Ok(session)
+}
+
 impl ImageModel {
     /// Opens the image graph and checks it against the config.
     pub fn load(
@@ -249,46 +287,23 @@ impl ImageModel {
         library: Option<&Path>,
     ) -> Result<Self, ModelError> {
         let c = &model.config;
-        let graph = model.file(&c.image.onnx);
-        let runtime = |reason: String| ModelError::Runtime {
-            dir: model.path.display().to_string(),
-            graph: c.image.onnx.clone(),
-            reason,
-        };
-        let env = environment(library).map_err(runtime)?;
-        let session = open_session(&env, &graph, opts).map_err(runtime)?;
         let size = i64::from(c.image.size);
-        let mismatch = |reason: String| ModelError::Mismatch {
-            dir: model.path.display().to_string(),
-            graph: c.image.onnx.clone(),
-            reason,
-        };
-        check_outlet(
-            session.inputs(),
-            "input",
-            &Expect {
+        let session = load_checked(
+            model,
+            &c.image.onnx,
+            opts,
+            library,
+            &[Expect {
                 name: &c.image.input,
                 ty: TensorElementType::Float32,
                 dims: vec![3, size, size],
-            },
-        )
-        .map_err(mismatch)?;
-        check_outlet(
-            session.outputs(),
-            "output",
-            &Expect {
+            }],
+            &[Expect {
                 name: &c.image.output,
                 ty: TensorElementType::Float32,
                 dims: vec![c.embedding_dim as i64],
-            },
-        )
-        .map_err(mismatch)?;
-        if session.inputs().len() != 1 {
-            return Err(mismatch(format!(
-                "expected exactly one input, found {}",
-                session.inputs().len()
-            )));
-        }
+            }],
+        )?;
         Ok(Self {
             session,
             input: c.image.input.clone(),
@@ -325,48 +340,30 @@ impl TextModel {
         library: Option<&Path>,
     ) -> Result<Self, ModelError> {
         let c = &model.config;
-        let graph = model.file(&c.text.onnx);
-        let runtime = |reason: String| ModelError::Runtime {
-            dir: model.path.display().to_string(),
-            graph: c.text.onnx.clone(),
-            reason,
-        };
-        let env = environment(library).map_err(runtime)?;
-        let session = open_session(&env, &graph, opts).map_err(runtime)?;
-        let mismatch = |reason: String| ModelError::Mismatch {
-            dir: model.path.display().to_string(),
-            graph: c.text.onnx.clone(),
-            reason,
-        };
         let ctx = c.text.context_length as i64;
-        for name in [&c.text.input_ids, &c.text.attention_mask] {
-            check_outlet(
-                session.inputs(),
-                "input",
-                &Expect {
-                    name,
+        let session = load_checked(
+            model,
+            &c.text.onnx,
+            opts,
+            library,
+            &[
+                Expect {
+                    name: &c.text.input_ids,
                     ty: TensorElementType::Int64,
                     dims: vec![ctx],
                 },
-            )
-            .map_err(mismatch)?;
-        }
-        check_outlet(
-            session.outputs(),
-            "output",
-            &Expect {
+                Expect {
+                    name: &c.text.attention_mask,
+                    ty: TensorElementType::Int64,
+                    dims: vec![ctx],
+                },
+            ],
+            &[Expect {
                 name: &c.text.output,
                 ty: TensorElementType::Float32,
                 dims: vec![c.embedding_dim as i64],
-            },
-        )
-        .map_err(mismatch)?;
-        if session.inputs().len() != 2 {
-            return Err(mismatch(format!(
-                "expected exactly two inputs, found {}",
-                session.inputs().len()
-            )));
-        }
+            }],
+        )?;
         Ok(Self {
             session,
             input_ids: c.text.input_ids.clone(),

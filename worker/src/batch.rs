@@ -472,6 +472,29 @@ fn finish(batch: Vec<JobMeta>, result: Result<Vec<f32>, String>, dim: usize) {
     }
 }
 
+/// Runs one batch through a tower, timing it, counting what it embedded and
+/// answering every item of the batch.
+fn infer(
+    tower: &str,
+    metas: Vec<JobMeta>,
+    dim: usize,
+    metrics: &Metrics,
+    run: impl FnOnce() -> Result<Vec<f32>, String>,
+) {
+    let n = metas.len();
+    let started = Instant::now();
+    let result = run();
+    metrics
+        .inference_duration
+        .with_label_values(&[tower])
+        .observe(started.elapsed().as_secs_f64());
+    match &result {
+        Ok(_) => metrics.items.with_label_values(&[tower]).inc_by(n as u64),
+        Err(e) => tracing::error!(tower, batch = n, error = %e, "inference failed"),
+    }
+    finish(metas, result, dim);
+}
+
 fn observe_start(metas: &[&JobMeta], tower: &str, metrics: &Metrics) {
     let now = Instant::now();
     let h = metrics.queue_duration.with_label_values(&[tower]);
@@ -509,18 +532,10 @@ fn image_loop(
             pixels.extend_from_slice(&item.pixels);
             metas.push(item.into_meta());
         }
-        let started = Instant::now();
-        let result = model.run(pixels, n).map_err(|e| e.to_string());
-        metrics
-            .inference_duration
-            .with_label_values(&["image"])
-            .observe(started.elapsed().as_secs_f64());
-        if result.is_ok() {
-            metrics.items.with_label_values(&["image"]).inc_by(n as u64);
-        } else if let Err(e) = &result {
-            tracing::error!(tower = "image", batch = n, error = %e, "inference failed");
-        }
-        finish(metas, result, model.dim());
+        let dim = model.dim();
+        infer("image", metas, dim, metrics, || {
+            model.run(pixels, n).map_err(|e| e.to_string())
+        });
     }
 }
 
@@ -547,20 +562,12 @@ fn text_loop(rx: Receiver<TextJob>, mut model: TextModel, policy: BatchPolicy, m
             tokens.attention_mask.extend_from_slice(&item.mask);
             metas.push(item.into_meta());
         }
-        let started = Instant::now();
-        let result = model
-            .run(tokens.input_ids, tokens.attention_mask, n)
-            .map_err(|e| e.to_string());
-        metrics
-            .inference_duration
-            .with_label_values(&["text"])
-            .observe(started.elapsed().as_secs_f64());
-        if result.is_ok() {
-            metrics.items.with_label_values(&["text"]).inc_by(n as u64);
-        } else if let Err(e) = &result {
-            tracing::error!(tower = "text", batch = n, error = %e, "inference failed");
-        }
-        finish(metas, result, model.dim());
+        let dim = model.dim();
+        infer("text", metas, dim, metrics, || {
+            model
+                .run(tokens.input_ids, tokens.attention_mask, n)
+                .map_err(|e| e.to_string())
+        });
     }
 }
 

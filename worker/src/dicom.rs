@@ -52,6 +52,7 @@ use dicom_object::{FileMetaTable, InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::PixelDecoder;
 
 use crate::decode::{Channels, DecodeError, DecodeLimits, Image8};
+use crate::window::{lerp, linear_rank};
 use crate::window::{Window, Windowing};
 
 /// How the pixel data of an accepted transfer syntax is stored.
@@ -554,25 +555,6 @@ fn resolve_keys(windowing: &Windowing, keys: &[u16], map: &GrayMap) -> Window {
                 hi: at(high),
             }
         }
-    }
-}
-
-/// numpy's `percentile(..., method="linear")` rank position (as in `window.rs`).
-fn linear_rank(p: f64, n: usize) -> (usize, usize, f64) {
-    let pos = p.clamp(0.0, 100.0) / 100.0 * (n as f64 - 1.0);
-    let below = pos.floor();
-    let frac = pos - below;
-    let i = (below as usize).min(n - 1);
-    (i, (i + 1).min(n - 1), frac)
-}
-
-/// numpy's `_lerp` (as in `window.rs`).
-fn lerp(a: f64, b: f64, t: f64) -> f64 {
-    let diff = b - a;
-    if t >= 0.5 {
-        b - diff * (1.0 - t)
-    } else {
-        a + diff * t
     }
 }
 

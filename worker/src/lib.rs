@@ -7,9 +7,11 @@
 //!
 //! Modules: [`decode`], [`dicom`] and [`window`] turn request bytes into 8-bit
 //! rasters; [`preprocess`] into the model's tensor; [`tokenize`] turns text
-//! into ids; [`backend`] runs the ONNX graphs; [`batch`] forms batches across
-//! requests; [`score`] answers one request; [`server`] is HTTP; [`metrics`] and
+//! into ids; [`resample`] is the exact Pillow resize; [`backend`] runs the
+//! ONNX graphs; [`batch`] forms batches across requests; [`score`] answers one request; [`server`] is HTTP; [`metrics`] and
 //! [`error`] are what operators and clients see.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod backend;
 pub mod batch;
@@ -20,6 +22,7 @@ pub mod error;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;
+pub mod resample;
 pub mod score;
 pub mod server;
 pub mod tokenize;

@@ -2,9 +2,8 @@
 //!
 //! MedImageInsight's transform is a plain stretch (no crop, no padding) to
 //! 480×480 with PIL's antialiased bicubic (Catmull-Rom), a scale to [0, 1] and
-//! ImageNet normalisation. `fast_image_resize`'s convolution resizer with the
-//! Catmull-Rom filter is PIL's algorithm (same kernel, same support scaling),
-//! measured within 1/255 of it.
+//! ImageNet normalisation. The resize is [`crate::resample`], a bit-exact port
+//! of Pillow's, so embeddings match the reference transform.
 //!
 //! Grayscale images are resized as one channel and replicated into the three
 //! planes while normalising: identical to PIL converting to RGB first, at a
@@ -15,11 +14,8 @@
 //! directory (or the worker's flag) can turn it on for parity with the
 //! service's embeddings.
 
-use std::cell::RefCell;
 use std::io::Cursor;
 
-use fast_image_resize::images::{Image, ImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::codecs::jpeg::JpegEncoder;
 use image::{ImageDecoder, RgbImage};
 use serde::{Deserialize, Serialize};
@@ -87,33 +83,33 @@ impl Transform {
     }
 }
 
-thread_local! {
-    // The resizer keeps scratch buffers; one per decode thread avoids
-    // reallocating them for every image.
-    static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
-}
-
 /// Resizes with antialiased Catmull-Rom (PIL's BICUBIC), keeping the channel layout.
 pub fn resize(img: &Image8, width: u32, height: u32) -> Result<Image8, DecodeError> {
-    let pixel_type = match img.channels {
-        Channels::Gray => PixelType::U8,
-        Channels::Rgb => PixelType::U8x3,
+    let channels = match img.channels {
+        Channels::Gray => 1,
+        Channels::Rgb => 3,
     };
-    if img.width == width && img.height == height {
-        return Ok(img.clone());
+    if img.data.len() != img.width as usize * img.height as usize * channels {
+        return Err(DecodeError::Corrupt(
+            "pixel buffer does not match its dimensions".into(),
+        ));
     }
-    let src = ImageRef::new(img.width, img.height, &img.data, pixel_type)
-        .map_err(|_| DecodeError::Corrupt("pixel buffer does not match its dimensions".into()))?;
-    let mut dst = Image::new(width, height, pixel_type);
-    let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
-    RESIZER
-        .with(|r| r.borrow_mut().resize(&src, &mut dst, &opts))
-        .map_err(|_| DecodeError::Corrupt("image could not be resized".into()))?;
+    if width == 0 || height == 0 || img.width == 0 || img.height == 0 {
+        return Err(DecodeError::Corrupt("image has no pixels".into()));
+    }
+    let data = crate::resample::resize_bicubic(
+        &img.data,
+        img.width as usize,
+        img.height as usize,
+        channels,
+        width as usize,
+        height as usize,
+    );
     Ok(Image8 {
         width,
         height,
         channels: img.channels,
-        data: dst.into_vec(),
+        data,
     })
 }
 

@@ -20,6 +20,9 @@ use crate::tokenize::TextTokenizer;
 /// Texts tokenized on the async thread; larger batches go to a blocking thread.
 const INLINE_TOKENIZE: usize = 16;
 
+/// One tokenized text: its row, token ids and attention mask.
+type Encoded = (usize, Vec<i64>, Vec<i64>);
+
 /// What scoring needs from the loaded model.
 pub struct Scorer {
     /// The batching pipeline.
@@ -106,7 +109,7 @@ impl Scorer {
         let mut text_waits = Vec::with_capacity(n_texts);
         if !texts.is_empty() {
             let tokenizer = self.tokenizer.clone();
-            let encode = move || -> Result<Vec<(usize, Vec<i64>, Vec<i64>)>, ApiError> {
+            let encode = move || -> Result<Vec<Encoded>, ApiError> {
                 let ctx = tokenizer.context_length();
                 texts
                     .into_iter()

@@ -12,7 +12,8 @@
 //! Bodies are limited twice: per request (`Content-Length` checked before
 //! reading, and a streaming limit for chunked bodies; 413) and across requests
 //! (a byte budget for everything buffered at once; 429), so a burst of large
-//! requests cannot exhaust memory.
+//! requests cannot exhaust memory. The rest of a refused body is read and
+//! dropped (bounded) before the 413 goes out, so clients read the answer.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -178,6 +179,25 @@ async fn score(
         .unwrap_or(cfg.request_timeout_ms);
     let deadline = received + Duration::from_millis(budget_ms);
 
+    // A declared oversized body is refused before it costs a permit.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if declared.is_some_and(|len| len > cfg.max_body_bytes) {
+        if !expects_continue {
+            discard(req.into_body()).await;
+        }
+        return Err(ApiError::TooLarge {
+            limit: cfg.max_body_bytes,
+        });
+    }
+
     let _request_permit = state
         .requests
         .try_acquire(1)
@@ -187,41 +207,13 @@ async fn score(
         .utilization
         .set((state.requests.used() * 100 / state.requests.capacity().max(1)) as i64);
 
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if let Some(len) = declared {
-        if len > cfg.max_body_bytes {
-            return Err(ApiError::TooLarge {
-                limit: cfg.max_body_bytes,
-            });
-        }
-    }
     let reserve = declared.unwrap_or(cfg.max_body_bytes).max(1);
     let _body_permit = state
         .body_budget
         .try_acquire_many(kib(reserve))
         .map_err(|_| ApiError::Overloaded("too many request bytes buffered"))?;
 
-    let body = match Limited::new(req.into_body(), cfg.max_body_bytes)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ApiError::TooLarge {
-                limit: cfg.max_body_bytes,
-            })
-        }
-        Err(_) => {
-            return Err(ApiError::Invalid {
-                code: "invalid_body",
-                message: "request body could not be read".into(),
-            })
-        }
-    };
+    let body = read_body(req.into_body(), cfg.max_body_bytes, declared.unwrap_or(0)).await?;
 
     let limits = RequestLimits {
         max_rows: cfg.max_rows,
@@ -252,6 +244,52 @@ async fn score(
         "scored"
     );
     Ok(json(StatusCode::OK, bytes))
+}
+
+/// Most bytes read and thrown away after refusing an oversized body.
+const DISCARD_BYTES: usize = 256 * 1024 * 1024;
+/// Longest time spent doing so.
+const DISCARD_TIME: Duration = Duration::from_secs(10);
+
+/// Reads the body up to `limit` bytes. Past the limit, the rest is discarded
+/// (bounded) before answering 413, so a client still sending reads the answer
+/// instead of a reset connection (nginx's "lingering close").
+async fn read_body(mut body: Incoming, limit: usize, expected: usize) -> Result<Bytes, ApiError> {
+    let mut buf = Vec::with_capacity(expected.min(limit));
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(ApiError::Invalid {
+                code: "invalid_body",
+                message: "request body could not be read".into(),
+            });
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                drop(buf);
+                discard(body).await;
+                return Err(ApiError::TooLarge { limit });
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Reads and drops what is left of a refused body, within
+/// [`DISCARD_BYTES`] and [`DISCARD_TIME`]; memory stays flat.
+async fn discard(mut body: Incoming) {
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                seen += data.len();
+                if seen > DISCARD_BYTES {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
 }
 
 /// Accepts connections until `shutdown` resolves, then stops accepting and

@@ -99,18 +99,20 @@ impl Window {
     }
 }
 
-/// numpy's `percentile(..., method="linear")` for a sorted-rank position.
-fn linear_rank(p: f64, n: usize) -> (usize, usize, f64) {
-    let pos = p / 100.0 * (n as f64 - 1.0);
+/// numpy's `percentile(..., method="linear")` for a sorted-rank position:
+/// the two order statistics around percentile `p` of `n > 0` samples and the
+/// weight of the upper one.
+pub(crate) fn linear_rank(p: f64, n: usize) -> (usize, usize, f64) {
+    let pos = p.clamp(0.0, 100.0) / 100.0 * (n as f64 - 1.0);
     let below = pos.floor();
     let frac = pos - below;
-    let i = below as usize;
+    let i = (below as usize).min(n - 1);
     (i, (i + 1).min(n - 1), frac)
 }
 
 /// numpy's linear interpolation between two neighbouring order statistics,
 /// written as numpy writes it (`_lerp`), so results agree to the last bit.
-fn lerp(a: f64, b: f64, t: f64) -> f64 {
+pub(crate) fn lerp(a: f64, b: f64, t: f64) -> f64 {
     let diff = b - a;
     if t >= 0.5 {
         b - diff * (1.0 - t)

@@ -3,6 +3,8 @@
 //! nothing) under real ONNX Runtime, real HTTP, and an independent Python
 //! reference (PIL + onnxruntime + transformers' CLIPTokenizer) for parity.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::Cursor;
@@ -196,7 +198,6 @@ async fn response_fields_follow_the_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: upscaled images (rgba8 100x150) differ from PIL bicubic by up to 23 levels; resize parity still to be fixed"]
 async fn image_embeddings_match_the_python_reference() {
     let w = start(config()).await;
     let c = client();
@@ -265,7 +266,7 @@ async fn tokenizer_and_text_embeddings_match_the_python_reference() {
     let long_ids = tok.encode_batch([long.as_str()]).unwrap().input_ids;
     assert_eq!(long_ids.len(), 77);
     assert_eq!(long_ids[76], 49407);
-    assert!(long_ids[..76].iter().all(|&id| id != 49407 || false));
+    assert!(long_ids[..76].iter().all(|&id| id != 49407));
 
     // And the served text embeddings equal the reference's, end to end.
     let non_empty: Vec<&str> = texts.iter().copied().filter(|t| !t.is_empty()).collect();
@@ -368,7 +369,6 @@ async fn concurrent_requests_are_batched_and_equal_sequential_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: the 50 MB body gets 413 before the client finished sending; the server must drain the body so clients read the answer"]
 async fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
     let w = start(config()).await;
     let c = client();
@@ -488,7 +488,6 @@ async fn errors_never_echo_patient_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: the 429 half of this test races (the probe requests can fill the queue before the slow one)"]
 async fn admission_deadline_and_readiness() {
     let mut cfg = config();
     cfg.max_queued_images = 4;
@@ -519,25 +518,29 @@ async fn admission_deadline_and_readiness() {
         .unwrap();
     assert_eq!(resp.status(), 408);
 
-    // Over the queue capacity: 429 with Retry-After, while the queue is full.
-    let slow = {
-        let c = c.clone();
-        let u = url(&w, "/score");
-        let b = body.clone();
-        tokio::spawn(async move { c.post(u).body(b).send().await.unwrap().status() })
-    };
-    let mut saw_429 = false;
-    for _ in 0..50 {
-        let (status, v, headers) = post(&c, &w, request(&[(img.as_str(), "")]).to_string()).await;
-        if status == 429 {
-            assert!(headers.contains_key("retry-after"));
-            assert_eq!(v["error"]["code"], "too_many_requests");
-            saw_429 = true;
-            break;
-        }
-    }
-    assert_eq!(slow.await.unwrap(), 200);
-    assert!(saw_429, "a full queue never answered 429");
+    // Over the queue capacity: 429 with Retry-After while the queue is full.
+    // The queue is filled in-process (as four images in flight would fill
+    // it), so the test does not race the model's speed.
+    let queue = w
+        .state
+        .scorer
+        .get()
+        .unwrap()
+        .pipeline
+        .image_admission
+        .clone();
+    let held = queue.try_acquire(queue.capacity()).unwrap();
+    let (status, v, headers) = post(&c, &w, request(&[(img.as_str(), "")]).to_string()).await;
+    assert_eq!(status, 429, "{v}");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(v["error"]["code"], "too_many_requests");
+    // Texts have their own queue and are still served.
+    let (status, _, _) = post(&c, &w, request(&[("", "still served")]).to_string()).await;
+    assert_eq!(status, 200);
+    drop(held);
+    let (status, v, _) = post(&c, &w, body).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(queue.used(), 0, "admission units leaked");
     w.shutdown().await;
 }
 
@@ -581,7 +584,8 @@ async fn a_model_directory_that_does_not_match_its_graphs_is_refused() {
     let cfg_path = dir.path().join("medembed-model.json");
     let original: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
 
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("image size", Box::new(|c| c["image"]["size"] = json!(224))),
         (
             "input name",
