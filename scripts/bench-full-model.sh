@@ -85,5 +85,15 @@ PY
   echo "![throughput against concurrency](full-model.png)"
   echo
   cat "$logs/report.md"
+  echo
+  echo "## Reading these figures"
+  echo
+  echo "- items/s is measured between answers (whole batches); \"answers in window\" says how many"
+  echo "  it rests on: with seconds per image, a few batches. Treat differences under ~15% as noise."
+  echo "- Latency at 8 and 64 clients: the window opens at the first answer and is short, so p50/p99"
+  echo "  are those of the first answers (queue filling), not steady state, which in a closed loop is"
+  echo "  about clients / throughput (64 / 0.25 images/s = about 4 minutes per image request)."
+  echo "- \"restarted after\": the server was still working on abandoned requests after the window"
+  echo "  and was restarted before the next run (no run pays for the previous one's backlog)."
 } > "$out"
 log "report written to $out"

@@ -134,7 +134,8 @@ def worker(args, provider, bodies, dim):
     ep = {"cpu": "cpu", "cuda": "cuda"}.get(provider, "tensorrt")
     argv = [args.worker_bin, "--model-dir", args.model_dir, "--listen", "127.0.0.1:{port}",
             "--execution-provider", ep, "--max-batch-images", str(max(args.batches)),
-            "--trt-cache-dir", os.path.join(args.trt_cache, "worker")]
+            # Engines depend on precision and profiles: one cache per variant.
+            "--trt-cache-dir", os.path.join(args.trt_cache, f"worker-{provider}")]
     if provider == "tensorrt-fp16":
         argv.append("--trt-fp16")
     srv = fm.Server("worker", argv, env, None, os.path.join(args.log_dir, f"worker-{provider}.log"),
