@@ -52,6 +52,15 @@ pub struct OperatorConfig {
     )]
     pub scoring_uri_template: String,
 
+    /// The scoring URL reported for an endpoint that names host names;
+    /// `{host}` is replaced by its first host.
+    #[arg(
+        long,
+        env = "MEDEMBED_HOST_SCORING_URI_TEMPLATE",
+        default_value = "https://{host}/score"
+    )]
+    pub host_scoring_uri_template: String,
+
     /// Name of the leader-election Lease.
     #[arg(long, env = "MEDEMBED_LEASE_NAME", default_value = "medembed-operator")]
     pub lease_name: String,
@@ -105,10 +114,34 @@ impl OperatorConfig {
         Duration::from_secs(self.lease_renew_seconds.max(1))
     }
 
-    /// The scoring URL of endpoint `name` in `namespace`.
-    pub fn scoring_uri(&self, namespace: &str, name: &str) -> String {
-        self.scoring_uri_template
-            .replace("{namespace}", namespace)
-            .replace("{name}", name)
+    /// The scoring URL of endpoint `name` in `namespace`: by its first host
+    /// name when it has one, else by path on the gateway.
+    pub fn scoring_uri(&self, namespace: &str, name: &str, hosts: &[String]) -> String {
+        match hosts.first() {
+            Some(host) => self.host_scoring_uri_template.replace("{host}", host),
+            None => self
+                .scoring_uri_template
+                .replace("{namespace}", namespace)
+                .replace("{name}", name),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scoring_uri_by_host_or_path() {
+        let c = OperatorConfig::for_tests();
+        assert_eq!(
+            c.scoring_uri("radiology", "chest", &[]),
+            "http://medembed-gateway.medembed-system.svc/endpoints/radiology/chest/score"
+        );
+        let hosts = ["chest.example.org".to_string(), "b.example.org".to_string()];
+        assert_eq!(
+            c.scoring_uri("radiology", "chest", &hosts),
+            "https://chest.example.org/score"
+        );
     }
 }

@@ -316,7 +316,7 @@ mod tests {
             json!({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
             "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}]}),
         );
-        let f = pod_failure(&[p.clone()], Some("nvidia.com/gpu")).unwrap();
+        let f = pod_failure(std::slice::from_ref(&p), Some("nvidia.com/gpu")).unwrap();
         assert_eq!(f.reason, "InsufficientGPU");
         assert_eq!(pod_failure(&[p], None).unwrap().reason, "Unschedulable");
     }

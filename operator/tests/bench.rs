@@ -6,6 +6,13 @@
 //! (the `medembed-operator` binary) under its generated RBAC role, so the
 //! figures are its alone. No nodes are registered: the pods stay Pending, the
 //! operator reports them Unschedulable, as on a cluster without capacity.
+//!
+//! Baseline: the floor any controller has on this API server, a client that
+//! creates the same 200 EmbeddingDeployments and server-side applies the same
+//! 800 children itself (built by the operator's own pure builders, without
+//! owner references), 16 requests at a time, in a namespace of its own, before
+//! the operator starts. The operator watches only the benchmark's namespace
+//! (`--namespace`) so the baseline's objects are not reconciled.
 
 mod common;
 
@@ -16,13 +23,85 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::ListParams;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::config::{AuthInfo, Kubeconfig, NamedAuthInfo};
-use medembed_api::crd::{EmbeddingDeployment, EmbeddingEndpoint};
+use medembed_api::crd::{EmbeddingDeployment, EmbeddingEndpoint, RequestSettings};
+use medembed_operator::resources;
 use medembed_testsupport::{wait, ControlPlane};
 use serde_json::json;
 
 const COUNT: usize = 200;
+const CONCURRENCY: usize = 16;
+
+fn bench_spec(i: usize) -> serde_json::Value {
+    json!({
+        "endpoint": "bench",
+        "model": {"pvc": {"claimName": "models", "path": format!("m{i}")}},
+        "resources": {"gpu": {"count": 1}},
+    })
+}
+
+async fn ssa<K>(api: kube::Api<K>, mut obj: K)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    obj.meta_mut().owner_references = None;
+    let name = obj.meta().name.clone().expect("name");
+    api.patch(
+        &name,
+        &PatchParams::apply("medembed-bench-baseline").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+}
+
+/// The baseline: the same creates and applies from one client, no operator.
+async fn baseline(cp: &ControlPlane) -> Duration {
+    let ns = cp.namespace("bench-base").await.expect("namespace");
+    let deps = ns.api::<EmbeddingDeployment>();
+    let defaults = resources::WorkerDefaults {
+        image: "medembed/worker:bench".into(),
+        fetch_image: "medembed/operator:bench".into(),
+        listen_host: "0.0.0.0".into(),
+        port: 8080,
+    };
+    let request = RequestSettings::default();
+    let (ns, defaults, request) = (&ns, &defaults, &request);
+    let t0 = Instant::now();
+    futures::stream::iter(0..COUNT)
+        .for_each_concurrent(CONCURRENCY, |i| {
+            let deps = deps.clone();
+            async move {
+                let name = format!("d{i:03}");
+                common::create(&deps, &name, bench_spec(i)).await;
+                let mut d = deps.get(&name).await.expect("get");
+                d.metadata.namespace = Some(ns.name().to_string());
+                ssa(
+                    ns.api::<ConfigMap>(),
+                    resources::config_map(&d, request).expect("cm"),
+                )
+                .await;
+                ssa(
+                    ns.api::<Deployment>(),
+                    resources::deployment(&d, request, defaults).expect("deployment"),
+                )
+                .await;
+                ssa(
+                    ns.api::<Service>(),
+                    resources::service(&d, defaults).expect("svc"),
+                )
+                .await;
+                ssa(
+                    ns.api::<PodDisruptionBudget>(),
+                    resources::pdb(&d).expect("pdb"),
+                )
+                .await;
+            }
+        })
+        .await;
+    t0.elapsed()
+}
 
 fn proc_stat(pid: u32) -> (u64, u64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -68,6 +147,7 @@ async fn apply_200_deployments() {
         .name()
         .to_string();
     let token = common::operator_token(&admin, &op_ns).await;
+    let base = baseline(&cp).await;
 
     // A kubeconfig for the operator's service account.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -95,6 +175,8 @@ async fn apply_200_deployments() {
             &op_ns,
             "--identity",
             "bench",
+            "--namespace",
+            ns.name(),
         ])
         .args([
             "--log-format",
@@ -102,7 +184,7 @@ async fn apply_200_deployments() {
             "--lease-duration-seconds",
             "15",
             "--concurrency",
-            "16",
+            CONCURRENCY.to_string().as_str(),
         ])
         .stdout(Stdio::null())
         .kill_on_drop(true)
@@ -129,15 +211,10 @@ async fn apply_200_deployments() {
     common::create(&eps, "bench", json!({"auth": {"mode": "Unauthenticated"}})).await;
     let t0 = Instant::now();
     futures::stream::iter(0..COUNT)
-        .for_each_concurrent(16, |i| {
+        .for_each_concurrent(CONCURRENCY, |i| {
             let deps = deps.clone();
             async move {
-                let spec = json!({
-                    "endpoint": "bench",
-                    "model": {"pvc": {"claimName": "models", "path": format!("m{i}")}},
-                    "resources": {"gpu": {"count": 1}},
-                });
-                common::create(&deps, &format!("d{i:03}"), spec).await;
+                common::create(&deps, &format!("d{i:03}"), bench_spec(i)).await;
             }
         })
         .await;
@@ -221,6 +298,11 @@ async fn apply_200_deployments() {
     println!(
         "every status written after                {:>8.2} s",
         statuses.as_secs_f64()
+    );
+    println!(
+        "baseline: one client creating {COUNT} and applying 4 x {COUNT} itself: {:>8.2} s (operator / baseline: {:.2}x until every child exists)",
+        base.as_secs_f64(),
+        children.as_secs_f64() / base.as_secs_f64()
     );
     println!("operator RSS: idle {:.1} MiB, peak sampled {:.1} MiB, high-water {:.1} MiB, settled {:.1} MiB",
         idle_rss as f64 / 1024.0, peak.load(std::sync::atomic::Ordering::Relaxed).max(rss) as f64 / 1024.0, hwm as f64 / 1024.0, settled_rss as f64 / 1024.0);

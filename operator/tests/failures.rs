@@ -3,7 +3,9 @@
 //! any node has is `InsufficientGPU`; a model that cannot load is
 //! `ModelLoadFailed`; a worker that keeps exiting is `CrashLoop`; a missing
 //! claim is `ModelSourceInvalid`. All against the real control plane, the
-//! operator under its generated RBAC role.
+//! operator under its generated RBAC role, here watching one namespace only
+//! (`--namespace`, the ClusterRole bound by a RoleBinding in that namespace):
+//! a deployment in another namespace is left alone.
 
 mod common;
 
@@ -72,7 +74,7 @@ async fn until_reason(
 async fn invalid_specs_and_failing_workers() {
     let started = Instant::now();
     let env = common::setup("op-fail", &[("gpu-0", 2)]).await;
-    let op = env.start_operator("op-a").await;
+    let op = env.start_namespaced_operator("op-a").await;
     let result = wait::within("failures", Duration::from_secs(400), async {
         env.model_claim("models").await;
         let eps = env.ns.api::<EmbeddingEndpoint>();
@@ -98,6 +100,13 @@ async fn invalid_specs_and_failing_workers() {
             "bad-mirror-pct",
             json!({"traffic": {"a": 100}, "mirrorTraffic": {"deployment": "b", "percent": 60}}),
             "should be less than or equal to 50",
+        )
+        .await;
+        refused(
+            &eps,
+            "bad-host",
+            json!({"hosts": ["Chest_Example"], "auth": {"mode": "Unauthenticated"}}),
+            "each host must be a lowercase DNS name",
         )
         .await;
         refused(
@@ -143,6 +152,15 @@ async fn invalid_specs_and_failing_workers() {
             "set either instanceCount or autoscale",
         )
         .await;
+        // Outside the watched namespace: never touched.
+        let other = env.cp.namespace("op-other").await.expect("namespace");
+        create(
+            &other.api::<EmbeddingDeployment>(),
+            "elsewhere",
+            env.deployment_spec("ep", "models", "v1"),
+        )
+        .await;
+
         // A valid endpoint (no weights given) is accepted.
         create(&eps, "ep", json!({"auth": {"mode": "Unauthenticated"}})).await;
 
@@ -209,12 +227,33 @@ async fn invalid_specs_and_failing_workers() {
         let st = e.status.expect("status");
         assert!(st.deployments.iter().all(|d| !d.ready));
         assert!(st.key_secret_name.is_none());
+        let uri = st.scoring_uri.expect("scoring uri");
+        assert!(
+            uri.ends_with(&format!("/endpoints/{}/ep/score", env.ns.name())),
+            "{uri}"
+        );
 
         let metrics = op.metrics_text();
         assert!(
             metrics.contains("medembed_operator_reconcile_duration_seconds"),
             "{metrics}"
         );
+        assert!(
+            !metrics.contains("reason=\"forbidden\""),
+            "the namespace-scoped operator hit RBAC refusals:\n{metrics}"
+        );
+        let elsewhere = other
+            .api::<EmbeddingDeployment>()
+            .get("elsewhere")
+            .await
+            .expect("get");
+        assert!(elsewhere.status.is_none(), "{:?}", elsewhere.status);
+        assert!(other
+            .api::<k8s_openapi::api::apps::v1::Deployment>()
+            .get_opt("elsewhere-worker")
+            .await
+            .expect("get")
+            .is_none());
     })
     .await;
     if result.is_err() {

@@ -65,6 +65,36 @@ async fn only_the_leader_reconciles_and_restarts_lose_nothing() {
         .await
         .unwrap_or_else(|e| panic!("{ready_b}: {e}"));
 
+        // The process endpoints: alive, ready (as a standby too), metrics.
+        for op in [&a, &b] {
+            let h = medembed_testsupport::http::get(
+                op.local_addr(),
+                "/healthz",
+                Duration::from_secs(2),
+            )
+            .await
+            .expect("GET /healthz");
+            assert_eq!(h.status, 200);
+            let m = medembed_testsupport::http::get(
+                op.local_addr(),
+                "/metrics",
+                Duration::from_secs(2),
+            )
+            .await
+            .expect("GET /metrics");
+            assert_eq!(m.status, 200);
+            assert!(m.body.contains("medembed_operator_leader"), "{}", m.body);
+        }
+        let lm =
+            medembed_testsupport::http::get(a.local_addr(), "/metrics", Duration::from_secs(2))
+                .await
+                .expect("GET /metrics");
+        assert!(
+            lm.body.contains("medembed_operator_leader 1"),
+            "{}",
+            lm.body
+        );
+
         let eps = env.ns.api::<EmbeddingEndpoint>();
         let deps = env.ns.api::<EmbeddingDeployment>();
         create(&eps, "ep", json!({"auth": {"mode": "Unauthenticated"}})).await;

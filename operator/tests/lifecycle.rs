@@ -96,7 +96,7 @@ async fn deployment_lifecycle() {
         env.model_claim("models").await;
         let eps = env.ns.api::<EmbeddingEndpoint>();
         let deps = env.ns.api::<EmbeddingDeployment>();
-        create(&eps, "chest", json!({"auth": {"mode": "Key"}, "traffic": {"blue": 100}})).await;
+        create(&eps, "chest", json!({"hosts": ["chest.example.org"], "auth": {"mode": "Key"}, "traffic": {"blue": 100}})).await;
         let mut spec = env.deployment_spec("chest", "models", "v1");
         spec["instanceCount"] = json!(2);
         spec["resources"] = json!({"gpu": {"count": 1}, "cpu": "1", "memory": "1Gi"});
@@ -158,7 +158,7 @@ async fn deployment_lifecycle() {
         .await
         .expect("endpoint ready");
         let est = ep.status.expect("endpoint status");
-        assert!(est.scoring_uri.as_deref().is_some_and(|u| u.contains("chest")));
+        assert_eq!(est.scoring_uri.as_deref(), Some("https://chest.example.org/score"));
         assert_eq!(est.key_secret_name.as_deref(), Some("chest-keys"));
         assert_eq!(est.deployments.len(), 1);
         assert!(est.deployments[0].ready && est.deployments[0].traffic == 100);

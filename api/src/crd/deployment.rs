@@ -252,7 +252,10 @@ pub struct Autoscale {
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
     /// Target of `medembed_worker_utilization_percent` ((busy + queued) over
-    /// capacity), averaged over the workers (default 70).
+    /// capacity), averaged over the workers (default 70). The HPA reads it as
+    /// a Pods metric through the custom metrics API, so the cluster needs an
+    /// adapter serving the workers' Prometheus metrics (e.g.
+    /// prometheus-adapter).
     #[serde(default = "default_target")]
     #[schemars(range(min = 1, max = 100))]
     pub target_utilization_percent: i32,

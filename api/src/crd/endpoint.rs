@@ -53,6 +53,14 @@ use super::{ClientQuota, Condition};
     validation = Rule::new("!has(self.mirrorTraffic) || !has(self.traffic) || !(self.mirrorTraffic.deployment in self.traffic) || self.traffic[self.mirrorTraffic.deployment] == 0").message("the mirror deployment must take no live traffic"),
 )]
 pub struct EmbeddingEndpointSpec {
+    /// Host names the gateway routes to this endpoint (requests to
+    /// `https://HOST/score`); the first one is the scoring URL in the status.
+    /// When empty, the endpoint is reached by path on the gateway (by default
+    /// `/endpoints/NAMESPACE/NAME/score`; `status.scoringUri` gives the URL).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    #[x_kube(validation = Rule::new("self.all(h, h.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'))").message("each host must be a lowercase DNS name"))]
+    pub hosts: Vec<String>,
     /// How clients authenticate.
     #[serde(default)]
     pub auth: EndpointAuth,
@@ -89,9 +97,16 @@ pub struct EndpointAuth {
     /// (development only: anyone who reaches the gateway may call).
     #[serde(default)]
     pub mode: AuthMode,
-    /// In Key mode, the Secret holding the endpoint's keys under `primaryKey`
-    /// and `secondaryKey`. When absent, the operator creates `<endpoint>-keys`
-    /// with two random 256-bit keys.
+    /// In Key mode, the Secret (same namespace) holding the endpoint's two
+    /// keys under the data keys `primaryKey` and `secondaryKey` (the secondary
+    /// may be absent). Each value is the exact string a client sends as
+    /// `Authorization: Bearer KEY`. When this field is absent, the operator
+    /// creates `<endpoint>-keys`, owned by the endpoint, with two keys of 256
+    /// random bits each, written as 43 characters of URL-safe base64 without
+    /// padding; it never rewrites them, so rotation is replacing one value in
+    /// the Secret. The gateway compares keys by their SHA-256 (lowercase hex of
+    /// the key's UTF-8 bytes), as it does for EmbeddingClient keys, and keeps
+    /// no key in clear.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_secret_name: Option<String>,
     /// In Token mode, how tokens are verified.

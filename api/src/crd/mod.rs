@@ -15,6 +15,11 @@
 //! `kubectl explain` shows, and the CEL rules (`x-kubernetes-validations`) make
 //! the API server refuse inconsistent specs before any controller sees them.
 
+// `#[kube(printcolumn(type_ = "string", ...), printcolumn(type_ = "string", ...))]`
+// repeats the same key in different columns, which clippy takes for a
+// duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 mod client;
 mod common;
 mod deployment;

@@ -248,7 +248,7 @@ async fn reconcile_inner(ep: &EmbeddingEndpoint, ctx: &Ctx) -> Result<Action, Er
     let new = EmbeddingEndpointStatus {
         observed_generation: generation,
         conditions,
-        scoring_uri: Some(ctx.config.scoring_uri(&ns, &name)),
+        scoring_uri: Some(ctx.config.scoring_uri(&ns, &name, &ep.spec.hosts)),
         key_secret_name,
         deployments: rows,
     };

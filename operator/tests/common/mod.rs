@@ -108,7 +108,7 @@ fn build_worker(repo: &Path) -> PathBuf {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "medembed-worker")
         .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .last()
+        .next_back()
         .expect("cargo reported the worker executable")
 }
 
@@ -243,11 +243,24 @@ pub async fn operator_client(cp: &ControlPlane, admin: &Client, op_ns: &str) -> 
 
 /// Like [`operator_client`], but returns the service account's token.
 pub async fn operator_token(admin: &Client, op_ns: &str) -> String {
+    scoped_operator_token(admin, op_ns, "medembed-operator", None).await
+}
+
+/// The token of service account `sa` in `op_ns`, bound to the generated
+/// ClusterRole everywhere (`watch` None: a ClusterRoleBinding) or only in
+/// namespace `watch` (a RoleBinding there, as for a namespace-scoped
+/// operator), and to the leader-election Role in `op_ns`.
+pub async fn scoped_operator_token(
+    admin: &Client,
+    op_ns: &str,
+    sa: &str,
+    watch: Option<&str>,
+) -> String {
     let pp = PostParams::default();
     let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), op_ns);
-    let sa: ServiceAccount =
-        serde_json::from_value(json!({"metadata": {"name": "medembed-operator"}})).expect("sa");
-    sas.create(&pp, &sa).await.expect("create sa");
+    let account: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": sa}})).expect("sa");
+    sas.create(&pp, &account).await.expect("create sa");
     let role = crdgen::cluster_role().expect("cluster role");
     Api::<ClusterRole>::all(admin.clone())
         .patch(
@@ -257,28 +270,49 @@ pub async fn operator_token(admin: &Client, op_ns: &str) -> String {
         )
         .await
         .expect("cluster role");
-    let crb: ClusterRoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": format!("medembed-operator-{op_ns}")},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": crdgen::CLUSTER_ROLE},
-        "subjects": [{"kind": "ServiceAccount", "name": "medembed-operator", "namespace": op_ns}],
-    }))
-    .expect("crb");
-    Api::<ClusterRoleBinding>::all(admin.clone())
-        .create(&pp, &crb)
+    let subjects = json!([{"kind": "ServiceAccount", "name": sa, "namespace": op_ns}]);
+    let role_ref = json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": crdgen::CLUSTER_ROLE});
+    match watch {
+        None => {
+            let crb: ClusterRoleBinding = serde_json::from_value(json!({
+                "metadata": {"name": format!("{sa}-{op_ns}")},
+                "roleRef": role_ref, "subjects": subjects,
+            }))
+            .expect("crb");
+            Api::<ClusterRoleBinding>::all(admin.clone())
+                .create(&pp, &crb)
+                .await
+                .expect("crb");
+        }
+        Some(ns) => {
+            let rb: RoleBinding = serde_json::from_value(json!({
+                "metadata": {"name": sa},
+                "roleRef": role_ref, "subjects": subjects,
+            }))
+            .expect("rb");
+            Api::<RoleBinding>::namespaced(admin.clone(), ns)
+                .create(&pp, &rb)
+                .await
+                .expect("namespace role binding");
+        }
+    }
+    let roles = Api::<Role>::namespaced(admin.clone(), op_ns);
+    if roles
+        .get_opt(crdgen::LEASE_ROLE)
         .await
-        .expect("crb");
-    let role: Role = serde_json::from_value(json!({
-        "metadata": {"name": crdgen::LEASE_ROLE}, "rules": crdgen::lease_rules(),
-    }))
-    .expect("role");
-    Api::<Role>::namespaced(admin.clone(), op_ns)
-        .create(&pp, &role)
-        .await
+        .expect("get role")
+        .is_none()
+    {
+        let role: Role = serde_json::from_value(json!({
+            "metadata": {"name": crdgen::LEASE_ROLE}, "rules": crdgen::lease_rules(),
+        }))
         .expect("role");
+        roles.create(&pp, &role).await.expect("role");
+    }
     let rb: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": crdgen::LEASE_ROLE},
+        "metadata": {"name": format!("{}-{sa}", crdgen::LEASE_ROLE)},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": crdgen::LEASE_ROLE},
-        "subjects": [{"kind": "ServiceAccount", "name": "medembed-operator", "namespace": op_ns}],
+        "subjects": subjects,
     }))
     .expect("rb");
     Api::<RoleBinding>::namespaced(admin.clone(), op_ns)
@@ -292,7 +326,7 @@ pub async fn operator_token(admin: &Client, op_ns: &str) -> String {
         }),
         ..Default::default()
     };
-    sas.create_token_request("medembed-operator", &pp, &tr)
+    sas.create_token_request(sa, &pp, &tr)
         .await
         .expect("token request")
         .status
@@ -316,6 +350,25 @@ impl Env {
 
     pub async fn start_operator(&self, identity: &str) -> RunningOperator {
         medembed_operator::start(self.op_config(identity), self.op_client.clone())
+            .await
+            .expect("operator starts")
+    }
+
+    /// An operator watching only this test's namespace, under a service
+    /// account bound to the generated ClusterRole by a RoleBinding in that
+    /// namespace alone (a cluster-wide watch would be forbidden).
+    pub async fn start_namespaced_operator(&self, identity: &str) -> RunningOperator {
+        let token = scoped_operator_token(
+            &self.admin,
+            &self.op_ns,
+            "medembed-operator-ns",
+            Some(self.ns.name()),
+        )
+        .await;
+        let client = self.cp.client_with_token(&token).expect("operator client");
+        let mut config = self.op_config(identity);
+        config.namespace = Some(self.ns.name().to_string());
+        medembed_operator::start(config, client)
             .await
             .expect("operator starts")
     }
