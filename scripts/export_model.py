@@ -369,6 +369,8 @@ def main():
     if flops_image:
         log(f"GFLOPs (2 x MACs): image {flops_image / 1e9:.1f}, text {flops_text / 1e9:.2f}")
 
+    # The config carries the fp32 value, whatever the graphs' precision.
+    logit_scale = float(model.logit_scale.detach().float())
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
     if dtype == torch.float16:
         model = model.half()
@@ -422,7 +424,6 @@ def main():
     os.makedirs(keep, exist_ok=True)
     for name in make_test_model.TOKENIZER_FILES:
         shutil.copyfile(os.path.join(tok_dir, name), os.path.join(keep, name))
-    logit_scale = float(model.logit_scale.detach().float())
     variant = ("reduced-" if args.reduced else "") + ("random" if random_weights else "checkpoint")
     name = args.name or ("medimageinsight" + ("" if not random_weights else f"-{variant}"))
     desc = ("MedImageInsight architecture ("

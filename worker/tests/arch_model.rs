@@ -139,6 +139,9 @@ async fn serves_the_export(dtype: &str) {
     let scale = v["scaling_factor"].as_f64().expect("scaling_factor");
     let want_scale = reference["logit_scale"].as_f64().expect("logit_scale");
     assert!((scale - want_scale).abs() < 1e-5, "{scale} vs {want_scale}");
+    // A random-weights export carries the managed service's documented value,
+    // unrounded in fp16 exports too.
+    assert!((scale - 4.5134).abs() < 1e-5, "scaling_factor {scale}");
     w.shutdown().await;
 }
 
