@@ -160,20 +160,44 @@ fn gateway_workers(gw: &medembed_gateway::RunningGateway, ns: &str, dep: &str) -
 
 async fn until_workers(
     gw: &medembed_gateway::RunningGateway,
-    ns: &str,
+    ns: &medembed_testsupport::TestNamespace,
+    agent: &NodeAgent,
     n: usize,
 ) -> BTreeSet<String> {
-    wait::until(
+    let r = wait::until(
         &format!("the gateway routes to {n} ready workers"),
         Duration::from_secs(180),
         STEP,
         || async {
-            let w = gateway_workers(gw, ns, "blue");
+            let w = gateway_workers(gw, ns.name(), "blue");
             Ok::<_, String>((w.len() == n).then_some(w))
         },
     )
-    .await
-    .unwrap()
+    .await;
+    match r {
+        Ok(w) => w,
+        Err(e) => {
+            let slices = ns
+                .api::<k8s_openapi::api::discovery::v1::EndpointSlice>()
+                .list(&Default::default())
+                .await
+                .map(|l| serde_json::to_string(&l.items).unwrap_or_default());
+            let logs: Vec<String> = agent
+                .processes(Some(ns.name()))
+                .iter()
+                .map(|p| {
+                    let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(10).collect();
+                    format!("{} {}: {:?}", p.pod, p.pod_ip, tail)
+                })
+                .collect();
+            panic!(
+                "{e}\ngateway sees {:?}\nslices: {slices:?}\nprocesses: {logs:#?}\n{}",
+                gateway_workers(gw, ns.name(), "blue"),
+                ns.describe().await
+            )
+        }
+    }
 }
 
 async fn status_of(url: &str, key: Option<&str>, host: Option<&str>) -> u16 {
@@ -279,7 +303,7 @@ async fn discovery_follows_the_cluster_and_scaling_under_load_fails_no_request()
     cfg.scrape_interval_ms = 250;
     cfg.host_template = Some("{name}.{namespace}.ml.example".into());
     let gw = medembed_gateway::start(cfg).await.expect("gateway starts");
-    let first = until_workers(&gw, &name, 2).await;
+    let first = until_workers(&gw, &ns, &agent, 2).await;
     eprintln!(
         "2 workers discovered after {:?}: {first:?}",
         started.elapsed()
@@ -348,7 +372,7 @@ async fn discovery_follows_the_cluster_and_scaling_under_load_fails_no_request()
         }
     };
     scale(3).await;
-    let three = until_workers(&gw, &name, 3).await;
+    let three = until_workers(&gw, &ns, &agent, 3).await;
     let added: Vec<&String> = three.difference(&first).collect();
     assert_eq!(added.len(), 1, "one new worker: {three:?}");
     let added = added[0].clone();
@@ -356,7 +380,7 @@ async fn discovery_follows_the_cluster_and_scaling_under_load_fails_no_request()
     tokio::time::sleep(Duration::from_secs(3)).await;
     let served_by_new = worker_requests(&added).await;
     scale(1).await;
-    let one = until_workers(&gw, &name, 1).await;
+    let one = until_workers(&gw, &ns, &agent, 1).await;
     eprintln!("1 worker after {:?}: {one:?}", started.elapsed());
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);

@@ -319,7 +319,7 @@ pub fn worker_env() -> &'static WorkerEnv {
                 .unwrap()
         };
         let bin = match std::env::var_os("MEDEMBED_WORKER_BIN") {
-            Some(p) => PathBuf::from(p),
+            Some(p) => std::fs::canonicalize(&p).unwrap(),
             None => build_worker(&repo),
         };
         WorkerEnv {
