@@ -46,29 +46,33 @@ COPY images/worker-gpu-requirements.txt /tmp/
 # from the directory of libonnxruntime.so; the CUDA libraries are found
 # through LD_LIBRARY_PATH (one flat directory), with Debian's zlib, which
 # cuDNN needs.
-RUN pip install --quiet --no-deps --only-binary=:all: --require-hashes \
-      -r /tmp/worker-gpu-requirements.txt --target /tmp/site \
- && if [ -n "${TENSORRT_REQUIREMENT}" ]; then \
+RUN set -eu; \
+    pip install --quiet --no-deps --only-binary=:all: --require-hashes \
+      -r /tmp/worker-gpu-requirements.txt --target /tmp/site; \
+    if [ -n "${TENSORRT_REQUIREMENT}" ]; then \
       pip install --quiet --no-deps --extra-index-url https://pypi.nvidia.com \
         "${TENSORRT_REQUIREMENT}" --target /tmp/site; \
-    fi \
- && mkdir -p /out/onnxruntime /out/nvidia/lib /out/nvidia/licenses \
- && cp /tmp/site/onnxruntime/capi/libonnxruntime.so.${ONNXRUNTIME_VERSION} \
+    fi; \
+    mkdir -p /out/onnxruntime /out/nvidia/lib /out/nvidia/licenses; \
+    cp /tmp/site/onnxruntime/capi/libonnxruntime.so.${ONNXRUNTIME_VERSION} \
        /tmp/site/onnxruntime/capi/libonnxruntime_providers_*.so \
        /tmp/site/onnxruntime/LICENSE /tmp/site/onnxruntime/ThirdPartyNotices.txt \
-       /out/onnxruntime/ \
- && find /tmp/site/nvidia /tmp/site/tensorrt_libs -name 'lib*.so*' -type f \
-      -exec cp {} /out/nvidia/lib/ \; 2>/dev/null; \
+       /out/onnxruntime/; \
+    for dir in /tmp/site/nvidia /tmp/site/tensorrt_libs; do \
+      if [ -d "$dir" ]; then find "$dir" -name 'lib*.so*' -type f -exec cp {} /out/nvidia/lib/ \; ; fi; \
+    done; \
     for d in /tmp/site/nvidia_*.dist-info /tmp/site/tensorrt*.dist-info; do \
-      [ -d "$d" ] || continue; \
-      for f in "$d"/License.txt "$d"/LICENSE* "$d"/licenses/*; do \
-        [ -f "$f" ] && cp "$f" "/out/nvidia/licenses/$(basename "$d" .dist-info)-$(basename "$f")"; \
+      for f in "$d"/licenses/*; do \
+        if [ -f "$f" ]; then cp "$f" "/out/nvidia/licenses/$(basename "$d" .dist-info)-$(basename "$f")"; fi; \
       done; \
     done; \
-    cp -L "/lib/$(uname -m)-linux-gnu/libz.so.1" /out/nvidia/lib/ \
- && cp /usr/share/doc/zlib1g/copyright /out/nvidia/licenses/zlib1g-copyright \
- && test -e /out/nvidia/lib/libcudart.so.13 && test -e /out/nvidia/lib/libcudnn.so.9 \
- && test -e /out/nvidia/lib/libnvJitLink.so.13
+    cp -L "/lib/$(uname -m)-linux-gnu/libz.so.1" /out/nvidia/lib/; \
+    cp /usr/share/doc/zlib1g/copyright /out/nvidia/licenses/zlib1g-copyright; \
+    for lib in libcudart.so.13 libcublas.so.13 libcudnn.so.9 libcufft.so.12 libcurand.so.10 \
+               libnvrtc.so.13 libnvJitLink.so.13 libz.so.1; do \
+      test -e "/out/nvidia/lib/$lib"; \
+    done; \
+    rm -rf /tmp/site
 
 FROM scratch AS source
 COPY --from=worker-build /out/ /out/

@@ -33,12 +33,14 @@ FROM ${PYTHON_IMAGE} AS onnxruntime
 ARG ONNXRUNTIME_VERSION=1.32.0
 COPY images/worker-requirements.txt /tmp/
 # Only the wheel's shared library and its licence files are kept.
-RUN pip download --quiet --no-deps --only-binary=:all: --require-hashes \
-      -r /tmp/worker-requirements.txt -d /tmp/wheels \
- && python -m zipfile -e /tmp/wheels/onnxruntime-${ONNXRUNTIME_VERSION}-*.whl /tmp/ort \
- && mkdir -p /out/onnxruntime \
- && cp /tmp/ort/onnxruntime/capi/libonnxruntime.so.${ONNXRUNTIME_VERSION} \
-       /tmp/ort/onnxruntime/LICENSE /tmp/ort/onnxruntime/ThirdPartyNotices.txt /out/onnxruntime/
+RUN set -eu; \
+    pip download --quiet --no-deps --only-binary=:all: --require-hashes \
+      -r /tmp/worker-requirements.txt -d /tmp/wheels; \
+    python -m zipfile -e /tmp/wheels/onnxruntime-${ONNXRUNTIME_VERSION}-*.whl /tmp/ort; \
+    mkdir -p /out/onnxruntime; \
+    cp /tmp/ort/onnxruntime/capi/libonnxruntime.so.${ONNXRUNTIME_VERSION} \
+       /tmp/ort/onnxruntime/LICENSE /tmp/ort/onnxruntime/ThirdPartyNotices.txt /out/onnxruntime/; \
+    rm -rf /tmp/wheels /tmp/ort
 
 FROM scratch AS source
 COPY --from=worker-build /out/ /out/

@@ -16,6 +16,7 @@
 #   scripts/build-images.sh --gpu            # also worker-gpu (1.6 GB of CUDA wheels)
 #   scripts/build-images.sh --no-run         # build only
 #   scripts/build-images.sh --refresh-base   # rebuild the base image (Debian updates)
+#   scripts/build-images.sh --no-stage-check # skip running the Dockerfiles' pip stages
 #
 # MEDEMBED_IMAGES_BINARIES=DIR takes medembed-{operator,gateway,worker} from DIR
 # instead of running cargo.
@@ -31,7 +32,11 @@
 #     tarball is cached under $MEDEMBED_CACHE/images, keyed by its inputs;
 #   - BINARIES=prebuilt: the release binaries come from cargo on this machine,
 #     and ONNX Runtime from the PyPI wheels pinned by hash in images/*-requirements.txt.
-# The final stages (what ends up in the images) are the Dockerfiles' own.
+# The final stages (what ends up in the images) are the Dockerfiles' own. The
+# Dockerfiles' pip stages (ONNX Runtime from PyPI) also run for real, in a
+# Debian 12 Python image made here the same way (PYTHON_IMAGE), and must give
+# the same files as the prebuilt path; the cargo stages are not run here (a
+# second release build in a container).
 #
 # Needs root (or sudo) for apt, mmdebstrap, buildah and podman. Tools are
 # installed from Debian's apt when missing: buildah, podman, runc, skopeo,
@@ -39,14 +44,15 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$MEDEMBED_ROOT"
 
-gpu=0 run=1 refresh_base=0
+gpu=0 run=1 refresh_base=0 check_stages=1
 for a in "$@"; do
   case "$a" in
     --gpu) gpu=1 ;;
     --no-run) run=0 ;;
     --refresh-base) refresh_base=1 ;;
+    --no-stage-check) check_stages=0 ;;
     -h|--help) sed -n '2,/^source/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) echo "usage: $0 [--gpu] [--no-run] [--refresh-base]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--gpu] [--no-run] [--refresh-base] [--no-stage-check]" >&2; exit 2 ;;
   esac
 done
 
@@ -216,6 +222,60 @@ print(f"worker-gpu: {len(libs)} shared libraries; every DT_NEEDED resolves in th
 PY
   images+=(worker-gpu)
   ctx[worker-gpu]="$ctx_gpu"
+fi
+
+# --- the Dockerfiles' pip stages, run for real --------------------------------
+# PYTHON_IMAGE's stand-in: Debian 12's python3 and pip (3.11, as python:3.11-slim).
+py_pkgs="python3-pip,python-is-python3,ca-certificates"
+py_key="$(printf '%s\n' "$py_pkgs" "${base_suites[@]}" | sha256sum | cut -c1-16)"
+py_tar="$MEDEMBED_CACHE/images/python-$py_key.tar"
+py_ref="localhost/medembed/python-builder:$py_key"
+build_python() {
+  [ "$refresh_base" = 0 ] && [ -f "$py_tar" ] && return 0
+  step "building the Python builder root filesystem (mmdebstrap: $py_pkgs)"
+  # Debian marks its Python as externally managed; the python images are not.
+  as_root env SOURCE_DATE_EPOCH=0 mmdebstrap --quiet --variant=minbase --include="$py_pkgs" \
+    --customize-hook='rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED' \
+    --format=tar bookworm "$py_tar.tmp" "${base_suites[@]}"
+  mv -f "$py_tar.tmp" "$py_tar"
+  as_root buildah rmi -f "$py_ref" >/dev/null 2>&1 || true
+}
+# crun (buildah's default runtime for RUN) refuses a hybrid cgroup v1/v2 host.
+bud_runtime=()
+mountpoint -q /sys/fs/cgroup/unified 2>/dev/null && bud_runtime=(--runtime runc)
+# The build host's CA bundle, for pip's HTTPS in RUN steps (a network that
+# inspects TLS with its own CA, as this one does, is trusted there too).
+host_ca=()
+[ -f /etc/ssl/certs/ca-certificates.crt ] && host_ca=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+check_stage() { # check_stage IMAGE STAGE SUBDIR...: run STAGE of IMAGE's Dockerfile, compare /out/SUBDIR with prebuilt/SUBDIR
+  local name="$1" stage="$2" c="${ctx[$1]}" ctr mnt sub; shift 2
+  step "running the $stage stage of images/$name.Dockerfile (pip, PyPI)"
+  cp images/*-requirements.txt "$c/images/"
+  as_root buildah bud "${bud_runtime[@]}" --quiet --network host --layers=false --target "$stage" \
+    --ulimit "nofile=$(ulimit -Sn):$(ulimit -Hn)" --ulimit nproc=4096:4096 "${host_ca[@]}" \
+    --build-arg PYTHON_IMAGE="$py_ref" -f "images/$name.Dockerfile" \
+    -t "localhost/medembed/stage-$name:$version" "$c" >/dev/null
+  ctr="$(as_root buildah from "localhost/medembed/stage-$name:$version")"
+  mnt="$(as_root buildah mount "$ctr")"
+  for sub in "$@"; do
+    as_root diff -r "$mnt/out/$sub" "$c/prebuilt/$sub" \
+      || { log "the $stage stage and the prebuilt path differ in $sub"; exit 1; }
+  done
+  echo "$stage stage of images/$name.Dockerfile: $(as_root find "$mnt/out" -type f | wc -l) files, identical to the prebuilt ones ($*)"
+  as_root buildah umount "$ctr" >/dev/null
+  as_root buildah rm "$ctr" >/dev/null
+  as_root buildah rmi "localhost/medembed/stage-$name:$version" >/dev/null
+}
+if [ "$check_stages" = 1 ]; then
+  with_lock "images-python-$py_key" build_python
+  if ! as_root buildah inspect --type image "$py_ref" >/dev/null 2>&1; then
+    ctr="$(as_root buildah from scratch)"
+    as_root buildah add --quiet "$ctr" "$py_tar" / >/dev/null
+    as_root buildah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$ctr"
+    as_root buildah commit --quiet --timestamp 0 --rm "$ctr" "$py_ref" >/dev/null
+  fi
+  check_stage worker onnxruntime onnxruntime
+  if [ "$gpu" = 1 ]; then check_stage worker-gpu libraries onnxruntime nvidia; fi
 fi
 
 # --- build, export, digest --------------------------------------------------
