@@ -117,7 +117,9 @@ struct SecretView {
     hashes: BTreeMap<String, [u8; 32]>,
 }
 
-/// One change seen by a watch.
+/// One change seen by a watch. Changes live only in the channel between
+/// the watches and the builder, so their size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Change {
     Endpoint(Op<EmbeddingEndpoint>),
     Deployment(Op<EmbeddingDeployment>),
