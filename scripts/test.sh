@@ -23,5 +23,7 @@ fi
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
+log "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
 log "cargo test"
 cargo test --workspace 2>&1

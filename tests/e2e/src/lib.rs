@@ -1,0 +1,580 @@
+//! medembed on one machine: a real Kubernetes control plane (built from
+//! source by `scripts/cluster-build.sh`), the Helm chart installed on it, and
+//! a node agent that runs the chart's pods (operator, gateway) and the
+//! operator's workers as local processes on loopback pod IPs, with the TEST
+//! MODEL (random weights: its embeddings mean nothing) on a volume.
+//!
+//! The end-to-end tests (`tests/`) and the demo (`medembed-demo`, run by
+//! `scripts/demo.sh`) are built on it: [`setup`] starts everything below the
+//! chart, [`Env::install`] installs the release, [`Env::apply_samples`]
+//! declares an endpoint, a deployment and a client, and [`post`] calls the
+//! API.
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
+use kube::api::{
+    ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
+use kube::{Api, Client};
+use medembed_testsupport::{wait, AgentConfig, ControlPlane, NodeAgent, NodeSpec, TestNamespace};
+use serde_json::{json, Value};
+
+pub const STEP: Duration = Duration::from_millis(250);
+
+/// Paths of everything the tests run.
+pub struct Paths {
+    pub repo: PathBuf,
+    pub chart: PathBuf,
+    pub bins: HashMap<String, PathBuf>,
+    pub ort_library: PathBuf,
+    pub model_dir: PathBuf,
+}
+
+fn exports(script: &Path) -> Vec<(String, String)> {
+    let out = Command::new("bash")
+        .arg(script)
+        .arg("--exports")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(out.status.success(), "{} failed", script.display());
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect()
+}
+
+/// Builds (a no-op after `cargo test --workspace` built them) the operator,
+/// gateway and worker binaries with the same cargo and target directory, and
+/// returns their paths.
+fn build_bins(repo: &Path) -> HashMap<String, PathBuf> {
+    let out = Command::new(env!("CARGO"))
+        .current_dir(repo)
+        .args([
+            "build",
+            "-p",
+            "medembed-worker",
+            "-p",
+            "medembed-operator",
+            "-p",
+            "medembed-gateway",
+            "--bins",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running cargo build");
+    assert!(out.status.success(), "building the binaries failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact")
+        .filter_map(|v| {
+            let exe = v["executable"].as_str()?;
+            Some((
+                v["target"]["name"].as_str()?.to_string(),
+                PathBuf::from(exe),
+            ))
+        })
+        .collect()
+}
+
+/// Everything the system needs, built or found once per process.
+pub fn paths() -> &'static Paths {
+    static P: OnceLock<Paths> = OnceLock::new();
+    P.get_or_init(|| {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .canonicalize()
+            .expect("repo root");
+        let mut vars = exports(&repo.join("scripts/python-env.sh"));
+        vars.extend(exports(&repo.join("scripts/test-model.sh")));
+        let get = |k: &str| {
+            PathBuf::from(
+                vars.iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_else(|| panic!("{k} not exported")),
+            )
+        };
+        let bins = build_bins(&repo);
+        for b in ["medembed-worker", "medembed-operator", "medembed-gateway"] {
+            assert!(bins.contains_key(b), "cargo did not report {b}");
+        }
+        Paths {
+            chart: repo.join("charts/medembed"),
+            bins,
+            ort_library: get("ORT_DYLIB_PATH"),
+            model_dir: get("MEDEMBED_TEST_MODEL"),
+            repo,
+        }
+    })
+}
+
+/// Runs helm with `args`, returning stdout; panics with stderr on failure.
+pub async fn helm(cp: &ControlPlane, args: &[&str]) -> String {
+    let bin = cp.helm().await.expect("helm binary");
+    let out = tokio::process::Command::new(&bin)
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A control plane, a release namespace, a namespace for the user's specs and
+/// a node agent with two 2-GPU nodes that runs the three images.
+pub struct Env {
+    pub agent: NodeAgent,
+    pub release_ns: TestNamespace,
+    pub ns: TestNamespace,
+    pub admin: Client,
+    pub cp: ControlPlane,
+}
+
+pub async fn setup(prefix: &str) -> Env {
+    let p = paths();
+    let t = std::time::Instant::now();
+    let cp = ControlPlane::start().await.expect("control plane starts");
+    eprintln!("control plane ready in {:?}", t.elapsed());
+    let admin = cp.client().expect("admin client");
+    let release_ns = cp.namespace("medembed-system").await.expect("namespace");
+    let ns = cp.namespace(prefix).await.expect("namespace");
+    let version = env!("CARGO_PKG_VERSION");
+    let agent = NodeAgent::start(
+        &cp,
+        AgentConfig::new(prefix)
+            .node(NodeSpec::gpu(format!("{prefix}-gpu-0"), 2))
+            .node(NodeSpec::gpu(format!("{prefix}-gpu-1"), 2))
+            .image(
+                format!("medembed/operator:{version}"),
+                &p.bins["medembed-operator"],
+            )
+            .image(
+                format!("medembed/gateway:{version}"),
+                &p.bins["medembed-gateway"],
+            )
+            .image(
+                format!("medembed/worker:{version}"),
+                &p.bins["medembed-worker"],
+            )
+            .env("ORT_DYLIB_PATH", p.ort_library.to_string_lossy())
+            .env("MEDEMBED_LOG", "warn"),
+    )
+    .await
+    .expect("node agent starts");
+    Env {
+        agent,
+        release_ns,
+        ns,
+        admin,
+        cp,
+    }
+}
+
+impl Env {
+    /// A PersistentVolume (hostPath: the TEST MODEL's directory's parent) and a
+    /// claim bound to it, as a storage provisioner would leave them; returns
+    /// the model's path inside the volume.
+    pub async fn model_claim(&self, claim: &str) -> String {
+        let model = &paths().model_dir;
+        let parent = model.parent().expect("model dir has a parent");
+        let pv_name = format!("{}-{claim}", self.ns.name());
+        let pv: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": pv_name},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "hostPath": {"path": parent.to_string_lossy()},
+                "claimRef": {"namespace": self.ns.name(), "name": claim},
+                "persistentVolumeReclaimPolicy": "Retain",
+            },
+        }))
+        .expect("pv");
+        Api::<PersistentVolume>::all(self.admin.clone())
+            .create(&PostParams::default(), &pv)
+            .await
+            .expect("pv");
+        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": claim, "annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "resources": {"requests": {"storage": "1Gi"}},
+                "volumeName": pv_name,
+                "storageClassName": "",
+            },
+        }))
+        .expect("pvc");
+        let pvcs = self.ns.api::<PersistentVolumeClaim>();
+        pvcs.create(&PostParams::default(), &pvc)
+            .await
+            .expect("pvc");
+        let st = json!({"status": {"phase": "Bound", "accessModes": ["ReadOnlyMany"], "capacity": {"storage": "1Gi"}}});
+        pvcs.patch_status(claim, &PatchParams::default(), &Patch::Merge(&st))
+            .await
+            .expect("pvc status");
+        let st = json!({"status": {"phase": "Bound"}});
+        Api::<PersistentVolume>::all(self.admin.clone())
+            .patch_status(&pv_name, &PatchParams::default(), &Patch::Merge(&st))
+            .await
+            .expect("pv status");
+        model
+            .file_name()
+            .expect("model dir name")
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// The IP of a running, ready pod of the release's component (`gateway`,
+    /// `operator`).
+    pub async fn component_ips(&self, component: &str) -> Vec<String> {
+        let pods = self
+            .release_ns
+            .api::<Pod>()
+            .list(
+                &ListParams::default()
+                    .labels(&format!("app.kubernetes.io/name=medembed-{component}")),
+            )
+            .await
+            .expect("list pods");
+        pods.items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+            .collect()
+    }
+
+    /// The last lines of every container log the node agent wrote (pods
+    /// running or gone), for failure messages.
+    pub fn process_logs(&self) -> String {
+        let Some(root) = self.agent.processes(None).first().and_then(|p| {
+            p.log
+                .parent()
+                .and_then(|d| d.parent())
+                .and_then(|d| d.parent())
+                .map(Path::to_path_buf)
+        }) else {
+            return "(no process running)".into();
+        };
+        let mut out = String::new();
+        let Ok(pods) = std::fs::read_dir(&root) else {
+            return out;
+        };
+        for pod in pods.flatten() {
+            let Ok(logs) = std::fs::read_dir(pod.path().join("logs")) else {
+                continue;
+            };
+            for log in logs.flatten() {
+                let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                out.push_str(&format!("== {}\n", log.path().display()));
+                for l in &lines[lines.len().saturating_sub(15)..] {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    pub async fn teardown(self) {
+        self.agent.shutdown().await;
+        drop(self.cp);
+    }
+}
+
+/// Waits until `check` holds, failing with `what` and the cluster's state.
+pub async fn eventually<F, Fut>(env: &Env, what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let r = wait::until(what, limit, STEP, || {
+        let f = check();
+        async move { Ok::<_, String>(f.await.then_some(())) }
+    })
+    .await;
+    if let Err(e) = r {
+        panic!(
+            "{e}\n--- {} ---\n{}\n--- {} ---\n{}\n--- process logs ---\n{}",
+            env.release_ns.name(),
+            env.release_ns.describe().await,
+            env.ns.name(),
+            env.ns.describe().await,
+            env.process_logs()
+        );
+    }
+}
+
+/// The API brief's image-and-text example request, verbatim.
+pub const BRIEF_IMAGE_AND_TEXT: &str = include_str!("../tests/fixtures/brief_image_and_text.json");
+/// The API brief's text-only example request, verbatim.
+pub const BRIEF_TEXT_ONLY: &str = include_str!("../tests/fixtures/brief_text_only.json");
+
+/// Values that make the chart's pods run under the node agent: programs bind
+/// their own loopback pod IP.
+pub fn local_values() -> Vec<String> {
+    [
+        "operator.listenHost=$(POD_IP)",
+        "operator.workerListenHost=$(POD_IP)",
+        "operator.leaseDurationSeconds=6",
+        "operator.leaseRenewSeconds=2",
+        "operator.logFormat=text",
+        "gateway.listenHost=$(POD_IP)",
+        "gateway.logFormat=text",
+        "gateway.auditLog=off",
+        "gateway.autoscaling.enabled=false",
+        "gateway.replicas=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+pub fn dynamic_api(env: &Env, kind: &str, plural: &str) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("medembed.io", "v1alpha1", kind),
+        plural,
+    );
+    Api::namespaced_with(env.admin.clone(), env.ns.name(), &ar)
+}
+
+pub async fn apply(api: &Api<DynamicObject>, name: &str, kind: &str, spec: Value) {
+    let obj = json!({
+        "apiVersion": "medembed.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": spec,
+    });
+    api.patch(
+        name,
+        &PatchParams::apply("kubectl").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
+}
+
+pub fn deployment_spec(env: &Env, model_path: &str) -> Value {
+    json!({
+        "endpoint": "chest",
+        "model": {"pvc": {"claimName": "models", "path": model_path}},
+        "runtime": {"executionProvider": "cpu", "maxBatchSize": 8, "maxQueueDelayMs": 2},
+        "instanceCount": 2,
+        "resources": {"gpu": {"count": 1}},
+        "nodeSelector": {medembed_testsupport::node::AGENT_LABEL: env.agent.name()},
+        "probes": {
+            "readiness": {"initialDelaySeconds": 0, "periodSeconds": 1, "failureThreshold": 2},
+            "liveness": {"initialDelaySeconds": 0, "periodSeconds": 5},
+        },
+    })
+}
+
+/// Ready, serving, traffic-carrying deployments of the endpoint, by its status.
+pub async fn endpoint_ready(env: &Env, want: &[(&str, i64)]) -> bool {
+    let api = dynamic_api(env, "EmbeddingEndpoint", "embeddingendpoints");
+    let Ok(e) = api.get("chest").await else {
+        return false;
+    };
+    let st = &e.data["status"];
+    let ready = st["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    });
+    ready
+        && want.iter().all(|(name, traffic)| {
+            st["deployments"].as_array().is_some_and(|ds| {
+                ds.iter().any(|d| {
+                    d["name"] == *name
+                        && d["ready"] == true
+                        && d["traffic"].as_i64() == Some(*traffic)
+                })
+            })
+        })
+}
+
+pub fn vectors(v: &Value) -> Vec<Vec<f64>> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+pub async fn post(url: &str, key: Option<&str>, body: &str) -> (u16, Value) {
+    let http = reqwest::Client::new();
+    let mut req = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status().as_u16();
+    let v = resp.json::<Value>().await.unwrap_or(Value::Null);
+    (status, v)
+}
+
+/// The sample client's key (its Secret holds only the SHA-256).
+pub const CLIENT_KEY: &str = "medembed-sample-client-key-0123456789";
+
+/// What [`Env::apply_samples`] set up.
+pub struct Sample {
+    /// The endpoint's scoring URL on the gateway (by path).
+    pub url: String,
+    /// The endpoint's primary key (from the Secret the operator generated).
+    pub key: String,
+    /// The model's directory inside the model volume.
+    pub model_path: String,
+}
+
+impl Env {
+    /// `helm install medembed` of the chart with the values that make its
+    /// pods run on the node agent, plus `extra` `--set` values; waits until
+    /// both operator replicas and the gateway are ready.
+    pub async fn install(&self, extra: &[&str]) {
+        let p = paths();
+        let chart = p.chart.to_string_lossy().into_owned();
+        let kubeconfig = self.cp.kubeconfig().to_string_lossy().into_owned();
+        let mut args: Vec<String> = vec![
+            "install".into(),
+            "medembed".into(),
+            chart,
+            "--kubeconfig".into(),
+            kubeconfig,
+            "--namespace".into(),
+            self.release_ns.name().into(),
+        ];
+        for v in local_values()
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied())
+        {
+            args.push("--set".into());
+            args.push(v.into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        helm(&self.cp, &args).await;
+        eventually(
+            self,
+            "operator and gateway ready",
+            Duration::from_secs(180),
+            || async {
+                self.component_ips("operator").await.len() == 2
+                    && !self.component_ips("gateway").await.is_empty()
+            },
+        )
+        .await;
+    }
+
+    /// Declares the sample specs a user would apply: the endpoint `chest` in
+    /// key mode with deployment `blue` (two workers of the TEST MODEL from a
+    /// volume, one GPU each) at 100 %, and the client `radiology` with its own
+    /// key; waits until the endpoint is Ready and the gateway answers with the
+    /// generated key.
+    pub async fn apply_samples(&self) -> Sample {
+        let model_path = self.model_claim("models").await;
+        let endpoints = dynamic_api(self, "EmbeddingEndpoint", "embeddingendpoints");
+        let deployments = dynamic_api(self, "EmbeddingDeployment", "embeddingdeployments");
+        let clients = dynamic_api(self, "EmbeddingClient", "embeddingclients");
+        apply(
+            &endpoints,
+            "chest",
+            "EmbeddingEndpoint",
+            json!({"auth": {"mode": "Key"}, "traffic": {"blue": 100}}),
+        )
+        .await;
+        apply(
+            &deployments,
+            "blue",
+            "EmbeddingDeployment",
+            deployment_spec(self, &model_path),
+        )
+        .await;
+        let digest = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(CLIENT_KEY.as_bytes()))
+        };
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "radiology-keys"},
+            "stringData": {"primary-sha256": digest},
+        }))
+        .expect("secret");
+        self.ns
+            .api::<Secret>()
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("client key secret");
+        apply(
+            &clients,
+            "radiology",
+            "EmbeddingClient",
+            json!({"endpoints": ["chest"], "keys": {"secretName": "radiology-keys"}}),
+        )
+        .await;
+        eventually(
+            self,
+            "endpoint chest Ready with blue",
+            Duration::from_secs(240),
+            || endpoint_ready(self, &[("blue", 100)]),
+        )
+        .await;
+        let ep = endpoints.get("chest").await.expect("endpoint");
+        let secret_name = ep.data["status"]["keySecretName"]
+            .as_str()
+            .unwrap_or("chest-keys")
+            .to_string();
+        let keys = self
+            .ns
+            .api::<Secret>()
+            .get(&secret_name)
+            .await
+            .expect("the endpoint's key Secret");
+        let key = String::from_utf8(keys.data.expect("key data")["primaryKey"].0.clone())
+            .expect("utf-8 key");
+        let gw = self.component_ips("gateway").await[0].clone();
+        let url = format!("http://{gw}:8443/endpoints/{}/chest/score", self.ns.name());
+        // The gateway sees the ready workers and the key within moments.
+        eventually(
+            self,
+            "gateway serves the endpoint",
+            Duration::from_secs(60),
+            || async { post(&url, Some(&key), BRIEF_TEXT_ONLY).await.0 == 200 },
+        )
+        .await;
+        Sample {
+            url,
+            key,
+            model_path,
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! The Helm chart, end to end, on a real control plane: lint, the committed
+//! copies of the CRDs and RBAC, the rendered chart accepted by the API server
+//! (server-side dry run), then `helm install`; the operator (two replicas,
+//! leader election) creates workers from an EmbeddingDeployment (the TEST
+//! MODEL from a volume: random weights, its embeddings mean nothing), the node
+//! agent runs them, the gateway discovers them, and the API brief's exact
+//! requests through the gateway with the endpoint's key get the same
+//! embeddings as the worker gives directly. Blue/green under continuous load
+//! (90/10, then 0/100, then the first deployment deleted) and a worker pod
+//! deleted under load, each with zero failed requests; `helm uninstall`
+//! leaves nothing of the release behind.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
+use kube::core::TypeMeta;
+use kube::discovery::Discovery;
+use medembed_e2e::*;
+use serde_json::{json, Value};
+
+fn read(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The chart's CRDs and the operator's rules are copies of `crds/` (generated
+/// from the Rust types); they must not drift.
+#[test]
+fn chart_copies_match_the_generated_crds_and_rbac() {
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for f in [
+        "embeddingendpoint.yaml",
+        "embeddingdeployment.yaml",
+        "embeddingclient.yaml",
+    ] {
+        assert_eq!(
+            read(&repo.join("crds").join(f)),
+            read(&repo.join("charts/medembed/crds").join(f)),
+            "charts/medembed/crds/{f} differs from crds/{f}: copy it (cp crds/embedding*.yaml charts/medembed/crds/)"
+        );
+    }
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&read(&repo.join("crds/rbac.yaml")))
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect();
+    let rules_of = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .map(|d| d["rules"].clone())
+            .unwrap()
+    };
+    let file = |name: &str| -> Value {
+        serde_yaml::from_str(&read(&repo.join("charts/medembed/files").join(name))).unwrap()
+    };
+    assert_eq!(
+        file("operator-rules.yaml"),
+        rules_of("ClusterRole"),
+        "charts/medembed/files/operator-rules.yaml differs from crds/rbac.yaml's ClusterRole"
+    );
+    assert_eq!(
+        file("operator-leader-rules.yaml"),
+        rules_of("Role"),
+        "charts/medembed/files/operator-leader-rules.yaml differs from crds/rbac.yaml's Role"
+    );
+}
+
+/// Every document of the rendered chart, applied server-side with
+/// `dryRun=All`: the API server validates each against its schema (CRDs
+/// installed first, as Helm does).
+async fn server_side_dry_run(env: &Env, rendered: &str, force_ns: Option<&str>) -> usize {
+    let discovery = Discovery::new(env.admin.clone())
+        .run()
+        .await
+        .expect("discovery");
+    let mut n = 0;
+    for doc in serde_yaml::Deserializer::from_str(rendered) {
+        let v: Value = serde::Deserialize::deserialize(doc).expect("rendered YAML parses");
+        if v.is_null() {
+            continue;
+        }
+        let tm: TypeMeta = serde_json::from_value(v.clone()).expect("apiVersion and kind");
+        let gvk = GroupVersionKind::try_from(&tm).expect("gvk");
+        let (ar, caps) = discovery
+            .resolve_gvk(&gvk)
+            .unwrap_or_else(|| panic!("the API server does not serve {gvk:?}"));
+        let name = v["metadata"]["name"].as_str().expect("name").to_string();
+        let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
+            let ns = force_ns
+                .or(v["metadata"]["namespace"].as_str())
+                .unwrap_or(env.release_ns.name());
+            Api::namespaced_with(env.admin.clone(), ns, &ar)
+        } else {
+            Api::all_with(env.admin.clone(), &ar)
+        };
+        let mut v = v;
+        if let (Some(ns), true) = (force_ns, caps.scope == kube::discovery::Scope::Namespaced) {
+            v["metadata"]["namespace"] = json!(ns);
+        }
+        let obj: DynamicObject = serde_json::from_value(v).expect("object");
+        api.patch(
+            &name,
+            &PatchParams::apply("medembed-e2e").dry_run(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("server-side dry run of {} {name}: {e}", tm.kind));
+        n += 1;
+    }
+    n
+}
+
+/// Continuous load through the gateway: `clients` loops posting the brief's
+/// image+text request until stopped; counts successes and keeps every failure.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<Mutex<Vec<Option<String>>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: String, key: String, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                let (http, url, key) = (http.clone(), url.clone(), key.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = http
+                            .post(&url)
+                            .bearer_auth(&key)
+                            .header("content-type", "application/json")
+                            .body(BRIEF_IMAGE_AND_TEXT)
+                            .send()
+                            .await;
+                        match r {
+                            Ok(resp) if resp.status() == 200 => {
+                                let dep = resp
+                                    .headers()
+                                    .get("azureml-model-deployment")
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_string);
+                                let _ = resp.bytes().await;
+                                ok.lock().unwrap().push(dep);
+                            }
+                            Ok(resp) => {
+                                let s = resp.status();
+                                let body = resp.text().await.unwrap_or_default();
+                                failures.lock().unwrap().push(format!("{s}: {body}"));
+                            }
+                            Err(e) => failures.lock().unwrap().push(format!("transport: {e}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failures,
+            tasks,
+        }
+    }
+
+    fn ok_count(&self) -> usize {
+        self.ok.lock().unwrap().len()
+    }
+
+    /// Stops the load; returns (answers by deployment header, failures).
+    async fn finish(self) -> (Vec<Option<String>>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let ok = std::mem::take(&mut *self.ok.lock().unwrap());
+        let failures = std::mem::take(&mut *self.failures.lock().unwrap());
+        (ok, failures)
+    }
+}
+
+/// Runs `step` while the load goes on, with a few seconds of load before and
+/// after; asserts zero failed requests.
+async fn under_load<F, Fut>(url: &str, key: &str, what: &str, step: F) -> Vec<Option<String>>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let load = Load::start(url.to_string(), key.to_string(), 4);
+    let t = Instant::now();
+    while load.ok_count() < 10 && t.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    step().await;
+    let before = load.ok_count();
+    let t = Instant::now();
+    while load.ok_count() < before + 20 && t.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ok, failures) = load.finish().await;
+    eprintln!(
+        "{what}: {} requests answered, {} failed",
+        ok.len(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{what}: {} of {} requests failed: {:?}",
+        failures.len(),
+        failures.len() + ok.len(),
+        &failures[..failures.len().min(5)]
+    );
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn helm_install_serve_blue_green_and_uninstall() {
+    let started = Instant::now();
+    let env = setup("e2e").await;
+    let p = paths();
+    let chart = p.chart.to_string_lossy().into_owned();
+    let kubeconfig = env.cp.kubeconfig().to_string_lossy().into_owned();
+    let rel_ns = env.release_ns.name().to_string();
+
+    // 1. Lint, then render and have the API server validate every object.
+    let lint = helm(&env.cp, &["lint", &chart, "--strict"]).await;
+    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+    let mut args: Vec<String> = vec![
+        "install".into(),
+        "medembed".into(),
+        chart.clone(),
+        "--kubeconfig".into(),
+        kubeconfig.clone(),
+        "--namespace".into(),
+        rel_ns.clone(),
+    ];
+    for v in local_values() {
+        args.push("--set".into());
+        args.push(v);
+    }
+    let mut template = args.clone();
+    template[0] = "template".into();
+    template.extend([
+        "--include-crds".into(),
+        "--kube-version".into(),
+        "1.36.0".into(),
+        // The optional parts whose APIs this cluster serves, validated too.
+        "--set".into(),
+        "serviceMonitor.enabled=false".into(),
+        "--set".into(),
+        "grafanaDashboard.enabled=true".into(),
+        "--set".into(),
+        "gateway.ingress.enabled=true".into(),
+        "--set".into(),
+        "gateway.ingress.hosts[0].host=embeddings.hospital.example".into(),
+    ]);
+    let template: Vec<&str> = template.iter().map(String::as_str).collect();
+    let rendered = helm(&env.cp, &template).await;
+    let dry = server_side_dry_run(&env, &rendered, None).await;
+    eprintln!("server-side dry run accepted {dry} objects");
+    assert!(dry >= 15, "only {dry} objects rendered");
+
+    // 2. helm install (installs the CRDs from the chart's crds/).
+    env.install(&[]).await;
+    eprintln!("release up at {:?}", started.elapsed());
+
+    // The examples are valid specs (the API server checks them against the
+    // CRDs' schemas and CEL rules).
+    let mut examples: Vec<_> = std::fs::read_dir(p.repo.join("examples"))
+        .expect("examples/")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 4, "{examples:?}");
+    for ex in &examples {
+        let n = server_side_dry_run(&env, &read(ex), Some(env.ns.name())).await;
+        eprintln!("{}: {n} objects accepted", ex.display());
+    }
+
+    // 3. The user's specs: an endpoint (key mode), a deployment of the test
+    //    model from a volume, and a client with its own key.
+    let sample = env.apply_samples().await;
+    let (url, key, client_key) = (sample.url.clone(), sample.key.clone(), CLIENT_KEY);
+    let model_path = sample.model_path.clone();
+    let endpoints = dynamic_api(&env, "EmbeddingEndpoint", "embeddingendpoints");
+    let deployments = dynamic_api(&env, "EmbeddingDeployment", "embeddingdeployments");
+    eprintln!("endpoint ready at {:?}", started.elapsed());
+
+    // 4. The brief's requests through the gateway, with the endpoint's key.
+    let (status, via_gateway) = post(&url, Some(&key), BRIEF_IMAGE_AND_TEXT).await;
+    assert_eq!(status, 200, "{via_gateway}");
+    let images = vectors(&via_gateway["image_features"]);
+    let texts = vectors(&via_gateway["text_features"]);
+    assert_eq!((images.len(), texts.len()), (1, 1));
+    assert_eq!(images[0].len(), 1024);
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((norm(&images[0]) - 1.0).abs() < 1e-4);
+    assert!((norm(&texts[0]) - 1.0).abs() < 1e-4);
+    // The same request straight to a worker gives the same embeddings.
+    let svc = env.ns.api::<Service>().get("blue-worker").await;
+    assert!(svc.is_ok(), "the operator made the worker Service");
+    let worker_ip = env
+        .agent
+        .processes(Some(env.ns.name()))
+        .into_iter()
+        .find(|p| p.pod.starts_with("blue-"))
+        .expect("a blue worker process")
+        .pod_ip;
+    let (status, direct) = post(
+        &format!("http://{worker_ip}:8080/score"),
+        None,
+        BRIEF_IMAGE_AND_TEXT,
+    )
+    .await;
+    assert_eq!(status, 200, "{direct}");
+    assert_eq!(direct["image_features"], via_gateway["image_features"]);
+    assert_eq!(direct["text_features"], via_gateway["text_features"]);
+    assert_eq!(direct["scaling_factor"], via_gateway["scaling_factor"]);
+    // Auth: no key 401, a wrong key 401, the client's own key 200.
+    assert_eq!(post(&url, None, BRIEF_TEXT_ONLY).await.0, 401);
+    assert_eq!(post(&url, Some("not-a-key"), BRIEF_TEXT_ONLY).await.0, 401);
+    eventually(
+        &env,
+        "the client's key works",
+        Duration::from_secs(30),
+        || async { post(&url, Some(client_key), BRIEF_TEXT_ONLY).await.0 == 200 },
+    )
+    .await;
+
+    // 5. Blue/green under continuous load: green at 10 %, then 100 %, then
+    //    blue deleted. Zero failed requests throughout.
+    under_load(&url, &key, "green deployed, 90/10", || async {
+        apply(
+            &deployments,
+            "green",
+            "EmbeddingDeployment",
+            deployment_spec(&env, &model_path),
+        )
+        .await;
+        eventually(&env, "green ready", Duration::from_secs(180), || async {
+            let Ok(d) = deployments.get("green").await else {
+                return false;
+            };
+            d.data["status"]["readyReplicas"].as_i64() == Some(2)
+        })
+        .await;
+        apply(
+            &endpoints,
+            "chest",
+            "EmbeddingEndpoint",
+            json!({"auth": {"mode": "Key"}, "traffic": {"blue": 90, "green": 10}}),
+        )
+        .await;
+        eventually(&env, "traffic 90/10", Duration::from_secs(60), || {
+            endpoint_ready(&env, &[("blue", 90), ("green", 10)])
+        })
+        .await;
+    })
+    .await;
+    let answered = under_load(&url, &key, "traffic 0/100", || async {
+        apply(
+            &endpoints,
+            "chest",
+            "EmbeddingEndpoint",
+            json!({"auth": {"mode": "Key"}, "traffic": {"blue": 0, "green": 100}}),
+        )
+        .await;
+        eventually(&env, "traffic 0/100", Duration::from_secs(60), || {
+            endpoint_ready(&env, &[("blue", 0), ("green", 100)])
+        })
+        .await;
+        // Give the gateway time to switch before blue goes away.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    })
+    .await;
+    assert!(!answered.is_empty());
+    under_load(&url, &key, "blue deleted", || async {
+        deployments
+            .delete("blue", &DeleteParams::default())
+            .await
+            .unwrap();
+        eventually(
+            &env,
+            "blue's workers gone",
+            Duration::from_secs(120),
+            || async {
+                !env.agent
+                    .processes(Some(env.ns.name()))
+                    .iter()
+                    .any(|p| p.pod.starts_with("blue-"))
+            },
+        )
+        .await;
+        apply(
+            &endpoints,
+            "chest",
+            "EmbeddingEndpoint",
+            json!({"auth": {"mode": "Key"}, "traffic": {"green": 100}}),
+        )
+        .await;
+    })
+    .await;
+
+    // 6. A worker pod deleted under load (SIGTERM, drain): zero failed.
+    under_load(&url, &key, "a worker pod deleted", || async {
+        let pods = env
+            .ns
+            .api::<Pod>()
+            .list(&ListParams::default().labels("medembed.io/deployment=green"))
+            .await
+            .unwrap();
+        let victim = pods.items[0].metadata.name.clone().unwrap();
+        env.ns
+            .api::<Pod>()
+            .delete(&victim, &DeleteParams::default())
+            .await
+            .unwrap();
+        eventually(
+            &env,
+            "green back to 2 ready",
+            Duration::from_secs(120),
+            || async {
+                let Ok(d) = deployments.get("green").await else {
+                    return false;
+                };
+                d.data["status"]["readyReplicas"].as_i64() == Some(2)
+            },
+        )
+        .await;
+    })
+    .await;
+
+    // 7. Uninstall: the user's objects first (their children are garbage
+    //    collected), then the release; nothing of it is left.
+    for name in ["green"] {
+        let _ = deployments.delete(name, &DeleteParams::default()).await;
+    }
+    let _ = endpoints.delete("chest", &DeleteParams::default()).await;
+    helm(
+        &env.cp,
+        &[
+            "uninstall",
+            "medembed",
+            "--kubeconfig",
+            &kubeconfig,
+            "--namespace",
+            &rel_ns,
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    )
+    .await;
+    eventually(
+        &env,
+        "nothing of the release left",
+        Duration::from_secs(60),
+        || async {
+            let sel = ListParams::default().labels("app.kubernetes.io/part-of=medembed");
+            let deps = env
+                .release_ns
+                .api::<Deployment>()
+                .list(&sel)
+                .await
+                .map(|l| l.items.len());
+            let svcs = env
+                .release_ns
+                .api::<Service>()
+                .list(&sel)
+                .await
+                .map(|l| l.items.len());
+            let pods = env
+                .release_ns
+                .api::<Pod>()
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items.len());
+            let workers = env
+                .ns
+                .api::<Deployment>()
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items.len());
+            matches!((deps, svcs, pods, workers), (Ok(0), Ok(0), Ok(0), Ok(0)))
+        },
+    )
+    .await;
+    let cluster_roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(env.admin.clone());
+    let left = cluster_roles
+        .list(&ListParams::default().labels("app.kubernetes.io/part-of=medembed"))
+        .await
+        .unwrap();
+    assert!(left.items.is_empty(), "cluster roles left behind");
+    eprintln!("end to end in {:?}", started.elapsed());
+    env.teardown().await;
+}
