@@ -40,7 +40,7 @@ PROXY_CORE=1
 UP_CORE=0
 if [ "$NCPU" -ge 4 ]; then LOAD_CORES="2-$((NCPU - 1))"; elif [ "$NCPU" -eq 3 ]; then LOAD_CORES=2; else LOAD_CORES=0; fi
 
-WORK="$(mktemp -d)"
+WORK="$(mktemp -d)"; chmod 755 "$WORK"  # nginx workers run as an unprivileged user
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
