@@ -67,7 +67,7 @@ async fn main() {
         .to_string();
     let _ = writeln!(
         out,
-        "Where to look next:\n  kubectl --kubeconfig {kc} get embeddingendpoints,embeddingdeployments,pods -A\n  curl -s http://{gw}:9090/metrics | grep medembed_gateway_requests_total   (gateway metrics)\n  curl -s -H 'Authorization: Bearer {CLIENT_KEY}' -H 'content-type: application/json' \\\n       -d @tests/e2e/tests/fixtures/brief_image_and_text.json {url}\n  process logs (operator, gateway, workers): {logs}",
+        "Where to look next:\n  kubectl --kubeconfig {kc} get embeddingendpoints,embeddingdeployments,pods -A   (any kubectl)\n  curl -s http://{gw}:9090/metrics | grep medembed_gateway_requests_total   (gateway metrics)\n  curl -s -H 'Authorization: Bearer {CLIENT_KEY}' -H 'content-type: application/json' \\\n       -d @tests/e2e/tests/fixtures/brief_image_and_text.json {url}\n  process logs (operator, gateway, workers): {logs}",
         kc = env.cp.kubeconfig().display(),
         url = sample.url,
         logs = env
