@@ -87,6 +87,12 @@ pub struct OperatorConfig {
     #[arg(long, env = "MEDEMBED_RESYNC_SECONDS", default_value_t = 300)]
     pub resync_seconds: u64,
 
+    /// Milliseconds a change waits for more changes to the same object before
+    /// its reconcile starts (a new pod, its scheduling and its readiness then
+    /// cost one reconcile instead of several).
+    #[arg(long, env = "MEDEMBED_DEBOUNCE_MS", default_value_t = 500)]
+    pub debounce_ms: u64,
+
     /// Reconciles running at once per controller.
     #[arg(long, env = "MEDEMBED_CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
@@ -107,6 +113,13 @@ impl OperatorConfig {
     /// The Lease's duration.
     pub fn lease_duration(&self) -> Duration {
         Duration::from_secs(self.lease_duration_seconds.max(1))
+    }
+
+    /// The controllers' settings: concurrency and debounce.
+    pub fn controller(&self) -> kube::runtime::controller::Config {
+        kube::runtime::controller::Config::default()
+            .concurrency(self.concurrency)
+            .debounce(Duration::from_millis(self.debounce_ms))
     }
 
     /// The Lease's renewal period.

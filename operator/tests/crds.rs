@@ -22,9 +22,10 @@ fn committed_crds_match_the_types() {
     if chart.is_dir() {
         dirs.push(chart);
     }
-    for dir in dirs {
+    for (i, dir) in dirs.into_iter().enumerate() {
         for (name, content) in &files {
-            if name == "rbac.yaml" && !dir.ends_with("crds") {
+            // The chart carries the CRDs only (its RBAC is templated).
+            if name == "rbac.yaml" && i > 0 {
                 continue;
             }
             let path = dir.join(name);

@@ -16,7 +16,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Resource, ResourceExt};
@@ -40,7 +40,7 @@ pub async fn run(ctx: Arc<Ctx>) {
         ctx.watched::<EmbeddingDeployment>(),
         watcher::Config::default(),
     )
-    .with_config(ControllerConfig::default().concurrency(ctx.config.concurrency));
+    .with_config(ctx.config.controller());
     let store = controller.store();
     controller
         .owns(ctx.watched::<Deployment>(), managed.clone())

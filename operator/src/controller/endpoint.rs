@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Resource, ResourceExt};
@@ -36,7 +36,7 @@ pub async fn run(ctx: Arc<Ctx>) {
         ctx.watched::<EmbeddingEndpoint>(),
         watcher::Config::default(),
     )
-    .with_config(ControllerConfig::default().concurrency(ctx.config.concurrency))
+    .with_config(ctx.config.controller())
     .watches(
         ctx.watched::<EmbeddingDeployment>(),
         watcher::Config::default(),
