@@ -281,6 +281,9 @@ fi
 
 # --- build, export, digest --------------------------------------------------
 : > "$out/digests.txt"
+# buildah 1.28 leaves a working container behind for the `FROM ${BINARIES}`
+# stage: the ones that appear during the builds are removed afterwards.
+before="$(as_root buildah containers -q | sort)"
 for name in "${images[@]}"; do
   ref="localhost/medembed/$name:$version"
   step "buildah bud images/$name.Dockerfile -> $ref"
@@ -309,6 +312,9 @@ print(f"  config: user {user}, entrypoint {binary}, ports {ports}, ORT_DYLIB_PAT
   step "medembed/$name:$version@$digest ($(du -h "$archive" | cut -f1) archive, $(as_root podman image inspect --format '{{.Size}}' "$ref" | numfmt --to=iec) unpacked)"
 done
 rm -rf "$work"/ctx-*
+comm -13 <(echo "$before") <(as_root buildah containers -q | sort) | while read -r c; do
+  [ -n "$c" ] && as_root buildah rm "$c" >/dev/null
+done
 # Throw away the intermediate stages' images (dangling, untagged).
 as_root buildah rmi --prune >/dev/null 2>&1 || true
 log "images in $out:"
