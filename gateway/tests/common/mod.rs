@@ -282,20 +282,7 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 fn exports(script: &Path) -> Vec<(String, String)> {
-    let out = Command::new("bash")
-        .arg(script)
-        .arg("--exports")
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(out.status.success(), "{} failed", script.display());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect()
+    medembed_testsupport::repo::script_exports(script).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// How to run a real worker: its binary, ONNX Runtime's library and the

@@ -14,14 +14,12 @@
 #![allow(dead_code, missing_docs)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{
-    Namespace, PersistentVolume, PersistentVolumeClaim, ServiceAccount,
-};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -36,20 +34,7 @@ pub const WORKER_IMAGE: &str = "medembed/worker:test";
 pub const CRASH_IMAGE: &str = "medembed/crasher:test";
 
 fn exports(script: &Path) -> Vec<(String, String)> {
-    let out = Command::new("bash")
-        .arg(script)
-        .arg("--exports")
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(out.status.success(), "{} failed", script.display());
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect()
+    medembed_testsupport::repo::script_exports(script).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub struct Paths {
@@ -89,26 +74,9 @@ pub fn paths() -> &'static Paths {
 }
 
 fn build_worker(repo: &Path) -> PathBuf {
-    let out = Command::new(env!("CARGO"))
-        .current_dir(repo)
-        .args([
-            "build",
-            "-p",
-            "medembed-worker",
-            "--bin",
-            "medembed-worker",
-            "--message-format=json",
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running cargo build for the worker");
-    assert!(out.status.success(), "building medembed-worker failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "medembed-worker")
-        .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .next_back()
+    medembed_testsupport::repo::cargo_bins(repo, &["medembed-worker"])
+        .expect("building medembed-worker")
+        .remove("medembed-worker")
         .expect("cargo reported the worker executable")
 }
 
@@ -376,45 +344,14 @@ impl Env {
     /// A PersistentVolume (hostPath: the models directory) and a claim bound
     /// to it, as a storage provisioner would leave them.
     pub async fn model_claim(&self, claim: &str) {
-        let pv_name = format!("{}-{claim}", self.ns.name());
-        let pv: PersistentVolume = serde_json::from_value(json!({
-            "metadata": {"name": pv_name},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadOnlyMany"],
-                "hostPath": {"path": self.models.path().to_string_lossy()},
-                "claimRef": {"namespace": self.ns.name(), "name": claim},
-                "persistentVolumeReclaimPolicy": "Retain",
-            },
-        }))
-        .expect("pv");
-        Api::<PersistentVolume>::all(self.admin.clone())
-            .create(&PostParams::default(), &pv)
-            .await
-            .expect("pv");
-        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-            "metadata": {"name": claim, "annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
-            "spec": {
-                "accessModes": ["ReadOnlyMany"],
-                "resources": {"requests": {"storage": "1Gi"}},
-                "volumeName": pv_name,
-                "storageClassName": "",
-            },
-        }))
-        .expect("pvc");
-        let pvcs = self.ns.api::<PersistentVolumeClaim>();
-        pvcs.create(&PostParams::default(), &pvc)
-            .await
-            .expect("pvc");
-        let st = json!({"status": {"phase": "Bound", "accessModes": ["ReadOnlyMany"], "capacity": {"storage": "1Gi"}}});
-        pvcs.patch_status(claim, &PatchParams::default(), &Patch::Merge(&st))
-            .await
-            .expect("pvc status");
-        let st = json!({"status": {"phase": "Bound"}});
-        Api::<PersistentVolume>::all(self.admin.clone())
-            .patch_status(&pv_name, &PatchParams::default(), &Patch::Merge(&st))
-            .await
-            .expect("pv status");
+        medembed_testsupport::repo::host_path_claim(
+            &self.admin,
+            self.ns.name(),
+            claim,
+            self.models.path(),
+        )
+        .await
+        .expect("model claim");
     }
 
     /// An EmbeddingDeployment spec on the model claim `claim` at `path`,

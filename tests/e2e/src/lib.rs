@@ -14,16 +14,18 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{
     ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
 use kube::{Api, Client};
-use medembed_testsupport::{wait, AgentConfig, ControlPlane, NodeAgent, NodeSpec, TestNamespace};
+use medembed_testsupport::{
+    repo, wait, AgentConfig, ControlPlane, NodeAgent, NodeSpec, TestNamespace,
+};
 use serde_json::{json, Value};
 
 pub const STEP: Duration = Duration::from_millis(250);
@@ -38,55 +40,17 @@ pub struct Paths {
 }
 
 fn exports(script: &Path) -> Vec<(String, String)> {
-    let out = Command::new("bash")
-        .arg(script)
-        .arg("--exports")
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(out.status.success(), "{} failed", script.display());
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect()
+    repo::script_exports(script).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Builds (a no-op after `cargo test --workspace` built them) the operator,
-/// gateway and worker binaries with the same cargo and target directory, and
-/// returns their paths.
+/// gateway and worker binaries, and returns their paths.
 fn build_bins(repo: &Path) -> HashMap<String, PathBuf> {
-    let out = Command::new(env!("CARGO"))
-        .current_dir(repo)
-        .args([
-            "build",
-            "-p",
-            "medembed-worker",
-            "-p",
-            "medembed-operator",
-            "-p",
-            "medembed-gateway",
-            "--bins",
-            "--message-format=json",
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running cargo build");
-    assert!(out.status.success(), "building the binaries failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact")
-        .filter_map(|v| {
-            let exe = v["executable"].as_str()?;
-            Some((
-                v["target"]["name"].as_str()?.to_string(),
-                PathBuf::from(exe),
-            ))
-        })
-        .collect()
+    repo::cargo_bins(
+        repo,
+        &["medembed-worker", "medembed-operator", "medembed-gateway"],
+    )
+    .expect("building the binaries")
 }
 
 /// Everything the system needs, built or found once per process.
@@ -195,45 +159,9 @@ impl Env {
     pub async fn model_claim(&self, claim: &str) -> String {
         let model = &paths().model_dir;
         let parent = model.parent().expect("model dir has a parent");
-        let pv_name = format!("{}-{claim}", self.ns.name());
-        let pv: PersistentVolume = serde_json::from_value(json!({
-            "metadata": {"name": pv_name},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadOnlyMany"],
-                "hostPath": {"path": parent.to_string_lossy()},
-                "claimRef": {"namespace": self.ns.name(), "name": claim},
-                "persistentVolumeReclaimPolicy": "Retain",
-            },
-        }))
-        .expect("pv");
-        Api::<PersistentVolume>::all(self.admin.clone())
-            .create(&PostParams::default(), &pv)
+        repo::host_path_claim(&self.admin, self.ns.name(), claim, parent)
             .await
-            .expect("pv");
-        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-            "metadata": {"name": claim, "annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
-            "spec": {
-                "accessModes": ["ReadOnlyMany"],
-                "resources": {"requests": {"storage": "1Gi"}},
-                "volumeName": pv_name,
-                "storageClassName": "",
-            },
-        }))
-        .expect("pvc");
-        let pvcs = self.ns.api::<PersistentVolumeClaim>();
-        pvcs.create(&PostParams::default(), &pvc)
-            .await
-            .expect("pvc");
-        let st = json!({"status": {"phase": "Bound", "accessModes": ["ReadOnlyMany"], "capacity": {"storage": "1Gi"}}});
-        pvcs.patch_status(claim, &PatchParams::default(), &Patch::Merge(&st))
-            .await
-            .expect("pvc status");
-        let st = json!({"status": {"phase": "Bound"}});
-        Api::<PersistentVolume>::all(self.admin.clone())
-            .patch_status(&pv_name, &PatchParams::default(), &Patch::Merge(&st))
-            .await
-            .expect("pv status");
+            .expect("model claim");
         model
             .file_name()
             .expect("model dir name")

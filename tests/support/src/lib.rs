@@ -29,6 +29,7 @@ mod cluster;
 mod error;
 pub mod http;
 pub mod node;
+pub mod repo;
 pub mod wait;
 
 pub use cluster::{ControlPlane, TestNamespace};
