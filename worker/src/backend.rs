@@ -67,6 +67,8 @@ pub struct SessionOptions {
     pub trt_fp16: bool,
     /// Intra-op threads.
     pub intra_threads: usize,
+    /// Whether idle intra-op threads spin.
+    pub spinning: bool,
 }
 
 impl SessionOptions {
@@ -78,6 +80,7 @@ impl SessionOptions {
             trt_cache_dir: cfg.trt_cache_dir.clone(),
             trt_fp16: cfg.trt_fp16,
             intra_threads: cfg.intra_threads(),
+            spinning: cfg.ort_spinning,
         }
     }
 
@@ -139,6 +142,10 @@ fn open_session(
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(|e| e.to_string())?
         .with_intra_threads(opts.intra_threads)
+        .map_err(|e| e.to_string())?
+        .with_intra_op_spinning(opts.spinning)
+        .map_err(|e| e.to_string())?
+        .with_inter_op_spinning(opts.spinning)
         .map_err(|e| e.to_string())?;
     if !providers.is_empty() {
         builder = builder.with_execution_providers(providers).map_err(|e| {

@@ -10,8 +10,9 @@
 //!   accepted and out when it is answered; past the configured capacity the
 //!   request is refused at once (HTTP 429) instead of queueing without bound.
 //! * **Decoding ahead of inference.** A pool of CPU threads decodes and
-//!   preprocesses images in parallel and hands tensors to the batcher through a
-//!   bounded channel, so at most about one batch of tensors waits in memory.
+//!   resizes images in parallel and hands 8-bit rasters to the batcher through
+//!   a bounded channel, so at most about one batch waits in memory; the
+//!   batcher normalises them straight into the batch's float tensor.
 //! * **Batch formation.** A batcher thread per session takes what is queued,
 //!   up to the maximum batch size. It waits up to the maximum queue delay for
 //!   more only while more work is known to be on its way (images still being
@@ -33,7 +34,7 @@ use prometheus::IntGauge;
 use tokio::sync::oneshot;
 
 use crate::backend::{ImageModel, TextModel};
-use crate::decode::{self, DecodeError, DecodeLimits};
+use crate::decode::{self, DecodeError, DecodeLimits, Image8};
 use crate::metrics::Metrics;
 use crate::preprocess::Transform;
 use crate::tokenize::Tokens;
@@ -83,8 +84,11 @@ pub struct ImageJob {
     pub meta: JobMeta,
 }
 
+/// A decoded image, resized but still 8-bit: normalised to floats only when
+/// copied into its batch's tensor, so a queue of ready images costs a quarter
+/// (RGB) or a twelfth (grayscale) of the memory of ready tensors.
 struct ReadyImage {
-    pixels: Vec<f32>,
+    raster: Image8,
     meta: JobMeta,
 }
 
@@ -323,10 +327,13 @@ impl Pipeline {
             let metrics = metrics.clone();
             let decoding = images_decoding.clone();
             let policy = parts.image_policy;
+            let transform = transform.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("infer-image-{i}"))
-                    .spawn(move || image_loop(rx, model, policy, &metrics, &decoding))?,
+                    .spawn(move || {
+                        image_loop(rx, model, &transform, policy, &metrics, &decoding)
+                    })?,
             );
         }
         for (i, model) in parts.text_models.into_iter().enumerate() {
@@ -431,20 +438,20 @@ fn decode_loop(
             drop(job.base64);
             let img = decode::decode(&bytes, limits, windowing)?;
             drop(bytes);
-            let mut pixels = Vec::with_capacity(transform.tensor_len());
-            transform.apply(&img, &mut pixels)?;
-            Ok(pixels)
+            transform.resize(&img)
         });
         metrics
             .decode_duration
             .observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(pixels) => {
-                // Blocks while the batcher is a full batch behind: back-pressure
-                // bounds the tensors held in memory.
-                let sent = tx.send(ReadyImage { pixels, meta });
+            Ok(raster) => {
+                // No longer "on its way" before it is handed over: a batcher
+                // that wakes for this very image must not wait for it again
+                // (that cost a whole queue delay per image at one client).
                 decoding.fetch_sub(1, Ordering::AcqRel);
-                if sent.is_err() {
+                // Blocks while the batcher is a full batch behind: back-pressure
+                // bounds the images held in memory.
+                if tx.send(ReadyImage { raster, meta }).is_err() {
                     return;
                 }
             }
@@ -510,6 +517,7 @@ fn observe_start(metas: &[&JobMeta], tower: &str, metrics: &Metrics) {
 fn image_loop(
     rx: Receiver<ReadyImage>,
     mut model: ImageModel,
+    transform: &Transform,
     policy: BatchPolicy,
     metrics: &Metrics,
     decoding: &AtomicUsize,
@@ -526,10 +534,10 @@ fn image_loop(
             "image",
             metrics,
         );
-        let mut pixels = Vec::with_capacity(batch.iter().map(|i| i.pixels.len()).sum());
+        let mut pixels = Vec::with_capacity(n * transform.tensor_len());
         let mut metas = Vec::with_capacity(n);
         for item in batch {
-            pixels.extend_from_slice(&item.pixels);
+            transform.normalize_into(&item.raster, &mut pixels);
             metas.push(item.into_meta());
         }
         let dim = model.dim();

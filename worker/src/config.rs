@@ -100,6 +100,14 @@ pub struct WorkerConfig {
     #[arg(long, env = "MEDEMBED_INTRA_THREADS", default_value_t = 0)]
     pub intra_threads: usize,
 
+    /// Let ONNX Runtime's intra-op threads spin while waiting for work. Off by
+    /// default: spinning threads take the cores the decode threads need (on a
+    /// 2-CPU machine at one request at a time, spinning was most of the
+    /// worker's CPU). Worth turning on only when inference runs on the CPU
+    /// and the CPUs are not needed for decoding.
+    #[arg(long, env = "MEDEMBED_ORT_SPINNING", default_value_t = false)]
+    pub ort_spinning: bool,
+
     /// Threads decoding and preprocessing images ahead of inference (0 = number of CPUs).
     #[arg(long, env = "MEDEMBED_DECODE_THREADS", default_value_t = 0)]
     pub decode_threads: usize,
@@ -137,8 +145,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "MEDEMBED_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
-    /// Most request-body bytes buffered across all requests at once (429 beyond).
-    #[arg(long, env = "MEDEMBED_MAX_BUFFERED_BYTES", default_value_t = 256 * 1024 * 1024)]
+    /// Most request-body bytes held across all requests at once, from reading
+    /// to answering; a request beyond waits, unread, for room (up to its
+    /// deadline). About 50 chest X-rays' worth by default: more in memory does
+    /// not make the decode threads faster.
+    #[arg(long, env = "MEDEMBED_MAX_BUFFERED_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_buffered_bytes: usize,
 
     /// Most rows one request may carry.

@@ -161,11 +161,12 @@ const B64: GeneralPurpose = GeneralPurpose::new(
 pub fn decode_base64(s: &str) -> Result<Vec<u8>, DecodeError> {
     let bytes = s.as_bytes();
     if bytes.iter().any(|b| b.is_ascii_whitespace()) {
-        let compact: Vec<u8> = bytes
-            .iter()
-            .copied()
-            .filter(|b| !b.is_ascii_whitespace())
-            .collect();
+        // Copy the runs between line breaks whole (76-character lines from
+        // the usual encoders), not byte by byte.
+        let mut compact = Vec::with_capacity(bytes.len());
+        for run in bytes.split(|b| b.is_ascii_whitespace()) {
+            compact.extend_from_slice(run);
+        }
         B64.decode(compact).map_err(|_| DecodeError::Base64)
     } else {
         B64.decode(bytes).map_err(|_| DecodeError::Base64)

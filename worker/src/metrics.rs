@@ -21,6 +21,9 @@ pub struct Metrics {
     pub request_duration: Histogram,
     /// Per-image decode + preprocess time.
     pub decode_duration: Histogram,
+    /// Time requests waited, unread, for room in the body byte budget (only
+    /// requests that had to wait).
+    pub body_wait: Histogram,
     /// Time from admission to the start of the item's inference, by tower.
     pub queue_duration: HistogramVec,
     /// Duration of one batched inference call, by tower.
@@ -82,6 +85,12 @@ impl Metrics {
         let decode_duration = Histogram::with_opts(secs(
             "decode_duration_seconds",
             "Time to decode and preprocess one image.",
+            lat.clone(),
+        ))
+        .expect("valid metric");
+        let body_wait = Histogram::with_opts(secs(
+            "body_wait_seconds",
+            "Time a request waited, unread, for room in the buffered-bytes budget (requests that waited).",
             lat.clone(),
         ))
         .expect("valid metric");
@@ -150,6 +159,7 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
             Box::new(decode_duration.clone()),
+            Box::new(body_wait.clone()),
             Box::new(queue_duration.clone()),
             Box::new(inference_duration.clone()),
             Box::new(batch_size.clone()),
@@ -169,6 +179,7 @@ impl Metrics {
             requests,
             request_duration,
             decode_duration,
+            body_wait,
             queue_duration,
             inference_duration,
             batch_size,

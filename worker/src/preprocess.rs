@@ -52,6 +52,16 @@ impl Transform {
 
     /// Runs the transform, appending `3 * size * size` floats (CHW) to `out`.
     pub fn apply(&self, img: &Image8, out: &mut Vec<f32>) -> Result<(), DecodeError> {
+        let resized = self.resize(img)?;
+        self.normalize_into(&resized, out);
+        Ok(())
+    }
+
+    /// The geometric half of the transform: the optional standardisation and
+    /// the resize to `size`², still 8-bit. The worker queues images in this
+    /// form (a quarter, or a twelfth for grayscale, of the float tensor's
+    /// size) and normalises them straight into the batch tensor.
+    pub fn resize(&self, img: &Image8) -> Result<Image8, DecodeError> {
         let standardized;
         let img = match self.standardize {
             Some(s) => {
@@ -60,8 +70,21 @@ impl Transform {
             }
             None => img,
         };
-        let resized = resize(img, self.size, self.size)?;
+        resize(img, self.size, self.size)
+    }
+
+    /// The arithmetic half: appends the normalised CHW floats of a raster
+    /// produced by [`Transform::resize`] to `out`.
+    ///
+    /// # Panics
+    /// If `resized` is not `size`² pixels (a bug, not bad input).
+    pub fn normalize_into(&self, resized: &Image8, out: &mut Vec<f32>) {
         let plane = (self.size * self.size) as usize;
+        assert_eq!(
+            resized.data.len(),
+            plane * resized.channels.count(),
+            "normalize_into takes the output of Transform::resize"
+        );
         out.reserve(3 * plane);
         for c in 0..3 {
             // One lookup table per channel: exactly (v/255 - mean)/std in f32.
@@ -79,7 +102,6 @@ impl Transform {
                 ),
             }
         }
-        Ok(())
     }
 }
 

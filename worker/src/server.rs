@@ -11,8 +11,10 @@
 //!
 //! Bodies are limited twice: per request (`Content-Length` checked before
 //! reading, and a streaming limit for chunked bodies; 413) and across requests
-//! (a byte budget for everything buffered at once; 429), so a burst of large
-//! requests cannot exhaust memory. The rest of a refused body is read and
+//! (a byte budget for everything buffered at once), so a burst of large
+//! requests cannot exhaust memory. A request that does not fit the budget
+//! waits, unread, until earlier ones are answered (or its deadline passes):
+//! the queue of waiting work then costs socket buffers, not heap. The rest of a refused body is read and
 //! dropped (bounded) before the 413 goes out, so clients read the answer.
 
 use std::convert::Infallible;
@@ -214,11 +216,27 @@ async fn score(
         .utilization
         .set((state.requests.used() * 100 / state.requests.capacity().max(1)) as i64);
 
+    // The body is read only once the byte budget has room for it. Until then
+    // it waits where it is (the connection's buffers: TCP back-pressure), not
+    // in this process; past the deadline the request times out. The permit
+    // is held until the answer, because the parsed images live until then.
     let reserve = declared.unwrap_or(cfg.max_body_bytes).max(1);
-    let _body_permit = state
-        .body_budget
-        .try_acquire_many(kib(reserve))
-        .map_err(|_| ApiError::Overloaded("too many request bytes buffered"))?;
+    let wait = deadline.saturating_duration_since(Instant::now());
+    let _body_permit = match state.body_budget.try_acquire_many(kib(reserve)) {
+        Ok(p) => p,
+        Err(_) => {
+            let waited = Instant::now();
+            let permit = tokio::time::timeout(wait, state.body_budget.acquire_many(kib(reserve)))
+                .await
+                .map_err(|_| ApiError::Timeout(budget_ms))?
+                .map_err(|_| ApiError::Internal)?;
+            state
+                .metrics
+                .body_wait
+                .observe(waited.elapsed().as_secs_f64());
+            permit
+        }
+    };
 
     let body = read_body(req.into_body(), cfg.max_body_bytes, declared.unwrap_or(0)).await?;
 
