@@ -75,6 +75,7 @@ impl RunningGateway {
         for b in &self.background {
             b.abort();
         }
+        self.state.audit.close().await;
     }
 }
 
