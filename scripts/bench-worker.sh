@@ -18,20 +18,8 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 cd "$MEDEMBED_ROOT"
+venv="$(bench_baseline_venv)"
 req="$MEDEMBED_ROOT/tests/bench/baseline/requirements.txt"
-key="$(hash_of "$req")-py$(python3 -c 'import sys; print("%d%d" % sys.version_info[:2])')"
-venv="$MEDEMBED_CACHE/bench-baseline-venv-$key"
-
-build_venv() {
-  [ -x "$venv/bin/azmlinfsrv" ] && [ -f "$venv/.complete" ] && return 0
-  log "creating the baseline's Python environment $venv (first run only)"
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check --upgrade pip >&2
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req" >&2
-  touch "$venv/.complete"
-}
-with_lock "bench-baseline-venv-$key" build_venv
 
 eval "$(scripts/python-env.sh --exports)"
 eval "$(scripts/test-model.sh --exports)"

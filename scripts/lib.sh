@@ -25,3 +25,25 @@ with_lock() {
     "$@"
   ) 9>"$MEDEMBED_CACHE/locks/$name.lock"
 }
+
+# bench_baseline_venv : creates (first run only) and prints the path of the
+# benchmarks' baseline Python environment: the managed service's serving stack
+# (azureml-inference-server-http) with tests/bench/baseline/requirements.txt,
+# keyed by that file and the Python version. Used by bench-worker.sh and
+# bench-full-model.sh.
+bench_baseline_venv() {
+  local req="$MEDEMBED_ROOT/tests/bench/baseline/requirements.txt" key venv
+  key="$(hash_of "$req")-py$(python3 -c 'import sys; print("%d%d" % sys.version_info[:2])')"
+  venv="$MEDEMBED_CACHE/bench-baseline-venv-$key"
+  _build_baseline_venv() {
+    [ -x "$venv/bin/azmlinfsrv" ] && [ -f "$venv/.complete" ] && return 0
+    log "creating the baseline's Python environment $venv (first run only)"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --upgrade pip >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req" >&2
+    touch "$venv/.complete"
+  }
+  with_lock "bench-baseline-venv-$key" _build_baseline_venv
+  printf '%s\n' "$venv"
+}
