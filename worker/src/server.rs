@@ -55,7 +55,9 @@ pub struct AppState {
     /// Set on SIGTERM: readiness turns false while in-flight work drains.
     pub draining: AtomicBool,
     requests: Arc<Admission>,
-    body_budget: Semaphore,
+    /// The byte budget for request bodies, in KiB permits (see the module's
+    /// doc); public so that tests can fill it.
+    pub body_budget: Semaphore,
     /// Large JSON parses and serialisations running at once on blocking
     /// threads: as many as there are cores. Unbounded, a burst of big bodies
     /// starts one thread each, and every thread's allocator arena keeps its

@@ -541,6 +541,41 @@ async fn admission_deadline_and_readiness() {
     let (status, v, _) = post(&c, &w, body).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(queue.used(), 0, "admission units leaked");
+
+    // No room in the body byte budget: the request waits, unread, and is
+    // answered once room frees; past its deadline it times out (408).
+    let budget = &w.state.body_budget;
+    let all = u32::try_from(budget.available_permits()).unwrap();
+    let held = budget.try_acquire_many(all).unwrap();
+    let waiting = tokio::spawn({
+        let (c, u) = (c.clone(), url(&w, "/score"));
+        let b = request(&[("", "waits for room")]).to_string();
+        async move { c.post(u).body(b).send().await.unwrap().status().as_u16() }
+    });
+    let resp = c
+        .post(url(&w, "/score"))
+        .header(medembed_api::TIMEOUT_HEADER, "300")
+        .body(request(&[("", "gives up")]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 408);
+    assert!(
+        !waiting.is_finished(),
+        "answered without room in the budget"
+    );
+    drop(held);
+    assert_eq!(waiting.await.unwrap(), 200);
+    let m = c
+        .get(url(&w, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metric(&m, "medembed_worker_body_wait_seconds_count", &[]) >= 1.0);
+    assert_eq!(budget.available_permits(), all as usize, "budget leaked");
     w.shutdown().await;
 }
 
