@@ -2,11 +2,16 @@
 //! the single retry, and the response body that keeps its guards alive.
 //!
 //! A request goes to the worker [`crate::balance::pick`] chooses. It is
-//! retried once, on another worker, only when it cannot have reached the
-//! model: the connection was refused (or timed out opening), or the worker
-//! answered 503 (a medembed worker answers 503 only while loading or
-//! draining, before any inference). Workers that answer 429/503 or refuse a
-//! connection are penalised. The time left of the endpoint's budget goes to
+//! retried once, on another worker, when the first gave no answer to use:
+//! the connection was refused (or timed out opening), the worker answered
+//! 503 (a medembed worker answers 503 only while loading or draining, before
+//! any inference), or the connection broke before a response came (the
+//! worker was killed or crashed mid-request). Scoring is a pure function of
+//! the request, so running it a second time is safe; it costs at most one
+//! more inference, and one retry in all bounds what a request that somehow
+//! kills workers can take down. Nothing is retried once response headers
+//! have arrived, nor after the deadline. Workers that answer 429/503, refuse
+//! a connection or break one are penalised. The time left of the endpoint's budget goes to
 //! the worker in [`medembed_api::TIMEOUT_HEADER`], and the gateway stops
 //! waiting at the same deadline (408).
 //!
@@ -143,7 +148,7 @@ fn build(
 }
 
 /// Sends a request to one worker of `deployment`, retrying once on another
-/// worker when the first cannot have run it.
+/// worker when the first gave no usable answer (see the module's doc).
 pub async fn call(
     client: &HttpClient,
     metrics: &Metrics,
@@ -191,7 +196,11 @@ pub async fn call(
                 last_err = UpstreamError::Unreachable;
                 "connect"
             }
-            Ok(Err(_)) => return Err(UpstreamError::Broken),
+            Ok(Err(_)) => {
+                worker.penalize(penalty);
+                last_err = UpstreamError::Broken;
+                "reset"
+            }
         };
         drop(in_flight);
         if attempt == 0 {

@@ -6,29 +6,13 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 
 const PRIMARY: &str = "primary-key-for-tests-000000000001";
 const SECONDARY: &str = "secondary-key-for-tests-0000000002";
 const OTHER: &str = "other-client-key-000000000000000003";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn token(sub: &str, aud: &str, iss: &str, exp: u64) -> String {
-    let key = EncodingKey::from_ec_pem(&std::fs::read(fixture("jwt-es256.pem")).unwrap()).unwrap();
-    let mut h = Header::new(Algorithm::ES256);
-    h.kid = Some("test-1".into());
-    let claims = serde_json::json!({"sub": sub, "aud": aud, "iss": iss, "exp": exp, "iat": now()});
-    encode(&h, &claims, &key).unwrap()
-}
 
 fn config(upstream: &str, primary: &str, jwks: &str) -> String {
     format!(

@@ -279,16 +279,55 @@ async fn retry_once_on_refused_connection_or_503_then_penalty() {
             &["cause=\"connect\""]
         ) >= 1.0
     );
-    gw.rewrite(&workers(&good.authority(), &bad.authority()))
-        .await;
-    // A dropped connection after the request was sent is not retried: 502.
-    good.set(Behaviour::Drop);
-    bad.set(Behaviour::Drop);
-    let r = post(&url, None, None).await;
+}
+
+#[tokio::test]
+async fn connection_broken_mid_request_is_retried_once_on_another_worker() {
+    // A worker killed while it holds the request (SIGKILL, OOM kill, node
+    // loss) closes the connection without answering. Scoring is a pure
+    // function of the request, so the gateway runs it once more elsewhere.
+    let good = upstream("good", Behaviour::Ok).await;
+    let broken = upstream("broken", Behaviour::Drop).await;
+    let gw = gateway_with(
+        &config(
+            &format!(
+                "      blue: {{workers: [\"{}\", \"{}\"]}}",
+                good.authority(),
+                broken.authority()
+            ),
+            "",
+        ),
+        |c| c.penalty_ms = 120_000,
+    )
+    .await;
+    let url = gw.url("/endpoints/chest/score");
+    for _ in 0..20 {
+        assert_eq!(post(&url, None, None).await.status(), 200);
+    }
     assert!(
-        r.status() == 502 || r.status() == 503,
-        "status {}",
-        r.status()
+        (1..=2).contains(&broken.count()),
+        "the broken worker saw {} requests: penalised after the first",
+        broken.count()
+    );
+    let m = gw.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "medembed_gateway_upstream_retries_total",
+            &["cause=\"reset\""]
+        ) >= 1.0
+    );
+    // Both workers breaking: one retry, then 502, never a third attempt.
+    good.set(Behaviour::Drop);
+    let before = good.count() + broken.count();
+    let r = post(&url, None, None).await;
+    assert_eq!(r.status(), 502);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_failed");
+    assert_eq!(
+        good.count() + broken.count() - before,
+        2,
+        "exactly two attempts"
     );
 }
 

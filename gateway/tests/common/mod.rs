@@ -348,3 +348,22 @@ pub fn mixed_body() -> String {
         r#"{{"input_data":{{"columns":["image","text"],"index":[0],"data":[["{png}","x-ray chest anteroposterior Pleural Effusion"]]}},"params":{{"get_scaling_factor":"true"}}}}"#
     )
 }
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An ES256 JWT signed with the fixture key `test-1` (`jwt-es256.pem`,
+/// whose public half is `jwks.json`).
+pub fn token(sub: &str, aud: &str, iss: &str, exp: u64) -> String {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let key = EncodingKey::from_ec_pem(&std::fs::read(fixture("jwt-es256.pem")).unwrap()).unwrap();
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = Some("test-1".into());
+    let claims = serde_json::json!({"sub": sub, "aud": aud, "iss": iss, "exp": exp, "iat": now()});
+    encode(&h, &claims, &key).unwrap()
+}
