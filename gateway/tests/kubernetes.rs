@@ -9,7 +9,8 @@
 //! Service are created here with the names and labels the operator gives
 //! them (`operator/src/resources.rs`: `NAME-worker`, labels
 //! `medembed.io/deployment` and `medembed.io/endpoint`, port `http`), so the
-//! test does not depend on the operator running.
+//! test does not depend on the operator running. An endpoint in Token mode
+//! takes its identity provider's key set from a ConfigMap.
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,9 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{client, hash, metric, mixed_body, worker_env};
+use common::{client, fixture, hash, metric, mixed_body, now, token, worker_env};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -40,6 +41,7 @@ const CLIENT_KEY_2: &str = "radiology-key-0000000000000000000000002";
 const OTHER_KEY: &str = "cardiology-key-000000000000000000000001";
 const ENDPOINT_PRIMARY: &str = "endpoint-primary-0000000000000000000001";
 const ENDPOINT_SECONDARY: &str = "endpoint-secondary-00000000000000000001";
+const ISSUER: &str = "https://idp.hospital.example";
 
 /// Applies the committed CRDs (`crds/*.yaml`) and waits until established.
 async fn install_crds(admin: &Client) {
@@ -92,13 +94,17 @@ where
 }
 
 fn labels(dep: &str) -> serde_json::Value {
+    labels_of(dep, "chest")
+}
+
+fn labels_of(dep: &str, endpoint: &str) -> serde_json::Value {
     json!({
         "app.kubernetes.io/name": "medembed-worker",
         "app.kubernetes.io/instance": dep,
         "app.kubernetes.io/managed-by": "medembed-operator",
         "app.kubernetes.io/component": "worker",
         "medembed.io/deployment": dep,
-        "medembed.io/endpoint": "chest",
+        "medembed.io/endpoint": endpoint,
     })
 }
 
@@ -333,6 +339,9 @@ async fn discovery_follows_the_cluster_and_scaling_under_load_fails_no_request()
     let heart = format!("http://{}/endpoints/{name}/heart/score", gw.addr);
     assert_eq!(status_of(&heart, Some(OTHER_KEY), None).await, 503);
 
+    token_mode_with_the_key_set_from_a_config_map(&ns, &gw).await;
+    eprintln!("token mode checked after {:?}", started.elapsed());
+
     // Load while the worker Deployment scales 2 -> 3 -> 1.
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
@@ -438,6 +447,104 @@ async fn discovery_follows_the_cluster_and_scaling_under_load_fails_no_request()
     agent.shutdown().await;
     drop(cp);
     eprintln!("took {:?}", started.elapsed());
+}
+
+/// Token mode for an air-gapped cluster: the identity provider's key set is
+/// a ConfigMap (`jwksConfigMap`), read by the gateway's watch, and replacing
+/// it takes effect without a restart. Endpoint `ct` routes to the same worker
+/// pods as `chest` through its own deployment's Service.
+async fn token_mode_with_the_key_set_from_a_config_map(
+    ns: &medembed_testsupport::TestNamespace,
+    gw: &medembed_gateway::RunningGateway,
+) {
+    let jwks = std::fs::read_to_string(fixture("jwks.json")).unwrap();
+    create(
+        &ns.api::<ConfigMap>(),
+        json!({"metadata": {"name": "idp-keys"}, "data": {"jwks.json": jwks}}),
+    )
+    .await;
+    create(
+        &ns.api::<EmbeddingEndpoint>(),
+        json!({"apiVersion": "medembed.io/v1alpha1", "kind": "EmbeddingEndpoint",
+               "metadata": {"name": "ct"},
+               "spec": {"auth": {"mode": "Token",
+                                 "token": {"issuer": ISSUER, "audiences": ["medembed"],
+                                           "jwksConfigMap": "idp-keys"}}}}),
+    )
+    .await;
+    create(
+        &ns.api::<EmbeddingDeployment>(),
+        json!({"apiVersion": "medembed.io/v1alpha1", "kind": "EmbeddingDeployment",
+               "metadata": {"name": "ct-blue"},
+               "spec": {"endpoint": "ct", "model": {"pvc": {"claimName": "models"}}}}),
+    )
+    .await;
+    create(
+        &ns.api::<Service>(),
+        json!({"metadata": {"name": "ct-blue-worker", "labels": labels_of("ct-blue", "ct")},
+               "spec": {"selector": selector("blue"),
+                        "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}]}}),
+    )
+    .await;
+    create(
+        &ns.api::<EmbeddingClient>(),
+        json!({"apiVersion": "medembed.io/v1alpha1", "kind": "EmbeddingClient",
+               "metadata": {"name": "pacs"},
+               "spec": {"endpoints": ["ct"], "token": {"subject": "pacs-archive"}}}),
+    )
+    .await;
+    let url = format!("http://{}/endpoints/{}/ct/score", gw.addr, ns.name());
+    let exp = now() + 600;
+    let good = token("pacs-archive", "medembed", ISSUER, exp);
+    wait::until(
+        "a token signed by the ConfigMap's key is accepted",
+        Duration::from_secs(60),
+        STEP,
+        || async {
+            Ok::<_, String>((status_of(&url, Some(&good), None).await == 200).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(status_of(&url, None, None).await, 401, "no token");
+    let expired = token("pacs-archive", "medembed", ISSUER, now() - 120);
+    assert_eq!(status_of(&url, Some(&expired), None).await, 401, "expired");
+    let other_aud = token("pacs-archive", "billing", ISSUER, exp);
+    assert_eq!(
+        status_of(&url, Some(&other_aud), None).await,
+        401,
+        "audience"
+    );
+    let other_iss = token("pacs-archive", "medembed", "https://evil.example", exp);
+    assert_eq!(status_of(&url, Some(&other_iss), None).await, 401, "issuer");
+    let stranger = token("someone-else", "medembed", ISSUER, exp);
+    assert_eq!(
+        status_of(&url, Some(&stranger), None).await,
+        403,
+        "no such client"
+    );
+    assert_eq!(status_of(&url, Some(CLIENT_KEY), None).await, 401, "a key");
+
+    // The identity provider's key is withdrawn: the gateway follows the
+    // ConfigMap and refuses tokens it signed, without a restart.
+    ns.api::<ConfigMap>()
+        .patch(
+            "idp-keys",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"jwks.json": "{\"keys\": []}"}})),
+        )
+        .await
+        .unwrap();
+    wait::until(
+        "tokens of the withdrawn key are refused",
+        Duration::from_secs(30),
+        STEP,
+        || async {
+            Ok::<_, String>((status_of(&url, Some(&good), None).await == 401).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
 }
 
 async fn worker_requests(authority: &str) -> f64 {
