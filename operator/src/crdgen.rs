@@ -43,9 +43,9 @@ pub fn cluster_role() -> Result<ClusterRole, Error> {
         "kind": "ClusterRole",
         "metadata": {"name": CLUSTER_ROLE, "labels": {"app.kubernetes.io/name": "medembed-operator"}},
         "rules": [
-            {"apiGroups": ["medembed.io"], "resources": ["embeddingendpoints", "embeddingdeployments"],
+            {"apiGroups": ["medembed.io"], "resources": ["embeddingendpoints", "embeddingdeployments", "embeddingclients"],
              "verbs": ["get", "list", "watch"]},
-            {"apiGroups": ["medembed.io"], "resources": ["embeddingendpoints/status", "embeddingdeployments/status"],
+            {"apiGroups": ["medembed.io"], "resources": ["embeddingendpoints/status", "embeddingdeployments/status", "embeddingclients/status"],
              "verbs": ["get", "patch"]},
             {"apiGroups": ["medembed.io"], "resources": ["embeddingendpoints/finalizers", "embeddingdeployments/finalizers"],
              "verbs": ["update"]},

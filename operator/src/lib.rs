@@ -206,7 +206,8 @@ async fn lead(
             async move {
                 tokio::join!(
                     controller::deployment::run(ctx.clone()),
-                    controller::endpoint::run(ctx),
+                    controller::endpoint::run(ctx.clone()),
+                    controller::client::run(ctx),
                 );
             }
         }));

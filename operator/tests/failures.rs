@@ -5,7 +5,8 @@
 //! claim is `ModelSourceInvalid`. All against the real control plane, the
 //! operator under its generated RBAC role, here watching one namespace only
 //! (`--namespace`, the ClusterRole bound by a RoleBinding in that namespace):
-//! a deployment in another namespace is left alone.
+//! a deployment in another namespace is left alone. Clients whose key Secret
+//! or endpoints are missing or wrong say so in their `Ready` condition.
 
 mod common;
 
@@ -13,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::{create, STEP};
 use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, PostParams};
-use medembed_api::crd::{find_condition, EmbeddingDeployment, EmbeddingEndpoint};
+use medembed_api::crd::{find_condition, EmbeddingClient, EmbeddingDeployment, EmbeddingEndpoint};
 use medembed_testsupport::wait;
 use serde_json::{json, Value};
 
@@ -233,6 +235,8 @@ async fn invalid_specs_and_failing_workers() {
             "{uri}"
         );
 
+        clients_report_what_keeps_them_from_calling(&env).await;
+
         let metrics = op.metrics_text();
         assert!(
             metrics.contains("medembed_operator_reconcile_duration_seconds"),
@@ -266,4 +270,122 @@ async fn invalid_specs_and_failing_workers() {
         "invalid_specs_and_failing_workers took {:?}",
         started.elapsed()
     );
+}
+
+const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+async fn until_client(
+    api: &kube::Api<EmbeddingClient>,
+    name: &str,
+    ready: bool,
+    reason: &str,
+) -> String {
+    wait::until(
+        &format!("client {name} Ready={ready} ({reason})"),
+        LIMIT,
+        STEP,
+        || async {
+            let c = api.get(name).await?;
+            let st = c.status.unwrap_or_default();
+            let hit = find_condition(&st.conditions, "Ready")
+                .filter(|c| c.is_true() == ready && c.reason == reason)
+                .map(|c| c.message.clone());
+            Ok::<_, kube::Error>(hit.filter(|_| st.observed_generation == c.metadata.generation))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn secret(api: &kube::Api<Secret>, name: &str, entries: Value) {
+    let s: Secret =
+        serde_json::from_value(json!({"metadata": {"name": name}, "stringData": entries}))
+            .expect("secret");
+    api.create(&PostParams::default(), &s)
+        .await
+        .expect("create secret");
+}
+
+/// Tenants declared with kubectl learn from `kubectl get embeddingclients`
+/// what is wrong with them, and the status follows fixes.
+async fn clients_report_what_keeps_them_from_calling(env: &common::Env) {
+    let clients = env.ns.api::<EmbeddingClient>();
+    let secrets = env.ns.api::<Secret>();
+    let eps = env.ns.api::<EmbeddingEndpoint>();
+    create(
+        &eps,
+        "tok",
+        json!({"auth": {"mode": "Token", "token": {"issuer": "https://idp.example", "audiences": ["m"], "jwksConfigMap": "idp"}}}),
+    )
+    .await;
+    secret(&secrets, "good-keys", json!({"primary-sha256": HASH})).await;
+    secret(
+        &secrets,
+        "bad-keys",
+        json!({"primary-sha256": "hunter2-in-clear"}),
+    )
+    .await;
+
+    create(
+        &clients,
+        "good",
+        json!({"endpoints": ["ep"], "keys": {"secretName": "good-keys"}}),
+    )
+    .await;
+    create(
+        &clients,
+        "late",
+        json!({"endpoints": ["ep"], "keys": {"secretName": "late-keys"}}),
+    )
+    .await;
+    create(
+        &clients,
+        "bad",
+        json!({"endpoints": ["ep"], "keys": {"secretName": "bad-keys"}}),
+    )
+    .await;
+    create(
+        &clients,
+        "lost",
+        json!({"endpoints": ["ep", "later"], "token": {"subject": "pacs"}}),
+    )
+    .await;
+    create(
+        &clients,
+        "mismatch",
+        json!({"endpoints": ["tok"], "keys": {"secretName": "good-keys"}}),
+    )
+    .await;
+
+    let m = until_client(&clients, "good", true, "Valid").await;
+    assert!(m.contains("ep"), "{m}");
+    until_client(&clients, "late", false, "KeySecretNotFound").await;
+    let m = until_client(&clients, "bad", false, "KeySecretInvalid").await;
+    assert!(
+        !m.contains("hunter2"),
+        "a Secret's content in a status: {m}"
+    );
+    let m = until_client(&clients, "lost", false, "EndpointNotFound").await;
+    assert!(m.contains("later"), "{m}");
+    let m = until_client(&clients, "mismatch", false, "NoUsableCredentials").await;
+    assert!(m.contains("Token mode"), "{m}");
+
+    // Fixes are followed: the Secret appears (not watched: rechecked), the
+    // endpoint appears (watched).
+    secret(&secrets, "late-keys", json!({"primary-sha256": HASH})).await;
+    create(&eps, "later", json!({"auth": {"mode": "Unauthenticated"}})).await;
+    until_client(&clients, "late", true, "Valid").await;
+    until_client(&clients, "lost", true, "Valid").await;
+
+    // The transition to not ready is an Event on the client.
+    wait::until("client events", LIMIT, STEP, || async {
+        let l = env.ns.api::<Event>().list(&ListParams::default()).await?;
+        let hit = l.items.iter().any(|e| {
+            e.involved_object.kind.as_deref() == Some("EmbeddingClient")
+                && e.reason.as_deref() == Some("KeySecretInvalid")
+        });
+        Ok::<_, kube::Error>(hit.then_some(()))
+    })
+    .await
+    .expect("an event for the invalid key Secret");
 }

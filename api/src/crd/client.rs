@@ -28,6 +28,12 @@ use super::{ClientQuota, Condition};
         description = "Endpoints it may call"
     ),
     printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether its credentials and endpoints are usable"
+    ),
+    printcolumn(
         name = "DryRun",
         type_ = "boolean",
         json_path = ".spec.dryRun",
@@ -96,14 +102,17 @@ pub struct ClientToken {
     pub claims: BTreeMap<String, String>,
 }
 
-/// What the gateway observed of a client.
+/// What the operator found checking a client.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EmbeddingClientStatus {
     /// The `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Conditions such as `Ready` (credentials found and valid).
+    /// `Ready`: its key Secret is valid and every endpoint it names exists
+    /// and takes one of its credentials (reasons `Valid`,
+    /// `KeySecretNotFound`, `KeySecretInvalid`, `EndpointNotFound`,
+    /// `NoUsableCredentials`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

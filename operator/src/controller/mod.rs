@@ -1,4 +1,4 @@
-//! The two controllers and what they share: the client, the settings that
+//! The three controllers and what they share: the client, the settings that
 //! shape children, metrics, the event recorder, and per-object error
 //! back-off.
 //!
@@ -6,12 +6,15 @@
 //!   Deployment, Service, PodDisruptionBudget, ConfigMap and (when
 //!   autoscaling) an HPA, and reports the workers' state in its status;
 //! - [`endpoint`] keeps each `EmbeddingEndpoint`'s key Secret (Key mode) and
-//!   reports its scoring URL and its deployments' readiness and traffic.
+//!   reports its scoring URL and its deployments' readiness and traffic;
+//! - [`client`] checks each `EmbeddingClient`'s key Secret and endpoints and
+//!   reports whether it can call them.
 //!
 //! Every write is a server-side apply under the one field manager
 //! [`MANAGER`](crate::resources::MANAGER); children carry a controller owner
 //! reference, so deleting the parent garbage-collects them.
 
+pub mod client;
 pub mod deployment;
 pub mod endpoint;
 
