@@ -309,12 +309,7 @@ async fn concurrent_requests_are_batched_and_equal_sequential_answers() {
         assert_eq!(status, 200);
         sequential.push(v);
     }
-    let before = reqwest::get(url(&w, "/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let before = metrics_text(&w).await;
 
     let tasks: Vec<_> = bodies
         .iter()
@@ -343,12 +338,7 @@ async fn concurrent_requests_are_batched_and_equal_sequential_answers() {
         assert!(max_abs_diff(&vectors(&s["text_features"]), &vectors(&p["text_features"])) < 1e-5);
     }
 
-    let after = reqwest::get(url(&w, "/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let after = metrics_text(&w).await;
     for tower in ["image", "text"] {
         let label = format!("tower=\"{tower}\"");
         let calls = metric(&after, "medembed_worker_batch_size_count", &[&label])
@@ -475,14 +465,7 @@ async fn errors_never_echo_patient_data() {
         let text = resp.text().await.unwrap();
         assert!(!text.contains("Doe") && !text.contains("1234567"), "{text}");
     }
-    let metrics = c
-        .get(url(&w, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&w).await;
     assert!(!metrics.contains("Doe") && !metrics.contains("1234567"));
     w.shutdown().await;
 }
@@ -566,14 +549,7 @@ async fn admission_deadline_and_readiness() {
     );
     drop(held);
     assert_eq!(waiting.await.unwrap(), 200);
-    let m = c
-        .get(url(&w, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&w).await;
     assert!(metric(&m, "medembed_worker_body_wait_seconds_count", &[]) >= 1.0);
     assert_eq!(budget.available_permits(), all as usize, "budget leaked");
     w.shutdown().await;

@@ -88,6 +88,16 @@ pub fn url(w: &RunningWorker, path: &str) -> String {
     format!("http://{}{}", w.addr, path)
 }
 
+/// The worker's `/metrics` text.
+pub async fn metrics_text(w: &RunningWorker) -> String {
+    reqwest::get(url(w, "/metrics"))
+        .await
+        .expect("metrics answered")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
 pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
