@@ -326,36 +326,30 @@ async fn clients_report_what_keeps_them_from_calling(env: &common::Env) {
     )
     .await;
 
-    create(
-        &clients,
-        "good",
-        json!({"endpoints": ["ep"], "keys": {"secretName": "good-keys"}}),
-    )
-    .await;
-    create(
-        &clients,
-        "late",
-        json!({"endpoints": ["ep"], "keys": {"secretName": "late-keys"}}),
-    )
-    .await;
-    create(
-        &clients,
-        "bad",
-        json!({"endpoints": ["ep"], "keys": {"secretName": "bad-keys"}}),
-    )
-    .await;
-    create(
-        &clients,
-        "lost",
-        json!({"endpoints": ["ep", "later"], "token": {"subject": "pacs"}}),
-    )
-    .await;
-    create(
-        &clients,
-        "mismatch",
-        json!({"endpoints": ["tok"], "keys": {"secretName": "good-keys"}}),
-    )
-    .await;
+    for (name, spec) in [
+        (
+            "good",
+            json!({"endpoints": ["ep"], "keys": {"secretName": "good-keys"}}),
+        ),
+        (
+            "late",
+            json!({"endpoints": ["ep"], "keys": {"secretName": "late-keys"}}),
+        ),
+        (
+            "bad",
+            json!({"endpoints": ["ep"], "keys": {"secretName": "bad-keys"}}),
+        ),
+        (
+            "lost",
+            json!({"endpoints": ["ep", "later"], "token": {"subject": "pacs"}}),
+        ),
+        (
+            "mismatch",
+            json!({"endpoints": ["tok"], "keys": {"secretName": "good-keys"}}),
+        ),
+    ] {
+        create(&clients, name, spec).await;
+    }
 
     let m = until_client(&clients, "good", true, "Valid").await;
     assert!(m.contains("ep"), "{m}");

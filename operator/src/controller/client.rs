@@ -20,6 +20,7 @@
 //! never caches them, so a client that is not ready is rechecked every
 //! [`RECHECK`] instead, and a ready one at the resync period.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -118,7 +119,8 @@ pub fn key_secret_problems(c: &EmbeddingClient, secret: Option<&Secret>) -> Vec<
             format!("Secret {name} is of type {ty}; the gateway reads Opaque Secrets only"),
         )];
     }
-    let data = secret.data.clone().unwrap_or_default();
+    let empty = BTreeMap::new();
+    let data = secret.data.as_ref().unwrap_or(&empty);
     let mut out = Vec::new();
     match data.get(&keys.primary_key) {
         None => out.push(problem(
@@ -256,7 +258,6 @@ async fn reconcile_inner(c: &EmbeddingClient, ctx: &Ctx) -> Result<Action, Error
 mod tests {
     use super::*;
     use k8s_openapi::ByteString;
-    use std::collections::BTreeMap;
 
     fn client(spec: serde_json::Value) -> EmbeddingClient {
         serde_json::from_value(json!({
