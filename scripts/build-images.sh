@@ -395,6 +395,8 @@ check_answer() { # check_answer GOT REFERENCE LABEL
   python3 - "$@" "$MEDEMBED_TEST_MODEL/medembed-model.json" <<'PY'
 import json, math, sys
 got, ref, label, cfg = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), sys.argv[3], json.load(open(sys.argv[4]))
+# The live shape: a list with one object per row (one row here).
+got, ref = (a[0] if isinstance(a, list) else a for a in (got, ref))
 for k in ("image_features", "text_features"):
     v = got[k]
     assert len(v) == 1 and len(v[0]) == cfg["embedding_dim"], (k, len(v), len(v[0]))
@@ -456,6 +458,7 @@ if [ "$gpu" = 1 ]; then
   python3 - "$smoke/gpu-cpu.json" "$smoke/host.json" <<'PY'
 import json, sys
 got, ref = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+got, ref = (a[0] if isinstance(a, list) else a for a in (got, ref))
 for k in ("image_features", "text_features"):
     d = max(abs(a - b) for a, b in zip(got[k][0], ref[k][0]))
     assert d <= 1e-4, (k, d)

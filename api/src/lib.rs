@@ -8,10 +8,15 @@
 #[cfg(feature = "k8s")]
 pub mod crd;
 pub mod error;
+pub mod request_id;
 pub mod score;
 
 pub use error::{ErrorBody, ErrorDetail};
-pub use score::{parse_request, RequestError, RequestLimits, Row, ScoreRequest, ScoreResponse};
+pub use request_id::{CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER};
+pub use score::{
+    parse_request, Embeddings, RequestError, RequestLimits, ResponseFormat, Row, RowEmbeddings,
+    RowResponse, ScoreRequest, ScoreResponse,
+};
 
 /// Header carrying the time budget left for a request, in milliseconds, from the
 /// gateway to a worker. Work still queued when it runs out is dropped.
@@ -19,3 +24,8 @@ pub const TIMEOUT_HEADER: &str = "x-medembed-timeout-ms";
 
 /// Header the managed service uses to pin a request to one deployment.
 pub const DEPLOYMENT_HEADER: &str = "azureml-model-deployment";
+
+/// Header carrying the endpoint's [`ResponseFormat`] from the gateway to a
+/// worker; it takes precedence over the worker's own setting, so a change of
+/// an endpoint's format applies at once, to every request.
+pub const RESPONSE_FORMAT_HEADER: &str = "x-medembed-response-format";

@@ -17,6 +17,12 @@
 //! The body is first parsed as generic JSON and then walked by hand, so every
 //! error names the field and the row at fault but never echoes a value: a
 //! value may be a patient's image or report text.
+//!
+//! The answer ([`Embeddings`]) takes one of two JSON shapes
+//! ([`ResponseFormat`]): by default the live service's, a list with one
+//! object per row (`[{"image_features": [[...]], "text_features": [[...]],
+//! "scaling_factor": 4.51}]`), which the published clients read; on request
+//! the documentation's, one object with a list of vectors per field.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -74,7 +80,170 @@ impl ScoreRequest {
     }
 }
 
-/// The scoring response. Absent fields are omitted, as the managed service does.
+/// The JSON shape of a successful answer.
+///
+/// The managed endpoint's documentation shows one object with a list of
+/// vectors per field ([`ResponseFormat::Documented`]); the live service
+/// answers with a list holding one object per request row
+/// ([`ResponseFormat::PerRow`]), and every published client reads that. The
+/// live shape is the default so that existing clients keep working.
+#[derive(Serialize, serde::Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+pub enum ResponseFormat {
+    /// A JSON list with one object per request row, in row order, as the
+    /// managed endpoint answers: `[{"image_features": [[...]],
+    /// "text_features": [[...]], "scaling_factor": 4.51}]`. A row's object
+    /// has `image_features` when the row had an image and `text_features`
+    /// when it had a text (each a list of one vector), and `scaling_factor`
+    /// when asked for.
+    #[default]
+    PerRow,
+    /// One object with a list of vectors per field, as the managed endpoint's
+    /// documentation shows: `{"image_features": [[...], ...],
+    /// "text_features": [[...], ...], "scaling_factor": 4.51}`, one vector
+    /// per image or text in row order.
+    Documented,
+}
+
+impl ResponseFormat {
+    /// The name as written in specs, flags and the
+    /// [`RESPONSE_FORMAT_HEADER`](crate::RESPONSE_FORMAT_HEADER).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseFormat::PerRow => "PerRow",
+            ResponseFormat::Documented => "Documented",
+        }
+    }
+}
+
+impl std::fmt::Display for ResponseFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ResponseFormat {
+    type Err = String;
+
+    /// Accepts the spec's names in any case, and `per-row`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("PerRow") || s.eq_ignore_ascii_case("per-row") {
+            Ok(ResponseFormat::PerRow)
+        } else if s.eq_ignore_ascii_case("Documented") {
+            Ok(ResponseFormat::Documented)
+        } else {
+            Err("the response format must be PerRow or Documented".into())
+        }
+    }
+}
+
+/// One row's vectors: the image's when the row had an image, the text's when
+/// it had a text.
+#[derive(Clone, Default, PartialEq)]
+pub struct RowEmbeddings {
+    /// The image's unit vector.
+    pub image: Option<Vec<f32>>,
+    /// The text's unit vector.
+    pub text: Option<Vec<f32>>,
+}
+
+impl std::fmt::Debug for RowEmbeddings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowEmbeddings")
+            .field("image_dim", &self.image.as_ref().map(Vec::len))
+            .field("text_dim", &self.text.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+/// The answer to one scoring request, before it takes a JSON shape.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Embeddings {
+    /// One entry per request row, in row order.
+    pub rows: Vec<RowEmbeddings>,
+    /// The model's raw `logit_scale`, when the request asked for it.
+    pub scaling_factor: Option<f32>,
+}
+
+/// One row's object in the per-row shape, borrowed for serialisation.
+#[derive(Serialize)]
+struct RowOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_features: Option<[&'a [f32]; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text_features: Option<[&'a [f32]; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scaling_factor: Option<f32>,
+}
+
+/// The documented shape, borrowed for serialisation.
+#[derive(Serialize)]
+struct DocumentedOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_features: Option<Vec<&'a [f32]>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text_features: Option<Vec<&'a [f32]>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scaling_factor: Option<f32>,
+}
+
+impl Embeddings {
+    /// Number of rows with an image vector.
+    pub fn image_count(&self) -> usize {
+        self.rows.iter().filter(|r| r.image.is_some()).count()
+    }
+
+    /// Number of rows with a text vector.
+    pub fn text_count(&self) -> usize {
+        self.rows.iter().filter(|r| r.text.is_some()).count()
+    }
+
+    /// The answer's JSON in `format`. The vectors are written straight from
+    /// their buffers (no intermediate JSON tree).
+    pub fn to_json(&self, format: ResponseFormat) -> serde_json::Result<Vec<u8>> {
+        // About 11 bytes per float, plus the keys.
+        let floats: usize = self
+            .rows
+            .iter()
+            .map(|r| r.image.as_ref().map_or(0, Vec::len) + r.text.as_ref().map_or(0, Vec::len))
+            .sum();
+        let mut out = Vec::with_capacity(floats * 12 + self.rows.len() * 64 + 64);
+        match format {
+            ResponseFormat::PerRow => {
+                let rows: Vec<RowOut<'_>> = self
+                    .rows
+                    .iter()
+                    .map(|r| RowOut {
+                        image_features: r.image.as_deref().map(|v| [v]),
+                        text_features: r.text.as_deref().map(|v| [v]),
+                        scaling_factor: self.scaling_factor,
+                    })
+                    .collect();
+                serde_json::to_writer(&mut out, &rows)?;
+            }
+            ResponseFormat::Documented => {
+                let field = |pick: fn(&RowEmbeddings) -> Option<&[f32]>| {
+                    let v: Vec<&[f32]> = self.rows.iter().filter_map(pick).collect();
+                    (!v.is_empty()).then_some(v)
+                };
+                serde_json::to_writer(
+                    &mut out,
+                    &DocumentedOut {
+                        image_features: field(|r| r.image.as_deref()),
+                        text_features: field(|r| r.text.as_deref()),
+                        scaling_factor: self.scaling_factor,
+                    },
+                )?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The documented response shape, for clients reading it
+/// ([`ResponseFormat::Documented`]). Absent fields are omitted, as the
+/// managed service does.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, Default)]
 pub struct ScoreResponse {
     /// One vector per submitted image, in row order; present when any row had an image.
@@ -86,6 +255,41 @@ pub struct ScoreResponse {
     /// The model's raw learned `logit_scale`; the temperature is `exp(scaling_factor)`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub scaling_factor: Option<f32>,
+}
+
+/// One row's object of the live response shape, for clients reading it
+/// ([`ResponseFormat::PerRow`]); the answer is a list of these.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, Default)]
+pub struct RowResponse {
+    /// The row's image vector, as a list of one vector.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub image_features: Option<Vec<Vec<f32>>>,
+    /// The row's text vector, as a list of one vector.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub text_features: Option<Vec<Vec<f32>>>,
+    /// The model's raw learned `logit_scale`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub scaling_factor: Option<f32>,
+}
+
+impl ScoreResponse {
+    /// Gathers a per-row answer into the documented shape: the vectors of
+    /// every row, in row order, per field.
+    pub fn from_rows(rows: Vec<RowResponse>) -> Self {
+        let mut out = ScoreResponse::default();
+        for r in rows {
+            if let Some(v) = r.image_features {
+                out.image_features.get_or_insert_with(Vec::new).extend(v);
+            }
+            if let Some(v) = r.text_features {
+                out.text_features.get_or_insert_with(Vec::new).extend(v);
+            }
+            if r.scaling_factor.is_some() {
+                out.scaling_factor = r.scaling_factor;
+            }
+        }
+        out
+    }
 }
 
 /// Why a request was refused. Messages name fields and rows, never values.
@@ -445,15 +649,93 @@ mod tests {
         ));
     }
 
+    fn answer() -> Embeddings {
+        Embeddings {
+            rows: vec![
+                RowEmbeddings {
+                    image: Some(vec![0.5, -0.25]),
+                    text: Some(vec![1.0, 0.0]),
+                },
+                RowEmbeddings {
+                    image: None,
+                    text: Some(vec![0.0, 1.0]),
+                },
+                RowEmbeddings {
+                    image: Some(vec![0.125, 2.0]),
+                    text: None,
+                },
+            ],
+            scaling_factor: Some(4.5),
+        }
+    }
+
     #[test]
-    fn response_omits_absent_fields() {
-        let r = ScoreResponse {
-            text_features: Some(vec![vec![1.0]]),
-            ..Default::default()
+    fn per_row_shape_has_one_object_per_row() {
+        let json = String::from_utf8(answer().to_json(ResponseFormat::PerRow).unwrap()).unwrap();
+        assert_eq!(
+            json,
+            concat!(
+                r#"[{"image_features":[[0.5,-0.25]],"text_features":[[1.0,0.0]],"scaling_factor":4.5},"#,
+                r#"{"text_features":[[0.0,1.0]],"scaling_factor":4.5},"#,
+                r#"{"image_features":[[0.125,2.0]],"scaling_factor":4.5}]"#
+            )
+        );
+        let rows: Vec<RowResponse> = serde_json::from_str(&json).unwrap();
+        assert_eq!(rows.len(), 3);
+        let mut a = answer();
+        a.scaling_factor = None;
+        let json = String::from_utf8(a.to_json(ResponseFormat::PerRow).unwrap()).unwrap();
+        assert!(!json.contains("scaling_factor"), "{json}");
+    }
+
+    #[test]
+    fn documented_shape_has_one_list_per_field() {
+        let json =
+            String::from_utf8(answer().to_json(ResponseFormat::Documented).unwrap()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"image_features":[[0.5,-0.25],[0.125,2.0]],"text_features":[[1.0,0.0],[0.0,1.0]],"scaling_factor":4.5}"#
+        );
+        // Absent fields are omitted.
+        let texts = Embeddings {
+            rows: vec![RowEmbeddings {
+                image: None,
+                text: Some(vec![1.0]),
+            }],
+            scaling_factor: None,
         };
         assert_eq!(
-            serde_json::to_string(&r).unwrap(),
+            String::from_utf8(texts.to_json(ResponseFormat::Documented).unwrap()).unwrap(),
             r#"{"text_features":[[1.0]]}"#
+        );
+    }
+
+    #[test]
+    fn both_shapes_carry_the_same_vectors() {
+        let a = answer();
+        let rows: Vec<RowResponse> =
+            serde_json::from_slice(&a.to_json(ResponseFormat::PerRow).unwrap()).unwrap();
+        let documented: ScoreResponse =
+            serde_json::from_slice(&a.to_json(ResponseFormat::Documented).unwrap()).unwrap();
+        assert_eq!(ScoreResponse::from_rows(rows), documented);
+    }
+
+    #[test]
+    fn response_format_names() {
+        for (s, want) in [
+            ("PerRow", ResponseFormat::PerRow),
+            ("perrow", ResponseFormat::PerRow),
+            ("per-row", ResponseFormat::PerRow),
+            ("Documented", ResponseFormat::Documented),
+            (" DOCUMENTED ", ResponseFormat::Documented),
+        ] {
+            assert_eq!(s.parse::<ResponseFormat>().unwrap(), want, "{s}");
+        }
+        assert!("columns".parse::<ResponseFormat>().is_err());
+        assert_eq!(ResponseFormat::default(), ResponseFormat::PerRow);
+        assert_eq!(
+            serde_json::to_string(&ResponseFormat::Documented).unwrap(),
+            "\"Documented\""
         );
     }
 

@@ -1,6 +1,6 @@
 //! One audit line per request, as JSON: when, who, where to, what came of it,
-//! how much and how long, and the trace id. Never the payload, never the
-//! credentials.
+//! how much and how long, the trace id and the request id. Never the payload,
+//! never the credentials.
 //!
 //! Lines go through a bounded queue to one writer thread, so a slow disk or
 //! pipe never delays a request; when the queue is full the line is dropped
@@ -40,6 +40,8 @@ pub struct AuditRecord {
     pub latency_ms: f64,
     /// W3C trace id.
     pub trace_id: String,
+    /// The request id the client got in `x-request-id`.
+    pub request_id: String,
     /// Why the gateway refused it, when it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
@@ -218,6 +220,7 @@ mod tests {
             bytes: 10,
             latency_ms: 1.0,
             trace_id: "t".into(),
+            request_id: "r".into(),
             reason: None,
         }
     }

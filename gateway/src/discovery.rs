@@ -617,6 +617,7 @@ fn build(state: &State, host_template: Option<&str>, registry: &Registry) -> Tab
             max_body_bytes: rs.max_body_bytes,
             max_rows: rs.max_rows_per_request,
             default_quota: spec.default_client_quota.as_ref().map(quota),
+            response_format: spec.response_format,
             deployments,
         });
     }
@@ -728,7 +729,8 @@ mod tests {
                 "metadata": {"name": "chest", "namespace": "ns"},
                 "spec": {"hosts": ["chest.example.org"], "traffic": {"blue": 90, "green": 10},
                          "mirrorTraffic": {"deployment": "shadow", "percent": 5},
-                         "requestSettings": {"requestTimeoutMs": 7000}},
+                         "requestSettings": {"requestTimeoutMs": 7000},
+                         "responseFormat": "Documented"},
             })),
         );
         for d in ["blue", "green", "shadow"] {
@@ -782,6 +784,7 @@ mod tests {
         );
         assert_eq!(e.mirror, Some(("shadow".to_string(), 5)));
         assert_eq!(e.timeout, Duration::from_millis(7000));
+        assert_eq!(e.response_format, medembed_api::ResponseFormat::Documented);
         assert_eq!(e.deployments["blue"].workers.len(), 2);
         assert!(e.deployments["green"].workers.is_empty());
         assert!(t.route(Some("chest.ns.ml.example:443"), "/score").is_some());

@@ -15,6 +15,7 @@
 //!     mirrorTraffic: {deployment: shadow, percent: 10}
 //!     requestSettings: {requestTimeoutMs: 5000, maxBodyBytes: 33554432, maxRowsPerRequest: 1024}
 //!     defaultClientQuota: {requestsPerMinute: 600}
+//!     responseFormat: PerRow            # PerRow (as the managed endpoint answers) | Documented
 //!     deployments:
 //!       blue: {workers: ["127.0.0.1:8081", "127.0.0.1:8082"]}
 //!       green: {workers: ["127.0.0.1:8083"]}
@@ -38,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use medembed_api::ResponseFormat;
 use serde::Deserialize;
 
 use crate::balance::Registry;
@@ -85,6 +87,10 @@ pub struct FileEndpoint {
     /// Quota of clients without their own.
     #[serde(default)]
     pub default_client_quota: Option<Quota>,
+    /// The JSON shape of successful answers: `PerRow` (default, as the
+    /// managed endpoint answers) or `Documented` (as its documentation shows).
+    #[serde(default)]
+    pub response_format: ResponseFormat,
     /// Deployments and their workers.
     #[serde(default)]
     pub deployments: BTreeMap<String, FileDeployment>,
@@ -320,6 +326,7 @@ pub fn build(cfg: FileConfig, registry: &Registry) -> anyhow::Result<Table> {
             max_body_bytes: e.request_settings.max_body_bytes,
             max_rows: e.request_settings.max_rows_per_request,
             default_quota: e.default_client_quota,
+            response_format: e.response_format,
             deployments,
         });
     }

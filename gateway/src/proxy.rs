@@ -33,6 +33,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
+use medembed_api::ResponseFormat;
+
 use crate::balance::{self, Worker};
 use crate::metrics::Metrics;
 use crate::table::Deployment;
@@ -110,6 +112,10 @@ pub struct Outgoing {
     pub content_type: Option<HeaderValue>,
     /// `traceparent` for the worker.
     pub traceparent: String,
+    /// The request's id, for the worker's logs.
+    pub request_id: HeaderValue,
+    /// The endpoint's response format.
+    pub response_format: ResponseFormat,
     /// When the endpoint's budget runs out.
     pub deadline: Instant,
 }
@@ -139,7 +145,12 @@ fn build(
             medembed_api::TIMEOUT_HEADER,
             left.as_millis().max(1).to_string(),
         )
-        .header("traceparent", &out.traceparent);
+        .header("traceparent", &out.traceparent)
+        .header(medembed_api::REQUEST_ID_HEADER, &out.request_id)
+        .header(
+            medembed_api::RESPONSE_FORMAT_HEADER,
+            out.response_format.as_str(),
+        );
     if let Some(ct) = &out.content_type {
         req = req.header(header::CONTENT_TYPE, ct);
     }

@@ -141,6 +141,7 @@ struct Facts {
     arrived: Instant,
     time: SystemTime,
     trace: TraceContext,
+    request_id: HeaderValue,
     endpoint: String,
     client: String,
     deployment: String,
@@ -222,8 +223,37 @@ fn choose_deployment<'a>(endpoint: &'a Endpoint, pinned: Option<&str>) -> Result
 }
 
 impl Gateway {
-    /// Answers one request.
+    /// Answers one request. Every answer, success or error, carries
+    /// `x-request-id` (the client's own when usable, else a new UUID; the
+    /// worker and the audit line get the same) and echoes
+    /// `x-ms-client-request-id` when sent.
     pub async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let id = medembed_api::request_id::accept_or_new(
+            req.headers()
+                .get(medembed_api::REQUEST_ID_HEADER)
+                .map(HeaderValue::as_bytes),
+        );
+        // Only ASCII letters, digits and `._:-`: always a valid header value.
+        let request_id =
+            HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-"));
+        let client_request_id = req
+            .headers()
+            .get(medembed_api::CLIENT_REQUEST_ID_HEADER)
+            .cloned();
+        let mut resp = self.route(req, &request_id).await;
+        let h = resp.headers_mut();
+        h.insert(medembed_api::REQUEST_ID_HEADER, request_id);
+        if let Some(v) = client_request_id {
+            h.insert(medembed_api::CLIENT_REQUEST_ID_HEADER, v);
+        }
+        resp
+    }
+
+    async fn route(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        request_id: &HeaderValue,
+    ) -> Response<Body> {
         let path = req.uri().path();
         if req.method() == Method::GET {
             match path {
@@ -260,6 +290,7 @@ impl Gateway {
                     .get("traceparent")
                     .and_then(|v| v.to_str().ok()),
             ),
+            request_id: request_id.clone(),
             endpoint: endpoint.id.clone(),
             client: "-".into(),
             deployment: "-".into(),
@@ -290,7 +321,14 @@ impl Gateway {
                     .with_label_values(&[&facts.endpoint, &facts.client, refusal.reason, "true"])
                     .inc();
                 self.finish(&facts, refusal.status, Some(refusal.reason));
-                refusal.response()
+                let mut resp = refusal.response();
+                if facts.deployment != "-" {
+                    if let Ok(v) = HeaderValue::from_str(&facts.deployment) {
+                        resp.headers_mut()
+                            .insert(medembed_api::DEPLOYMENT_HEADER, v);
+                    }
+                }
+                resp
             }
         }
     }
@@ -316,6 +354,7 @@ impl Gateway {
             bytes: f.bytes,
             latency_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             trace_id: f.trace.trace_id.clone(),
+            request_id: f.request_id.to_str().unwrap_or("-").to_string(),
             reason,
         });
     }
@@ -538,6 +577,8 @@ impl Gateway {
             body,
             content_type,
             traceparent: facts.trace.header(),
+            request_id: facts.request_id.clone(),
+            response_format: endpoint.response_format,
             deadline,
         };
         let live_tx = if pinned.is_none() {

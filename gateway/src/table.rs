@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use medembed_api::ResponseFormat;
 use serde::{Deserialize, Serialize};
 
 use crate::balance::Worker;
@@ -115,6 +116,8 @@ pub struct Endpoint {
     pub max_rows: u32,
     /// Quota of clients that declare none.
     pub default_quota: Option<Quota>,
+    /// The JSON shape of successful answers, passed to the workers.
+    pub response_format: ResponseFormat,
     /// Deployments by name.
     pub deployments: BTreeMap<String, Arc<Deployment>>,
 }

@@ -443,7 +443,7 @@ async fn body_limits_declared_and_streaming() {
 }
 
 #[tokio::test]
-async fn traceparent_is_continued_and_audit_lines_are_written() {
+async fn traceparent_and_request_id_are_continued_and_audit_lines_are_written() {
     let up = upstream("blue", Behaviour::Ok).await;
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.jsonl");
@@ -463,26 +463,52 @@ async fn traceparent_is_continued_and_audit_lines_are_written() {
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         )
+        .header(medembed_api::REQUEST_ID_HEADER, "client-req-0001")
+        .header(medembed_api::CLIENT_REQUEST_ID_HEADER, "sdk-42")
         .body(image_body(3))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // The request id reaches the worker and comes back; the SDK's id is
+    // echoed; the deployment that answered is named.
+    assert_eq!(
+        r.headers()[medembed_api::REQUEST_ID_HEADER],
+        "client-req-0001"
+    );
+    assert_eq!(
+        r.headers()[medembed_api::CLIENT_REQUEST_ID_HEADER],
+        "sdk-42"
+    );
+    assert_eq!(r.headers()[medembed_api::DEPLOYMENT_HEADER], "blue");
+    assert_eq!(*up.seen.last_request_id.lock().unwrap(), "client-req-0001");
+    // The endpoint's response format (the default) goes to the worker.
+    assert_eq!(*up.seen.last_response_format.lock().unwrap(), "PerRow");
     let tp = up.seen.last_traceparent.lock().unwrap().clone();
     assert!(
         tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
         "{tp}"
     );
     assert!(!tp.contains("00f067aa0ba902b7"));
-    // A refused request is audited too.
+    // A refused request is audited too, and its answer carries a new id.
     let r = client()
         .post(gw.url("/endpoints/chest/score"))
         .bearer_auth("wrong")
+        .header(medembed_api::CLIENT_REQUEST_ID_HEADER, "sdk-43")
         .body(text_body())
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()[medembed_api::CLIENT_REQUEST_ID_HEADER],
+        "sdk-43"
+    );
+    let refused_id = r.headers()[medembed_api::REQUEST_ID_HEADER]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(refused_id.len(), 36, "{refused_id}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let text = std::fs::read_to_string(&audit).unwrap();
     let lines: Vec<serde_json::Value> = text
@@ -498,6 +524,8 @@ async fn traceparent_is_continued_and_audit_lines_are_written() {
     assert_eq!(a["rows"], 3);
     assert_eq!(a["images"], 3);
     assert_eq!(a["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(a["request_id"], "client-req-0001");
+    assert_eq!(lines[1]["request_id"], refused_id.as_str());
     assert!(a["bytes"].as_u64().unwrap() > 100);
     assert!(a["latency_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(lines[1]["status"], 401);
@@ -551,4 +579,42 @@ async fn graceful_shutdown_drains_in_flight_requests() {
         assert_eq!(p.await.unwrap(), 200);
     }
     stop.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_endpoints_response_format_goes_to_the_worker() {
+    let up = upstream("blue", Behaviour::Ok).await;
+    let deployments = format!("      blue: {{workers: [\"{}\"]}}", up.authority());
+    let gw = gateway(&config(&deployments, "    responseFormat: Documented")).await;
+    // A client cannot choose another shape than its endpoint's.
+    let r = client()
+        .post(gw.url("/endpoints/chest/score"))
+        .bearer_auth(KEY)
+        .header(medembed_api::RESPONSE_FORMAT_HEADER, "PerRow")
+        .body(text_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(*up.seen.last_response_format.lock().unwrap(), "Documented");
+    // A change of the file applies to the next request.
+    gw.rewrite(&config(&deployments, "    responseFormat: PerRow"))
+        .await;
+    assert_eq!(
+        post(&gw.url("/endpoints/chest/score"), None, None)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(*up.seen.last_response_format.lock().unwrap(), "PerRow");
+    // A format the gateway does not know keeps the last good file in force.
+    gw.rewrite(&config(&deployments, "    responseFormat: Columns"))
+        .await;
+    assert_eq!(
+        post(&gw.url("/endpoints/chest/score"), None, None)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(*up.seen.last_response_format.lock().unwrap(), "PerRow");
 }

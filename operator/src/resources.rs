@@ -25,6 +25,7 @@ use kube::Resource;
 use medembed_api::crd::{
     EmbeddingDeployment, EmbeddingEndpoint, ProbeSettings, RequestSettings, DEFAULT_GPU_RESOURCE,
 };
+use medembed_api::ResponseFormat;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -124,12 +125,35 @@ fn meta(name: &str, ns: &str, labels: &BTreeMap<String, String>, owner: &OwnerRe
     json!({ "name": name, "namespace": ns, "labels": labels, "ownerReferences": [owner] })
 }
 
+/// What a deployment's workers take from their endpoint: its request limits
+/// and the JSON shape of its answers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EndpointSettings {
+    /// The endpoint's request limits.
+    pub request: RequestSettings,
+    /// The endpoint's response format.
+    pub response_format: ResponseFormat,
+}
+
+impl EndpointSettings {
+    /// The settings of `endpoint`, or the defaults while it does not exist.
+    pub fn of(endpoint: Option<&EmbeddingEndpoint>) -> Self {
+        endpoint
+            .map(|e| EndpointSettings {
+                request: e.spec.request_settings.clone(),
+                response_format: e.spec.response_format,
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// The worker's settings, as the environment variables the worker reads
 /// (`MEDEMBED_*`, see the worker's configuration).
 pub fn worker_settings(
     dep: &EmbeddingDeployment,
-    request: &RequestSettings,
+    endpoint: &EndpointSettings,
 ) -> BTreeMap<String, String> {
+    let request = &endpoint.request;
     let rt = &dep.spec.runtime;
     let mut m = BTreeMap::new();
     let mut put = |k: &str, v: String| {
@@ -165,6 +189,10 @@ pub fn worker_settings(
         "MEDEMBED_MAX_ROWS",
         request.max_rows_per_request.to_string(),
     );
+    put(
+        "MEDEMBED_RESPONSE_FORMAT",
+        endpoint.response_format.as_str().into(),
+    );
     put("MEDEMBED_TRT_CACHE_DIR", format!("{CACHE_MOUNT}/tensorrt"));
     put("MEDEMBED_LOG_FORMAT", "json".into());
     m
@@ -185,7 +213,7 @@ pub fn hash_map(data: &BTreeMap<String, String>) -> String {
 /// The worker ConfigMap.
 pub fn config_map(
     dep: &EmbeddingDeployment,
-    request: &RequestSettings,
+    endpoint: &EndpointSettings,
 ) -> Result<ConfigMap, Error> {
     let (name, ns) = name_ns(dep)?;
     let labels = child_labels(&name, &dep.spec.endpoint);
@@ -194,7 +222,7 @@ pub fn config_map(
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": meta(&config_name(&name), &ns, &labels, &owner),
-        "data": worker_settings(dep, request),
+        "data": worker_settings(dep, endpoint),
     }))?)
 }
 
@@ -221,14 +249,14 @@ pub fn fixed_replicas(dep: &EmbeddingDeployment) -> Option<i32> {
 /// The worker Deployment.
 pub fn deployment(
     dep: &EmbeddingDeployment,
-    request: &RequestSettings,
+    endpoint: &EndpointSettings,
     defaults: &WorkerDefaults,
 ) -> Result<Deployment, Error> {
     let (name, ns) = name_ns(dep)?;
     let spec = &dep.spec;
     let labels = child_labels(&name, &spec.endpoint);
     let owner = owner_of(dep)?;
-    let settings_hash = hash_map(&worker_settings(dep, request));
+    let settings_hash = hash_map(&worker_settings(dep, endpoint));
 
     // The model volume and where the worker finds the model in it.
     let mut volumes = vec![json!({"name": "cache", "emptyDir": {}})];
@@ -505,7 +533,7 @@ mod tests {
 
     #[test]
     fn deployment_defaults() {
-        let d = deployment(&dep(base()), &RequestSettings::default(), &defaults()).unwrap();
+        let d = deployment(&dep(base()), &EndpointSettings::default(), &defaults()).unwrap();
         assert_eq!(d.metadata.name.as_deref(), Some("blue-worker"));
         let owner = &d.metadata.owner_references.clone().unwrap()[0];
         assert_eq!(
@@ -563,7 +591,7 @@ mod tests {
         s["image"] = json!("registry.local/worker:2");
         s["env"] = json!([{"name": "EXTRA", "value": "1"}]);
         s["probes"] = json!({"readiness": {"periodSeconds": 3}});
-        let d = deployment(&dep(s), &RequestSettings::default(), &defaults()).unwrap();
+        let d = deployment(&dep(s), &EndpointSettings::default(), &defaults()).unwrap();
         let ps = d.spec.clone().unwrap().template.spec.unwrap();
         assert_eq!(ps.node_selector.unwrap()["pool"], "gpu");
         assert_eq!(ps.tolerations.unwrap().len(), 1);
@@ -586,7 +614,7 @@ mod tests {
         let mut s = base();
         s["model"] =
             json!({"url": {"url": "https://models.local/m.tar.gz", "sha256": "a".repeat(64)}});
-        let d = deployment(&dep(s), &RequestSettings::default(), &defaults()).unwrap();
+        let d = deployment(&dep(s), &EndpointSettings::default(), &defaults()).unwrap();
         let ps = d.spec.unwrap().template.spec.unwrap();
         let init = &ps.init_containers.unwrap()[0];
         assert_eq!(init.image.as_deref(), Some("medembed/operator:1"));
@@ -606,7 +634,7 @@ mod tests {
     fn image_source_is_an_image_volume() {
         let mut s = base();
         s["model"] = json!({"image": {"reference": "registry.local/models/mii@sha256:abc", "path": "model"}});
-        let d = deployment(&dep(s), &RequestSettings::default(), &defaults()).unwrap();
+        let d = deployment(&dep(s), &EndpointSettings::default(), &defaults()).unwrap();
         let ps = d.spec.clone().unwrap().template.spec.unwrap();
         let v = ps
             .volumes
@@ -629,7 +657,7 @@ mod tests {
         s["autoscale"] =
             json!({"minReplicas": 2, "maxReplicas": 5, "targetUtilizationPercent": 60});
         let d = dep(s);
-        let k = deployment(&d, &RequestSettings::default(), &defaults()).unwrap();
+        let k = deployment(&d, &EndpointSettings::default(), &defaults()).unwrap();
         assert_eq!(k.spec.unwrap().replicas, None);
         let h = hpa(&d).unwrap().unwrap();
         let hs = h.spec;
@@ -645,9 +673,12 @@ mod tests {
     #[test]
     fn settings_change_rolls_the_workers() {
         let d = dep(base());
-        let a = deployment(&d, &RequestSettings::default(), &defaults()).unwrap();
-        let slower = RequestSettings {
-            request_timeout_ms: 9000,
+        let a = deployment(&d, &EndpointSettings::default(), &defaults()).unwrap();
+        let slower = EndpointSettings {
+            request: RequestSettings {
+                request_timeout_ms: 9000,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let b = deployment(&d, &slower, &defaults()).unwrap();
@@ -665,6 +696,18 @@ mod tests {
         assert_ne!(hash(&a), hash(&b));
         let cm = config_map(&d, &slower).unwrap();
         assert_eq!(cm.data.unwrap()["MEDEMBED_REQUEST_TIMEOUT_MS"], "9000");
+    }
+
+    #[test]
+    fn the_endpoints_response_format_reaches_the_workers() {
+        let d = dep(base());
+        let cm = config_map(&d, &EndpointSettings::default()).unwrap();
+        assert_eq!(cm.data.unwrap()["MEDEMBED_RESPONSE_FORMAT"], "PerRow");
+        let mut ep = EmbeddingEndpoint::new("chest", Default::default());
+        ep.spec.response_format = ResponseFormat::Documented;
+        let documented = EndpointSettings::of(Some(&ep));
+        let cm = config_map(&d, &documented).unwrap();
+        assert_eq!(cm.data.unwrap()["MEDEMBED_RESPONSE_FORMAT"], "Documented");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::config::{AuthInfo, Kubeconfig, NamedAuthInfo};
-use medembed_api::crd::{EmbeddingDeployment, EmbeddingEndpoint, RequestSettings};
+use medembed_api::crd::{EmbeddingDeployment, EmbeddingEndpoint};
 use medembed_operator::resources;
 use medembed_testsupport::{wait, ControlPlane};
 use serde_json::json;
@@ -66,7 +66,7 @@ async fn baseline(cp: &ControlPlane) -> Duration {
         listen_host: "0.0.0.0".into(),
         port: 8080,
     };
-    let request = RequestSettings::default();
+    let request = resources::EndpointSettings::default();
     let (ns, defaults, request) = (&ns, &defaults, &request);
     let t0 = Instant::now();
     futures::stream::iter(0..COUNT)

@@ -254,7 +254,9 @@ def closed_loop(port, bodies, kind, concurrency, window_s, first_cap_s, dim):
                 t1 = time.time()
                 ok = r.status == 200
                 if ok:
-                    rows = json.loads(data).get(key) or []
+                    # The live shape: a list with one object per row (one here).
+                    answer = json.loads(data)
+                    rows = (answer[0].get(key) or []) if len(answer) == 1 else []
                     ok = len(rows) == 1 and len(rows[0]) == dim and all(np.isfinite(rows[0]))
                 with lock:
                     if ok:

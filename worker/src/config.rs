@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use medembed_api::ResponseFormat;
 
 /// Where inference runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -168,6 +169,14 @@ pub struct WorkerConfig {
         default_value = "model"
     )]
     pub standardize: StandardizeMode,
+
+    /// The JSON shape of a successful answer: `PerRow` (a list with one object
+    /// per request row, as the managed endpoint answers) or `Documented` (one
+    /// object with a list of vectors per field, as its documentation shows).
+    /// The gateway's `x-medembed-response-format` header, when present, takes
+    /// precedence (it carries the endpoint's setting).
+    #[arg(long, env = "MEDEMBED_RESPONSE_FORMAT", default_value = "PerRow")]
+    pub response_format: ResponseFormat,
 
     /// Seconds to finish accepted requests after SIGTERM before exiting.
     #[arg(long, env = "MEDEMBED_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]

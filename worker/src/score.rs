@@ -1,4 +1,5 @@
-//! One scoring request, from a validated [`ScoreRequest`] to a [`ScoreResponse`].
+//! One scoring request, from a validated [`ScoreRequest`] to its
+//! [`Embeddings`] (one entry per row; the server gives them their JSON shape).
 //!
 //! Images go to the decode pool and the image batcher, texts are tokenized and
 //! go to the text batcher; the handler awaits every item's answer until the
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::future::try_join_all;
-use medembed_api::{ScoreRequest, ScoreResponse};
+use medembed_api::{Embeddings, RowEmbeddings, ScoreRequest};
 use tokio::sync::oneshot;
 
 use crate::batch::{ImageJob, ItemError, JobMeta, Pipeline, TextJob};
@@ -60,7 +61,7 @@ impl Scorer {
         req: ScoreRequest,
         deadline: Instant,
         budget_ms: u64,
-    ) -> Result<ScoreResponse, ApiError> {
+    ) -> Result<Embeddings, ApiError> {
         let n_images = req.image_count();
         let n_texts = req.text_count();
         let image_permit = if n_images > 0 {
@@ -90,6 +91,7 @@ impl Scorer {
             reply,
         };
 
+        let n_rows = req.rows.len();
         let mut texts = Vec::with_capacity(n_texts);
         let mut image_waits = Vec::with_capacity(n_images);
         for (row, r) in req.rows.into_iter().enumerate() {
@@ -149,21 +151,28 @@ impl Scorer {
             .map_err(|_| ApiError::Timeout(budget_ms))??;
         drop((image_permit, text_permit));
 
-        Ok(ScoreResponse {
-            image_features: (n_images > 0).then_some(images),
-            text_features: (n_texts > 0).then_some(texts),
+        let mut rows = vec![RowEmbeddings::default(); n_rows];
+        for (row, v) in images {
+            rows[row].image = Some(v);
+        }
+        for (row, v) in texts {
+            rows[row].text = Some(v);
+        }
+        Ok(Embeddings {
+            rows,
             scaling_factor: req.get_scaling_factor.then_some(self.logit_scale),
         })
     }
 }
 
+/// Awaits one item's vector and pairs it with its row.
 async fn wait(
     row: usize,
     rx: oneshot::Receiver<Result<Vec<f32>, ItemError>>,
     budget_ms: u64,
-) -> Result<Vec<f32>, ApiError> {
+) -> Result<(usize, Vec<f32>), ApiError> {
     match rx.await {
-        Ok(Ok(v)) => Ok(v),
+        Ok(Ok(v)) => Ok((row, v)),
         Ok(Err(e)) => Err(item_error(row, e, budget_ms)),
         // The pipeline dropped the job: it is shutting down.
         Err(_) => Err(ApiError::Unavailable("worker is shutting down")),

@@ -1,7 +1,9 @@
 //! The HTTP server: routing, body limits, admission, readiness and shutdown.
 //!
 //! Routes:
-//! * `POST /score` – the managed endpoint's scoring API.
+//! * `POST /score` – the managed endpoint's scoring API. The answer's JSON
+//!   shape is the worker's `--response-format` unless the gateway's
+//!   `x-medembed-response-format` header names the endpoint's.
 //! * `GET /livez` (and `GET /`, which the managed inference server answers
 //!   with "Healthy") – the process is up.
 //! * `GET /readyz` – 200 once the model is loaded and one warm-up inference per
@@ -31,7 +33,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use medembed_api::{RequestLimits, TIMEOUT_HEADER};
+use medembed_api::{
+    RequestLimits, ResponseFormat, CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER,
+    RESPONSE_FORMAT_HEADER, TIMEOUT_HEADER,
+};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -121,16 +126,23 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     r
 }
 
-/// Routes one request.
+/// Routes one request. Every answer carries `x-request-id` (the caller's
+/// when usable, else a new one) and echoes `x-ms-client-request-id`.
 pub async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let request_id = medembed_api::request_id::accept_or_new(
+        req.headers()
+            .get(REQUEST_ID_HEADER)
+            .map(HeaderValue::as_bytes),
+    );
+    let client_request_id = req.headers().get(CLIENT_REQUEST_ID_HEADER).cloned();
     let path = req.uri().path();
-    let resp = match (req.method(), path) {
+    let mut resp = match (req.method(), path) {
         (&Method::POST, "/score") => {
             let started = Instant::now();
-            let resp = match score(&state, req).await {
+            let resp = match score(&state, req, &request_id).await {
                 Ok(r) => r,
                 Err(e) => e.into_response(),
             };
@@ -165,12 +177,20 @@ pub async fn handle(
         (_, "/livez" | "/readyz" | "/metrics") => ApiError::MethodNotAllowed("GET").into_response(),
         _ => ApiError::NotFound.into_response(),
     };
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert(REQUEST_ID_HEADER, v);
+    }
+    if let Some(v) = client_request_id {
+        h.insert(CLIENT_REQUEST_ID_HEADER, v);
+    }
     Ok(resp)
 }
 
 async fn score(
     state: &Arc<AppState>,
     req: Request<Incoming>,
+    request_id: &str,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let received = Instant::now();
     let scorer = match state.scorer.get() {
@@ -189,6 +209,19 @@ async fn score(
         .filter(|&ms| ms > 0)
         .unwrap_or(cfg.request_timeout_ms);
     let deadline = received + Duration::from_millis(budget_ms);
+
+    // The answer's shape: the endpoint's, as the gateway says, else ours.
+    let format = match req.headers().get(RESPONSE_FORMAT_HEADER) {
+        None => cfg.response_format,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<ResponseFormat>().ok())
+            .ok_or_else(|| ApiError::Invalid {
+                code: "invalid_request",
+                message: format!("header {RESPONSE_FORMAT_HEADER} must be PerRow or Documented"),
+            })?,
+    };
 
     // A declared oversized body is refused before it costs a permit.
     let declared = req
@@ -259,21 +292,23 @@ async fn score(
     }?;
     let (rows, images, texts) = (parsed.rows.len(), parsed.image_count(), parsed.text_count());
 
-    let response = scorer.score(parsed, deadline, budget_ms).await?;
+    let answer = scorer.score(parsed, deadline, budget_ms).await?;
     let bytes = if images + texts > 64 {
         let _cpu = state
             .json_work
             .acquire()
             .await
             .map_err(|_| ApiError::Internal)?;
-        tokio::task::spawn_blocking(move || serde_json::to_vec(&response))
+        tokio::task::spawn_blocking(move || answer.to_json(format))
             .await
             .map_err(|_| ApiError::Internal)?
     } else {
-        serde_json::to_vec(&response)
+        answer.to_json(format)
     }
     .map_err(|_| ApiError::Internal)?;
     tracing::debug!(
+        request_id,
+        format = format.as_str(),
         rows,
         images,
         texts,

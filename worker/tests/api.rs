@@ -133,12 +133,17 @@ async fn brief_examples_verbatim() {
     let w = start(config()).await;
     let c = client();
 
+    // The live service's shape: a list with one object per row, each vector
+    // a list of one vector, scaling_factor in every row's object.
     let (status, v, _) = post(&c, &w, BRIEF_TEXT_ONLY).await;
     assert_eq!(status, 200, "{v}");
+    let row = &v.as_array().expect("a list of rows")[0];
     assert!(
-        v.get("image_features").is_none(),
+        row.get("image_features").is_none(),
         "no images were sent: {v}"
     );
+    assert_eq!(row["text_features"].as_array().unwrap().len(), 1);
+    let v = by_field(&v, 1);
     let texts = vectors(&v["text_features"]);
     assert_eq!(texts.len(), 1);
     assert_eq!(texts[0].len(), 1024);
@@ -152,6 +157,7 @@ async fn brief_examples_verbatim() {
 
     let (status, v, _) = post(&c, &w, BRIEF_IMAGE_AND_TEXT).await;
     assert_eq!(status, 200, "{v}");
+    let v = by_field(&v, 1);
     let images = vectors(&v["image_features"]);
     let texts = vectors(&v["text_features"]);
     assert_eq!((images.len(), texts.len()), (1, 1));
@@ -175,25 +181,161 @@ async fn response_fields_follow_the_request() {
     });
     let (status, v, _) = post(&c, &w, body.to_string()).await;
     assert_eq!(status, 200, "{v}");
+    let v = by_field(&v, 2);
     assert_eq!(vectors(&v["image_features"]).len(), 2);
     assert!(v.get("text_features").is_none());
     assert!(v.get("scaling_factor").is_none());
 
-    // Mixed rows: vectors come one per image / text, in row order.
+    // Mixed rows: one object per row, in row order, holding what the row had;
+    // a row with neither image nor text gets an object with only the
+    // scaling factor.
     let body = request(&[
         ("", "first text"),
         (&png, ""),
         (&png, "third text"),
         ("", "fourth text"),
+        ("", ""),
     ]);
     let (status, v, _) = post(&c, &w, body.to_string()).await;
     assert_eq!(status, 200, "{v}");
+    let rows = v.as_array().unwrap();
+    let fields = |i: usize| -> Vec<&str> {
+        let mut k: Vec<&str> = rows[i]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        k.sort_unstable();
+        k
+    };
+    assert_eq!(fields(0), ["scaling_factor", "text_features"]);
+    assert_eq!(fields(1), ["image_features", "scaling_factor"]);
+    assert_eq!(
+        fields(2),
+        ["image_features", "scaling_factor", "text_features"]
+    );
+    assert_eq!(fields(3), ["scaling_factor", "text_features"]);
+    assert_eq!(fields(4), ["scaling_factor"]);
+    let v = by_field(&v, 5);
     let texts = vectors(&v["text_features"]);
     assert_eq!(texts.len(), 3);
     assert_eq!(vectors(&v["image_features"]).len(), 2);
     let single = request(&[("", "third text")]);
     let (_, s, _) = post(&c, &w, single.to_string()).await;
-    assert!(max_abs_diff(&texts[1..2], &vectors(&s["text_features"])) < 1e-5);
+    assert!(max_abs_diff(&texts[1..2], &vectors(&by_field(&s, 1)["text_features"])) < 1e-5);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_shape_when_configured_or_asked_for() {
+    let mut cfg = config();
+    cfg.response_format = medembed_api::ResponseFormat::Documented;
+    let w = start(cfg).await;
+    let c = client();
+    let png = b64(&test_images()[0].1);
+    let body = request(&[("", "first text"), (&png, ""), (&png, "third text")]).to_string();
+
+    // Configured: one object, one list of vectors per field.
+    let (status, documented, _) = post(&c, &w, body.clone()).await;
+    assert_eq!(status, 200, "{documented}");
+    assert!(documented.is_object(), "{documented}");
+    assert_eq!(vectors(&documented["image_features"]).len(), 2);
+    assert_eq!(vectors(&documented["text_features"]).len(), 2);
+    assert!(documented["scaling_factor"].is_number());
+
+    // The gateway's header takes precedence, either way.
+    let ask = |format: &'static str| {
+        c.post(url(&w, "/score"))
+            .header(medembed_api::RESPONSE_FORMAT_HEADER, format)
+            .body(body.clone())
+            .send()
+    };
+    let per_row: Value = ask("PerRow").await.unwrap().json().await.unwrap();
+    assert_eq!(
+        by_field(&per_row, 3),
+        documented,
+        "the shapes carry the same vectors"
+    );
+    let again: Value = ask("Documented").await.unwrap().json().await.unwrap();
+    assert_eq!(again, documented);
+
+    // A header naming no format is refused, in the JSON error shape.
+    let r = ask("Columns").await.unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "invalid_request");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(medembed_api::RESPONSE_FORMAT_HEADER));
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_a_request_id() {
+    let w = start(config()).await;
+    let c = client();
+    let id = |h: &reqwest::header::HeaderMap| {
+        h.get(medembed_api::REQUEST_ID_HEADER)
+            .expect("x-request-id on every answer")
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let is_uuid = |s: &str| {
+        s.len() == 36
+            && s.chars()
+                .enumerate()
+                .all(|(i, ch)| matches!(i, 8 | 13 | 18 | 23) == (ch == '-'))
+    };
+
+    // None sent: a new UUID each time.
+    let (status, _, h1) = post(&c, &w, BRIEF_TEXT_ONLY).await;
+    assert_eq!(status, 200);
+    let (_, _, h2) = post(&c, &w, BRIEF_TEXT_ONLY).await;
+    assert!(is_uuid(&id(&h1)), "{}", id(&h1));
+    assert_ne!(id(&h1), id(&h2));
+
+    // The client's own is kept, and x-ms-client-request-id is echoed, on
+    // success and on errors alike.
+    let cases: [(&str, reqwest::Method, &str, &str, u16); 4] = [
+        ("ok", reqwest::Method::POST, "/score", BRIEF_TEXT_ONLY, 200),
+        ("bad", reqwest::Method::POST, "/score", "{nope", 400),
+        ("nf", reqwest::Method::POST, "/nope", "{}", 404),
+        ("ready", reqwest::Method::GET, "/readyz", "", 200),
+    ];
+    for (name, method, path, body, want) in cases {
+        let own = format!("4b1d7c0e-client-{name}");
+        let r = c
+            .request(method, url(&w, path))
+            .header(medembed_api::REQUEST_ID_HEADER, &own)
+            .header(medembed_api::CLIENT_REQUEST_ID_HEADER, "azure-sdk-123")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "{name}");
+        assert_eq!(id(r.headers()), own, "{name}");
+        assert_eq!(
+            r.headers()[medembed_api::CLIENT_REQUEST_ID_HEADER],
+            "azure-sdk-123",
+            "{name}"
+        );
+    }
+
+    // An id that is not a plain token (it could carry anything into logs)
+    // is replaced.
+    let r = c
+        .post(url(&w, "/score"))
+        .header(medembed_api::REQUEST_ID_HEADER, "Doe^Jane MRN 1234567")
+        .body(BRIEF_TEXT_ONLY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = id(r.headers());
+    assert!(is_uuid(&got) && !got.contains("1234567"), "{got}");
     w.shutdown().await;
 }
 
@@ -218,7 +360,7 @@ async fn image_embeddings_match_the_python_reference() {
     let rows: Vec<(&str, &str)> = encoded.iter().map(|e| (e.as_str(), "")).collect();
     let (status, v, _) = post(&c, &w, request(&rows).to_string()).await;
     assert_eq!(status, 200, "{v}");
-    let got = vectors(&v["image_features"]);
+    let got = vectors(&by_field(&v, rows.len())["image_features"]);
     for (i, (name, _)) in images.iter().enumerate() {
         let d = max_abs_diff(&got[i..=i], &want[i..=i]);
         eprintln!("{name}: max |rust - python| = {d:.2e}");
@@ -281,7 +423,7 @@ async fn tokenizer_and_text_embeddings_match_the_python_reference() {
     let rows: Vec<(&str, &str)> = non_empty.iter().map(|t| ("", *t)).collect();
     let (status, v, _) = post(&client(), &w, request(&rows).to_string()).await;
     assert_eq!(status, 200, "{v}");
-    let d = max_abs_diff(&vectors(&v["text_features"]), &want);
+    let d = max_abs_diff(&vectors(&by_field(&v, rows.len())["text_features"]), &want);
     eprintln!("text embeddings: max |rust - python| = {d:.2e}");
     assert!(d <= 1e-4);
     w.shutdown().await;
@@ -307,7 +449,7 @@ async fn concurrent_requests_are_batched_and_equal_sequential_answers() {
     for b in &bodies {
         let (status, v, _) = post(&c, &w, b.clone()).await;
         assert_eq!(status, 200);
-        sequential.push(v);
+        sequential.push(by_field(&v, 1));
     }
     let before = metrics_text(&w).await;
 
@@ -320,7 +462,7 @@ async fn concurrent_requests_are_batched_and_equal_sequential_answers() {
             tokio::spawn(async move {
                 let r = c.post(u).body(b).send().await.unwrap();
                 assert_eq!(r.status(), 200);
-                r.json::<Value>().await.unwrap()
+                by_field(&r.json::<Value>().await.unwrap(), 1)
             })
         })
         .collect();

@@ -116,6 +116,7 @@ async fn serves_the_export(dtype: &str) {
         .expect("request sent");
     assert_eq!(resp.status().as_u16(), 200);
     let v: Value = resp.json().await.expect("json answer");
+    let v = by_field(&v, 1 + sent.len());
     let got_image = vectors(&v["image_features"]);
     let got_texts = vectors(&v["text_features"]);
     assert_eq!(got_image.len(), 1);

@@ -8,6 +8,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::ResponseFormat;
+
 use super::{ClientQuota, Condition};
 
 /// An endpoint: the stable URL clients call, and how requests are admitted and
@@ -82,6 +84,16 @@ pub struct EmbeddingEndpointSpec {
     /// Quota of a client that declares none of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_client_quota: Option<ClientQuota>,
+    /// The JSON shape of a successful answer. `PerRow` (the default) is what
+    /// the managed endpoint answers and what its published clients read: a
+    /// list with one object per request row, in row order, each with
+    /// `image_features` and/or `text_features` as a list of one vector and
+    /// `scaling_factor`. `Documented` is the shape the managed endpoint's
+    /// documentation shows, for clients written against it: one object with
+    /// `image_features` (one vector per image), `text_features` (one vector
+    /// per text) and `scaling_factor`. Errors are the same in both.
+    #[serde(default)]
+    pub response_format: ResponseFormat,
 }
 
 /// How clients of an endpoint authenticate.

@@ -7,10 +7,10 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -42,6 +42,8 @@ pub struct Seen {
     /// Last values of interesting headers.
     pub last_timeout_ms: AtomicU64,
     pub last_traceparent: Mutex<String>,
+    pub last_request_id: Mutex<String>,
+    pub last_response_format: Mutex<String>,
     pub last_body_len: AtomicUsize,
 }
 
@@ -104,9 +106,17 @@ pub async fn upstream(name: &str, behaviour: Behaviour) -> Upstream {
                             seen.last_timeout_ms
                                 .store(v.to_str().unwrap().parse().unwrap(), Ordering::SeqCst);
                         }
-                        if let Some(v) = req.headers().get("traceparent") {
-                            *seen.last_traceparent.lock().unwrap() =
-                                v.to_str().unwrap().to_string();
+                        for (name, slot) in [
+                            ("traceparent", &seen.last_traceparent),
+                            (medembed_api::REQUEST_ID_HEADER, &seen.last_request_id),
+                            (
+                                medembed_api::RESPONSE_FORMAT_HEADER,
+                                &seen.last_response_format,
+                            ),
+                        ] {
+                            if let Some(v) = req.headers().get(name) {
+                                *slot.lock().unwrap() = v.to_str().unwrap().to_string();
+                            }
                         }
                         let body = req
                             .into_body()
@@ -291,6 +301,8 @@ pub struct WorkerEnv {
     pub bin: PathBuf,
     pub ort: String,
     pub model: String,
+    /// The repository's Python environment (requests, numpy, Pillow).
+    pub python: String,
 }
 
 pub fn worker_env() -> &'static WorkerEnv {
@@ -313,6 +325,7 @@ pub fn worker_env() -> &'static WorkerEnv {
             bin,
             ort: get("ORT_DYLIB_PATH"),
             model: get("MEDEMBED_TEST_MODEL"),
+            python: get("MEDEMBED_PYTHON"),
         }
     })
 }
@@ -339,6 +352,70 @@ fn build_worker(repo: &Path) -> PathBuf {
         .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "medembed-worker")
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
         .expect("the worker's executable path")
+}
+
+/// A real worker process serving the TEST MODEL on a free loopback port.
+pub struct Worker {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Worker {
+    pub fn authority(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    /// SIGTERM: the worker drains (503 for new requests) and exits.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a worker process and waits until it is ready.
+pub async fn start_worker() -> Worker {
+    start_worker_with(&[]).await
+}
+
+/// Starts a worker process with extra environment variables and waits until
+/// it is ready.
+pub async fn start_worker_with(env: &[(&str, &str)]) -> Worker {
+    let e = worker_env();
+    let port = free_port();
+    let child = Command::new(&e.bin)
+        .envs(env.iter().copied())
+        .env("MEDEMBED_MODEL_DIR", &e.model)
+        .env("ORT_DYLIB_PATH", &e.ort)
+        .env("MEDEMBED_LISTEN", format!("127.0.0.1:{port}"))
+        .env("MEDEMBED_INTRA_THREADS", "1")
+        .env("MEDEMBED_DECODE_THREADS", "1")
+        .env("MEDEMBED_SHUTDOWN_GRACE_SECONDS", "10")
+        .env("MEDEMBED_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "worker did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Worker { child, port }
 }
 
 /// A one-row image and text request for the TEST MODEL.

@@ -1,11 +1,11 @@
 //! The `EmbeddingDeployment` controller: applies the worker children and
 //! reports the workers' state.
 //!
-//! One reconcile: read the endpoint (for its request settings), check the
-//! model source, apply ConfigMap, Deployment, Service, PodDisruptionBudget and
-//! HPA (or delete an HPA no longer wanted), then compute the status from the
-//! worker Deployment and its pods, write it when it changed, and publish an
-//! event for each condition that changed.
+//! One reconcile: read the endpoint (for its request settings and response
+//! format), check the model source, apply ConfigMap, Deployment, Service,
+//! PodDisruptionBudget and HPA (or delete an HPA no longer wanted), then
+//! compute the status from the worker Deployment and its pods, write it when
+//! it changed, and publish an event for each condition that changed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,10 +121,7 @@ async fn reconcile_inner(dep: &EmbeddingDeployment, ctx: &Ctx) -> Result<Action,
         .api::<EmbeddingEndpoint>(&ns)
         .get_opt(&dep.spec.endpoint)
         .await?;
-    let request = endpoint
-        .as_ref()
-        .map(|e| e.spec.request_settings.clone())
-        .unwrap_or_default();
+    let settings = resources::EndpointSettings::of(endpoint.as_ref());
 
     // A model source problem Kubernetes would only show as a pending pod.
     let mut spec_problem: Option<Failure> = None;
@@ -142,11 +139,11 @@ async fn reconcile_inner(dep: &EmbeddingDeployment, ctx: &Ctx) -> Result<Action,
         }
     }
 
-    apply(ctx, &ns, &resources::config_map(dep, &request)?).await?;
+    apply(ctx, &ns, &resources::config_map(dep, &settings)?).await?;
     apply(
         ctx,
         &ns,
-        &resources::deployment(dep, &request, &ctx.defaults)?,
+        &resources::deployment(dep, &settings, &ctx.defaults)?,
     )
     .await?;
     apply(ctx, &ns, &resources::service(dep, &ctx.defaults)?).await?;

@@ -11,8 +11,8 @@ It does what MedImageInsight's own code does for a request (its
          -> float32 / 255 -> (x - mean) / std -> NCHW -> image graph
   text:  transformers' slow CLIPTokenizer (the model's TOKENIZER: clip) with the
          model's own vocab/merges, 77 tokens padded with <|endoftext|> -> text graph
-and answers in the managed API's shape:
-  {"image_features": [[...]], "text_features": [[...]], "scaling_factor": s}
+and answers in the managed API's live shape, a list with one object per row:
+  [{"image_features": [[...]], "text_features": [[...]], "scaling_factor": s}]
 
 Settings (environment):
   AZUREML_MODEL_DIR              the model directory (azmlinfsrv --model_dir sets it)
@@ -130,21 +130,25 @@ def run(raw_data):
     req = json.loads(raw_data)
     inp = req["input_data"]
     columns = inp["columns"]
-    images, texts = [], []
-    for row in inp["data"]:
+    images, texts = [], []  # (row, value)
+    rows = inp["data"]
+    for i, row in enumerate(rows):
         cells = dict(zip(columns, row))
         if cells.get("image"):
-            images.append(cells["image"])
+            images.append((i, cells["image"]))
         if cells.get("text"):
-            texts.append(cells["text"])
+            texts.append((i, cells["text"]))
     if not images and not texts:
         raise ValueError("request has no image and no text to embed")
-    out = {}
+    out = [{} for _ in rows]
     if images:
-        out["image_features"] = _embed_images(images).tolist()
+        for (i, _), v in zip(images, _embed_images([b for _, b in images]).tolist()):
+            out[i]["image_features"] = [v]
     if texts:
-        out["text_features"] = _embed_texts(texts).tolist()
+        for (i, _), v in zip(texts, _embed_texts([t for _, t in texts]).tolist()):
+            out[i]["text_features"] = [v]
     params = req.get("params") or {}
     if _truthy(params.get("get_scaling_factor", True)):
-        out["scaling_factor"] = float(_state["cfg"]["logit_scale"])
+        for o in out:
+            o["scaling_factor"] = float(_state["cfg"]["logit_scale"])
     return out

@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde::Deserialize;
+use medembed_api::{RowResponse, ScoreResponse};
 
 /// The HTTP client every load run uses: keep-alive connections, pooled (a
 /// server that closes them after each answer gets a new one per request).
@@ -99,17 +99,12 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-#[derive(Deserialize)]
-struct Answer {
-    #[serde(default)]
-    image_features: Option<Vec<Vec<f32>>>,
-    #[serde(default)]
-    text_features: Option<Vec<Vec<f32>>>,
-}
-
-/// Checks one answer body: the right count of embeddings, each of `dim` finite floats.
+/// Checks one answer body, in the live shape (a list with one object per
+/// row): the right count of embeddings, each of `dim` finite floats.
 pub fn check_answer(body: &[u8], images: usize, texts: usize, dim: usize) -> Result<(), String> {
-    let a: Answer = serde_json::from_slice(body).map_err(|_| "bad json".to_string())?;
+    let rows: Vec<RowResponse> =
+        serde_json::from_slice(body).map_err(|_| "bad json".to_string())?;
+    let a = ScoreResponse::from_rows(rows);
     let ok = |v: &Option<Vec<Vec<f32>>>, n: usize| match v {
         None => n == 0,
         Some(rows) => {
@@ -247,7 +242,7 @@ mod tests {
     #[test]
     fn answers_are_checked() {
         let good =
-            serde_json::json!({"image_features": [[0.5, 0.5, 0.5, 0.5]], "scaling_factor": 4.5});
+            serde_json::json!([{"image_features": [[0.5, 0.5, 0.5, 0.5]], "scaling_factor": 4.5}]);
         let body = serde_json::to_vec(&good).expect("json");
         assert!(check_answer(&body, 1, 0, 4).is_ok());
         assert!(check_answer(&body, 1, 1, 4).is_err());

@@ -238,8 +238,9 @@ async fn agreement(
     timeout: Duration,
 ) -> anyhow::Result<(f64, f64)> {
     let features = |b: &Bytes, key: &str| -> anyhow::Result<Vec<f32>> {
+        // The live shape: a list with one object per row (one here).
         let v: serde_json::Value = serde_json::from_slice(b)?;
-        let row = v[key][0]
+        let row = v[0][key][0]
             .as_array()
             .with_context(|| format!("answer has no {key}"))?;
         Ok(row

@@ -357,6 +357,32 @@ pub fn vectors(v: &Value) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// `v` as compact JSON with every list of more than four numbers cut to its
+/// first four and a count of the rest: an answer's shape, readable.
+pub fn abbreviate(v: &Value) -> String {
+    match v {
+        Value::Array(a) if a.len() > 4 && a.iter().all(Value::is_number) => {
+            let head: Vec<String> = a[..4]
+                .iter()
+                .map(|x| format!("{:.4}", x.as_f64().unwrap_or(0.0)))
+                .collect();
+            format!("[{}, ... {} more]", head.join(", "), a.len() - 4)
+        }
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(abbreviate).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(o) => format!(
+            "{{{}}}",
+            o.iter()
+                .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), abbreviate(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
 pub async fn post(url: &str, key: Option<&str>, body: &str) -> (u16, Value) {
     let http = reqwest::Client::new();
     let mut req = http

@@ -4,8 +4,10 @@
 //! leader election) creates workers from an EmbeddingDeployment (the TEST
 //! MODEL from a volume: random weights, its embeddings mean nothing), the node
 //! agent runs them, the gateway discovers them, and the API brief's exact
-//! requests through the gateway with the endpoint's key get the same
-//! embeddings as the worker gives directly. Blue/green under continuous load
+//! requests through the gateway with the endpoint's key get the same answer,
+//! in the live service's shape, as the worker gives directly; the endpoint's
+//! documented shape applies at once through the gateway and reaches the
+//! workers' settings. Blue/green under continuous load
 //! (90/10, then 0/100, then the first deployment deleted) and a worker pod
 //! deleted under load, each with zero failed requests; `helm uninstall`
 //! leaves nothing of the release behind.
@@ -300,11 +302,16 @@ async fn helm_install_serve_blue_green_and_uninstall() {
     let deployments = dynamic_api(&env, "EmbeddingDeployment", "embeddingdeployments");
     eprintln!("endpoint ready at {:?}", started.elapsed());
 
-    // 4. The brief's requests through the gateway, with the endpoint's key.
+    // 4. The brief's requests through the gateway, with the endpoint's key:
+    //    the live service's shape, a list with one object per row.
     let (status, via_gateway) = post(&url, Some(&key), BRIEF_IMAGE_AND_TEXT).await;
     assert_eq!(status, 200, "{via_gateway}");
-    let images = vectors(&via_gateway["image_features"]);
-    let texts = vectors(&via_gateway["text_features"]);
+    let rows = via_gateway
+        .as_array()
+        .expect("a list with one object per row");
+    assert_eq!(rows.len(), 1, "{via_gateway}");
+    let images = vectors(&rows[0]["image_features"]);
+    let texts = vectors(&rows[0]["text_features"]);
     assert_eq!((images.len(), texts.len()), (1, 1));
     assert_eq!(images[0].len(), 1024);
     let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -327,9 +334,10 @@ async fn helm_install_serve_blue_green_and_uninstall() {
     )
     .await;
     assert_eq!(status, 200, "{direct}");
-    assert_eq!(direct["image_features"], via_gateway["image_features"]);
-    assert_eq!(direct["text_features"], via_gateway["text_features"]);
-    assert_eq!(direct["scaling_factor"], via_gateway["scaling_factor"]);
+    assert_eq!(
+        direct, via_gateway,
+        "the gateway changed the worker's answer"
+    );
     // Auth: no key 401, a wrong key 401, the client's own key 200.
     assert_eq!(post(&url, None, BRIEF_TEXT_ONLY).await.0, 401);
     assert_eq!(post(&url, Some("not-a-key"), BRIEF_TEXT_ONLY).await.0, 401);
@@ -338,6 +346,84 @@ async fn helm_install_serve_blue_green_and_uninstall() {
         "the client's key works",
         Duration::from_secs(30),
         || async { post(&url, Some(client_key), BRIEF_TEXT_ONLY).await.0 == 200 },
+    )
+    .await;
+
+    // 4b. The documented shape, for clients written against the
+    //     documentation: set on the endpoint, it applies through the gateway
+    //     at once, and the operator passes it on to the workers.
+    let documented_shape = |format: &'static str| json!({"auth": {"mode": "Key"}, "traffic": {"blue": 100}, "responseFormat": format});
+    apply(
+        &endpoints,
+        "chest",
+        "EmbeddingEndpoint",
+        documented_shape("Documented"),
+    )
+    .await;
+    let want = json!({
+        "image_features": rows[0]["image_features"],
+        "text_features": rows[0]["text_features"],
+        "scaling_factor": rows[0]["scaling_factor"],
+    });
+    eventually(
+        &env,
+        "the documented shape through the gateway",
+        Duration::from_secs(30),
+        || async { post(&url, Some(&key), BRIEF_IMAGE_AND_TEXT).await.1 == want },
+    )
+    .await;
+    let worker_setting = || async {
+        env.ns
+            .api::<k8s_openapi::api::core::v1::ConfigMap>()
+            .get("blue-worker-config")
+            .await
+            .ok()
+            .and_then(|c| c.data)
+            .and_then(|d| d.get("MEDEMBED_RESPONSE_FORMAT").cloned())
+    };
+    eventually(
+        &env,
+        "the workers' setting is Documented",
+        Duration::from_secs(30),
+        || async { worker_setting().await.as_deref() == Some("Documented") },
+    )
+    .await;
+    // Back to the default: the live shape again.
+    apply(
+        &endpoints,
+        "chest",
+        "EmbeddingEndpoint",
+        documented_shape("PerRow"),
+    )
+    .await;
+    eventually(
+        &env,
+        "the live shape through the gateway",
+        Duration::from_secs(30),
+        || async { post(&url, Some(&key), BRIEF_IMAGE_AND_TEXT).await.1 == via_gateway },
+    )
+    .await;
+    eventually(
+        &env,
+        "the workers' setting is PerRow and both workers are ready",
+        Duration::from_secs(180),
+        || async {
+            // As `kubectl rollout status`: the new template observed and
+            // every worker on it and ready.
+            let rolled = env
+                .ns
+                .api::<Deployment>()
+                .get("blue-worker")
+                .await
+                .is_ok_and(|d| {
+                    let st = d.status.unwrap_or_default();
+                    st.observed_generation == d.metadata.generation
+                        && st.updated_replicas == Some(2)
+                        && st.ready_replicas == Some(2)
+                        && st.replicas == Some(2)
+                });
+            worker_setting().await.as_deref() == Some("PerRow") && rolled
+        },
     )
     .await;
 

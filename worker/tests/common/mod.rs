@@ -166,3 +166,41 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
         .sum()
 }
+
+/// Checks that `v` is the live response shape for `rows` rows (a list with
+/// one object per row, each vector a list of one vector) and gathers it into
+/// the documented shape (one list of vectors per field, `scaling_factor`
+/// once), which is easier to compare.
+pub fn by_field(v: &serde_json::Value, rows: usize) -> serde_json::Value {
+    let list = v
+        .as_array()
+        .unwrap_or_else(|| panic!("the answer is not a list of rows: {v}"));
+    assert_eq!(list.len(), rows, "one object per row");
+    let mut out = serde_json::Map::new();
+    for (i, row) in list.iter().enumerate() {
+        let row = row
+            .as_object()
+            .unwrap_or_else(|| panic!("row {i} is not an object"));
+        for (k, val) in row {
+            match k.as_str() {
+                "image_features" | "text_features" => {
+                    let one = val.as_array().expect("a list of vectors");
+                    assert_eq!(one.len(), 1, "row {i}: {k} holds one vector");
+                    out.entry(k.clone())
+                        .or_insert_with(|| serde_json::Value::Array(Vec::new()))
+                        .as_array_mut()
+                        .expect("array")
+                        .push(one[0].clone());
+                }
+                "scaling_factor" => {
+                    if let Some(prev) = out.get(k) {
+                        assert_eq!(prev, val, "row {i}: the same scaling_factor in every row");
+                    }
+                    out.insert(k.clone(), val.clone());
+                }
+                other => panic!("row {i}: unexpected field {other}"),
+            }
+        }
+    }
+    serde_json::Value::Object(out)
+}

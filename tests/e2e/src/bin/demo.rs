@@ -12,7 +12,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use medembed_e2e::{post, setup, vectors, BRIEF_IMAGE_AND_TEXT, CLIENT_KEY};
+use medembed_e2e::{abbreviate, post, setup, vectors, BRIEF_IMAGE_AND_TEXT, CLIENT_KEY};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
@@ -34,27 +34,22 @@ async fn main() {
         env.teardown().await;
         std::process::exit(1);
     }
-    let images = vectors(&answer["image_features"]);
-    let texts = vectors(&answer["text_features"]);
-    let head = |v: &[f64]| {
-        v.iter()
-            .take(4)
-            .map(|x| format!("{x:+.4}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    // The live shape: a list with one object per request row.
+    let row = &answer[0];
+    let images = vectors(&row["image_features"]);
+    let texts = vectors(&row["text_features"]);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "\nPOST {} -> {status}\n  image_features: {} x {}-d  [{}, ...]\n  text_features:  {} x {}-d  [{}, ...]\n  scaling_factor: {}\n  (TEST MODEL: random weights, the numbers mean nothing)\n",
+        "\nPOST {} -> {status}\n{}\n  one object per request row ({} row), as the managed endpoint answers;\n  row 0: image_features {} x {}-d, text_features {} x {}-d, scaling_factor {}\n  (TEST MODEL: random weights, the numbers mean nothing)\n",
         sample.url,
+        abbreviate(&answer),
+        answer.as_array().map_or(0, Vec::len),
         images.len(),
         images.first().map_or(0, Vec::len),
-        images.first().map(|v| head(v)).unwrap_or_default(),
         texts.len(),
         texts.first().map_or(0, Vec::len),
-        texts.first().map(|v| head(v)).unwrap_or_default(),
-        answer["scaling_factor"],
+        row["scaling_factor"],
     );
     let gw = sample
         .url
