@@ -351,81 +351,60 @@ async fn helm_install_serve_blue_green_and_uninstall() {
 
     // 4b. The documented shape, for clients written against the
     //     documentation: set on the endpoint, it applies through the gateway
-    //     at once, and the operator passes it on to the workers.
-    let documented_shape = |format: &'static str| json!({"auth": {"mode": "Key"}, "traffic": {"blue": 100}, "responseFormat": format});
-    apply(
-        &endpoints,
-        "chest",
-        "EmbeddingEndpoint",
-        documented_shape("Documented"),
-    )
-    .await;
-    let want = json!({
+    //     at once, and the operator passes it on to the workers (a rolling
+    //     update); then back to the default, the live shape.
+    let documented = json!({
         "image_features": rows[0]["image_features"],
         "text_features": rows[0]["text_features"],
         "scaling_factor": rows[0]["scaling_factor"],
     });
-    eventually(
-        &env,
-        "the documented shape through the gateway",
-        Duration::from_secs(30),
-        || async { post(&url, Some(&key), BRIEF_IMAGE_AND_TEXT).await.1 == want },
-    )
-    .await;
-    let worker_setting = || async {
-        env.ns
-            .api::<k8s_openapi::api::core::v1::ConfigMap>()
-            .get("blue-worker-config")
-            .await
-            .ok()
-            .and_then(|c| c.data)
-            .and_then(|d| d.get("MEDEMBED_RESPONSE_FORMAT").cloned())
-    };
-    eventually(
-        &env,
-        "the workers' setting is Documented",
-        Duration::from_secs(30),
-        || async { worker_setting().await.as_deref() == Some("Documented") },
-    )
-    .await;
-    // Back to the default: the live shape again.
-    apply(
-        &endpoints,
-        "chest",
-        "EmbeddingEndpoint",
-        documented_shape("PerRow"),
-    )
-    .await;
-    eventually(
-        &env,
-        "the live shape through the gateway",
-        Duration::from_secs(30),
-        || async { post(&url, Some(&key), BRIEF_IMAGE_AND_TEXT).await.1 == via_gateway },
-    )
-    .await;
-    eventually(
-        &env,
-        "the workers' setting is PerRow and both workers are ready",
-        Duration::from_secs(180),
-        || async {
-            // As `kubectl rollout status`: the new template observed and
-            // every worker on it and ready.
-            let rolled = env
-                .ns
-                .api::<Deployment>()
-                .get("blue-worker")
-                .await
-                .is_ok_and(|d| {
-                    let st = d.status.unwrap_or_default();
-                    st.observed_generation == d.metadata.generation
-                        && st.updated_replicas == Some(2)
-                        && st.ready_replicas == Some(2)
-                        && st.replicas == Some(2)
-                });
-            worker_setting().await.as_deref() == Some("PerRow") && rolled
-        },
-    )
-    .await;
+    for (format, want) in [("Documented", &documented), ("PerRow", &via_gateway)] {
+        apply(
+            &endpoints,
+            "chest",
+            "EmbeddingEndpoint",
+            json!({"auth": {"mode": "Key"}, "traffic": {"blue": 100}, "responseFormat": format}),
+        )
+        .await;
+        eventually(
+            &env,
+            &format!("the {format} shape through the gateway"),
+            Duration::from_secs(30),
+            || async { post(&url, Some(&key), BRIEF_IMAGE_AND_TEXT).await.1 == *want },
+        )
+        .await;
+        eventually(
+            &env,
+            &format!("the workers run with {format}"),
+            Duration::from_secs(180),
+            || async {
+                let setting = env
+                    .ns
+                    .api::<k8s_openapi::api::core::v1::ConfigMap>()
+                    .get("blue-worker-config")
+                    .await
+                    .ok()
+                    .and_then(|c| c.data)
+                    .and_then(|d| d.get("MEDEMBED_RESPONSE_FORMAT").cloned());
+                // As `kubectl rollout status`: the new template observed
+                // and every worker on it and ready.
+                let rolled = env
+                    .ns
+                    .api::<Deployment>()
+                    .get("blue-worker")
+                    .await
+                    .is_ok_and(|d| {
+                        let st = d.status.unwrap_or_default();
+                        st.observed_generation == d.metadata.generation
+                            && st.updated_replicas == Some(2)
+                            && st.ready_replicas == Some(2)
+                            && st.replicas == Some(2)
+                    });
+                setting.as_deref() == Some(format) && rolled
+            },
+        )
+        .await;
+    }
 
     // 5. Blue/green under continuous load: green at 10 %, then 100 %, then
     //    blue deleted. Zero failed requests throughout.
