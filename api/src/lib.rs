@@ -11,7 +11,7 @@ pub mod error;
 pub mod request_id;
 pub mod score;
 
-pub use error::{ErrorBody, ErrorDetail};
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use request_id::{CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER};
 pub use score::{
     parse_request, Embeddings, RequestError, RequestLimits, ResponseFormat, Row, RowEmbeddings,

@@ -27,6 +27,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::ErrorCode;
+
 /// Limits applied while parsing a request.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestLimits {
@@ -318,11 +320,11 @@ pub enum RequestError {
 
 impl RequestError {
     /// Stable machine-readable code for the error body.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            RequestError::Json { .. } => "invalid_json",
-            RequestError::Shape(_) => "invalid_request",
-            RequestError::TooManyRows { .. } => "too_many_rows",
+            RequestError::Json { .. } => ErrorCode::InvalidJson,
+            RequestError::Shape(_) => ErrorCode::InvalidRequest,
+            RequestError::TooManyRows { .. } => ErrorCode::TooManyRows,
         }
     }
 }

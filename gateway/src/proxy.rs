@@ -33,7 +33,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
-use medembed_api::ResponseFormat;
+use medembed_api::{ErrorCode, ResponseFormat};
 
 use crate::balance::{self, Worker};
 use crate::metrics::Metrics;
@@ -81,24 +81,14 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// HTTP status for the client.
-    pub fn status(self) -> StatusCode {
+    /// Stable code for the error body and reason label; its status is the
+    /// client's.
+    pub fn code(self) -> ErrorCode {
         match self {
-            UpstreamError::NoWorkers | UpstreamError::Unreachable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            UpstreamError::Broken => StatusCode::BAD_GATEWAY,
-            UpstreamError::Timeout => StatusCode::REQUEST_TIMEOUT,
-        }
-    }
-
-    /// Stable code for the error body and reason label.
-    pub fn code(self) -> &'static str {
-        match self {
-            UpstreamError::NoWorkers => "no_workers",
-            UpstreamError::Unreachable => "upstream_unreachable",
-            UpstreamError::Broken => "upstream_failed",
-            UpstreamError::Timeout => "timeout",
+            UpstreamError::NoWorkers => ErrorCode::NoWorkers,
+            UpstreamError::Unreachable => ErrorCode::UpstreamUnreachable,
+            UpstreamError::Broken => ErrorCode::UpstreamFailed,
+            UpstreamError::Timeout => ErrorCode::Timeout,
         }
     }
 }

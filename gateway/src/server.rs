@@ -27,6 +27,8 @@ use rand::Rng;
 use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
 
+use medembed_api::ErrorCode;
+
 use crate::audit::{rfc3339, AuditLog, AuditRecord};
 use crate::auth::{self, AuthError, JwksCache, Principal};
 use crate::balance::Registry;
@@ -79,10 +81,10 @@ fn full(b: impl Into<Bytes>) -> Body {
 }
 
 /// A JSON error response.
-pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+pub fn error(code: ErrorCode, message: &str) -> Response<Body> {
     let body = medembed_api::ErrorBody::new(code, message).to_json();
     let mut r = Response::new(full(body));
-    *r.status_mut() = status;
+    *r.status_mut() = status_of(code);
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -90,28 +92,33 @@ pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     r
 }
 
+/// The HTTP status of an error code.
+fn status_of(code: ErrorCode) -> StatusCode {
+    StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 /// A refusal by the gateway: status, code, message and the metric reason.
 struct Refusal {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     reason: &'static str,
     headers: Vec<(&'static str, String)>,
 }
 
 impl Refusal {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Refusal {
-            status,
+            status: status_of(code),
             code,
             message: message.into(),
-            reason: code,
+            reason: code.as_str(),
             headers: Vec::new(),
         }
     }
 
     fn response(&self) -> Response<Body> {
-        let mut r = error(self.status, self.code, &self.message);
+        let mut r = error(self.code, &self.message);
         for (k, v) in &self.headers {
             if let Ok(v) = HeaderValue::from_str(v) {
                 r.headers_mut().insert(*k, v);
@@ -123,13 +130,13 @@ impl Refusal {
 
 impl From<AuthError> for Refusal {
     fn from(e: AuthError) -> Self {
-        let (status, code) = match e {
-            AuthError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
-            _ => (StatusCode::UNAUTHORIZED, "unauthorized"),
+        let code = match e {
+            AuthError::Forbidden => ErrorCode::Forbidden,
+            _ => ErrorCode::Unauthorized,
         };
-        let mut r = Refusal::new(status, code, e.to_string());
+        let mut r = Refusal::new(code, e.to_string());
         r.reason = e.reason();
-        if status == StatusCode::UNAUTHORIZED {
+        if code == ErrorCode::Unauthorized {
             r.headers.push(("www-authenticate", "Bearer".into()));
         }
         r
@@ -156,8 +163,7 @@ async fn read_limited(mut body: Incoming, limit: u64, hint: usize) -> Result<Byt
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| {
             Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "the request body could not be read",
             )
         })?;
@@ -173,8 +179,7 @@ async fn read_limited(mut body: Incoming, limit: u64, hint: usize) -> Result<Byt
 
 fn too_large(limit: u64) -> Refusal {
     let mut r = Refusal::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
+        ErrorCode::PayloadTooLarge,
         format!("the request body exceeds {limit} bytes"),
     );
     r.reason = "max_body";
@@ -189,8 +194,7 @@ fn choose_deployment<'a>(endpoint: &'a Endpoint, pinned: Option<&str>) -> Result
             .map(|(k, _)| k.as_str())
             .ok_or_else(|| {
                 Refusal::new(
-                    StatusCode::NOT_FOUND,
-                    "deployment_not_found",
+                    ErrorCode::DeploymentNotFound,
                     "the deployment named in azureml-model-deployment does not exist on this endpoint",
                 )
             });
@@ -206,8 +210,7 @@ fn choose_deployment<'a>(endpoint: &'a Endpoint, pinned: Option<&str>) -> Result
         return match live.as_slice() {
             [one] => Ok(one.as_str()),
             _ => Err(Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_traffic",
+                ErrorCode::NoTraffic,
                 "this endpoint routes no traffic to any deployment",
             )),
         };
@@ -276,11 +279,7 @@ impl Gateway {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri().host());
         let Some(endpoint) = table.route(host, path).cloned() else {
-            return error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no endpoint serves this host and path",
-            );
+            return error(ErrorCode::NotFound, "no endpoint serves this host and path");
         };
         let mut facts = Facts {
             arrived: Instant::now(),
@@ -375,11 +374,7 @@ impl Gateway {
         gauge: impl Send + Sync + 'static,
     ) -> Result<Response<Body>, Refusal> {
         if req.method() != Method::POST {
-            let mut r = Refusal::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "use POST",
-            );
+            let mut r = Refusal::new(ErrorCode::MethodNotAllowed, "use POST");
             r.headers.push(("allow", "POST".into()));
             return Err(r);
         }
@@ -419,8 +414,7 @@ impl Gateway {
             }
             Err(_) => {
                 let mut r = Refusal::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_requests",
+                    ErrorCode::TooManyRequests,
                     "too many concurrent requests for this client",
                 );
                 r.reason = "concurrency";
@@ -463,8 +457,7 @@ impl Gateway {
             Ok(b) => b?,
             Err(_) => {
                 return Err(Refusal::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "timeout",
+                    ErrorCode::Timeout,
                     "the request body did not arrive in time",
                 ))
             }
@@ -483,19 +476,13 @@ impl Gateway {
                 medembed_api::parse_request(&b, &limits).map(|r| (r.rows.len(), r.image_count()))
             })
             .await
-            .map_err(|_| {
-                Refusal::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                )
-            })?
+            .map_err(|_| Refusal::new(ErrorCode::Internal, "internal error"))?
         } else {
             medembed_api::parse_request(&body, &limits).map(|r| (r.rows.len(), r.image_count()))
         };
         let (rows, images) = parsed.map_err(|e| {
-            let mut r = Refusal::new(StatusCode::BAD_REQUEST, e.code(), e.to_string());
-            r.reason = if e.code() == "too_many_rows" {
+            let mut r = Refusal::new(e.code(), e.to_string());
+            r.reason = if e.code() == ErrorCode::TooManyRows {
                 "max_rows"
             } else {
                 "invalid_request"
@@ -541,8 +528,7 @@ impl Gateway {
                 self.dry_run_note(facts, reason);
             } else {
                 let mut r = Refusal::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_requests",
+                    ErrorCode::TooManyRequests,
                     format!("quota exceeded ({reason})"),
                 );
                 r.reason = reason;
@@ -566,13 +552,7 @@ impl Gateway {
             .deployments
             .get(&dep_name)
             .cloned()
-            .ok_or_else(|| {
-                Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no_workers",
-                    "no such deployment",
-                )
-            })?;
+            .ok_or_else(|| Refusal::new(ErrorCode::NoWorkers, "no such deployment"))?;
         let out = Outgoing {
             body,
             content_type,
@@ -608,7 +588,7 @@ impl Gateway {
                 if let Some(tx) = live_tx {
                     let _ = tx.send((None, upstream));
                 }
-                let mut r = Refusal::new(e.status(), e.code(), e.to_string());
+                let mut r = Refusal::new(e.code(), e.to_string());
                 if e == UpstreamError::Timeout {
                     r.message = format!(
                         "the request did not complete within {} ms",

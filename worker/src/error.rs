@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
-use medembed_api::{ErrorBody, RequestError};
+use medembed_api::{ErrorBody, ErrorCode, RequestError};
 
 /// A client-visible failure.
 #[derive(Debug, thiserror::Error)]
@@ -14,8 +14,8 @@ pub enum ApiError {
     /// The request is malformed (400).
     #[error("{message}")]
     Invalid {
-        /// Stable code.
-        code: &'static str,
+        /// Stable code (one of the 400 codes).
+        code: ErrorCode,
         /// Explanation naming the field or row.
         message: String,
     },
@@ -55,32 +55,23 @@ impl From<RequestError> for ApiError {
 }
 
 impl ApiError {
-    /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
+    /// The stable code of the JSON body.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
-            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Invalid { code, .. } => *code,
+            ApiError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+            ApiError::Overloaded(_) => ErrorCode::TooManyRequests,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::Timeout(_) => ErrorCode::Timeout,
+            ApiError::NotFound => ErrorCode::NotFound,
+            ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            ApiError::Internal => ErrorCode::Internal,
         }
     }
 
-    /// The stable code of the JSON body.
-    pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::Invalid { code, .. } => code,
-            ApiError::TooLarge { .. } => "payload_too_large",
-            ApiError::Overloaded(_) => "too_many_requests",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::Timeout(_) => "timeout",
-            ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed(_) => "method_not_allowed",
-            ApiError::Internal => "internal",
-        }
+    /// The HTTP status: the code's.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code().status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     /// The full HTTP response.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::future::try_join_all;
-use medembed_api::{Embeddings, RowEmbeddings, ScoreRequest};
+use medembed_api::{Embeddings, ErrorCode, RowEmbeddings, ScoreRequest};
 use tokio::sync::oneshot;
 
 use crate::batch::{ImageJob, ItemError, JobMeta, Pipeline, TextJob};
@@ -43,7 +43,7 @@ impl std::fmt::Debug for Scorer {
 fn item_error(row: usize, e: ItemError, budget_ms: u64) -> ApiError {
     match e {
         ItemError::Decode(d) => ApiError::Invalid {
-            code: "invalid_image",
+            code: ErrorCode::InvalidImage,
             message: format!("row {row}: {d}"),
         },
         ItemError::Expired => ApiError::Timeout(budget_ms),
@@ -118,7 +118,7 @@ impl Scorer {
                     .map(|(row, t)| {
                         let tok = tokenizer.encode_batch([t.as_str()]).map_err(|_| {
                             ApiError::Invalid {
-                                code: "invalid_text",
+                                code: ErrorCode::InvalidText,
                                 message: format!("row {row}: text could not be tokenized"),
                             }
                         })?;

@@ -34,7 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use medembed_api::{
-    RequestLimits, ResponseFormat, CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER,
+    ErrorCode, RequestLimits, ResponseFormat, CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER,
     RESPONSE_FORMAT_HEADER, TIMEOUT_HEADER,
 };
 use tokio::net::TcpListener;
@@ -218,7 +218,7 @@ async fn score(
             .ok()
             .and_then(|v| v.parse::<ResponseFormat>().ok())
             .ok_or_else(|| ApiError::Invalid {
-                code: "invalid_request",
+                code: ErrorCode::InvalidRequest,
                 message: format!("header {RESPONSE_FORMAT_HEADER} must be PerRow or Documented"),
             })?,
     };
@@ -331,7 +331,7 @@ async fn read_body(mut body: Incoming, limit: usize, expected: usize) -> Result<
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
             return Err(ApiError::Invalid {
-                code: "invalid_body",
+                code: ErrorCode::InvalidBody,
                 message: "request body could not be read".into(),
             });
         };
