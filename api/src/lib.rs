@@ -10,6 +10,7 @@ pub mod crd;
 pub mod error;
 pub mod request_id;
 pub mod score;
+pub mod workers;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use request_id::{CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER};
@@ -17,6 +18,7 @@ pub use score::{
     parse_request, Embeddings, RequestError, RequestLimits, ResponseFormat, Row, RowEmbeddings,
     RowResponse, ScoreRequest, ScoreResponse,
 };
+pub use workers::{ExecutionProvider, WorkerSettings};
 
 /// Header carrying the time budget left for a request, in milliseconds, from the
 /// gateway to a worker. Work still queued when it runs out is dropped.

@@ -55,29 +55,22 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
 use medembed_api::crd::{
-    ClientQuota, EmbeddingClient, EmbeddingDeployment, EmbeddingEndpoint, EmbeddingEndpointSpec,
+    generated_key_secret_name, EmbeddingClient, EmbeddingDeployment, EmbeddingEndpoint,
+    EmbeddingEndpointSpec, ENDPOINT_KEY_ENTRIES, JWKS_CONFIG_MAP_KEY,
 };
+use medembed_api::workers::{worker_name, DEPLOYMENT_LABEL, WORKER_PORT_NAME};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 
 use crate::balance::Registry;
 use crate::table::{
-    AuthMode, Client as TableClient, ClientToken, Deployment, Endpoint, JwksSource, KeySlot, Quota,
-    Table, Tables, TokenSettings,
+    AuthMode, Client as TableClient, ClientToken, Deployment, Endpoint, JwksSource, KeySlot, Table,
+    Tables, TokenSettings,
 };
 
-/// Label the operator puts on a deployment's children (Service, and so its
-/// EndpointSlices).
-pub const DEPLOYMENT_LABEL: &str = "medembed.io/deployment";
 /// Label naming the Service an EndpointSlice belongs to.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// The worker Service's port name.
-const PORT_NAME: &str = "http";
-/// Key of the JWKS in a ConfigMap.
-const JWKS_KEY: &str = "jwks.json";
-/// Entries of an endpoint's key Secret (keys in clear).
-const ENDPOINT_KEY_ENTRIES: [&str; 2] = ["primaryKey", "secondaryKey"];
 /// How long a burst of changes may last before the table is rebuilt.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 /// How long [`start`] waits for the first complete view of the cluster.
@@ -184,7 +177,7 @@ fn slice_view(s: &EndpointSlice) -> SliceView {
     let ports = s.ports.as_deref().unwrap_or_default();
     let port = ports
         .iter()
-        .find(|p| p.name.as_deref() == Some(PORT_NAME))
+        .find(|p| p.name.as_deref() == Some(WORKER_PORT_NAME))
         .or_else(|| ports.first())
         .and_then(|p| p.port);
     let mut workers = Vec::new();
@@ -233,7 +226,10 @@ fn secret_view(s: &Secret) -> SecretView {
 }
 
 fn config_map_view(c: &ConfigMap) -> Option<String> {
-    c.data.as_ref().and_then(|d| d.get(JWKS_KEY)).cloned()
+    c.data
+        .as_ref()
+        .and_then(|d| d.get(JWKS_CONFIG_MAP_KEY))
+        .cloned()
 }
 
 /// Runs one watch, sending each change through `tx` (projected by `view`).
@@ -430,17 +426,6 @@ fn reset_index(c: &Change) -> Option<usize> {
     }
 }
 
-fn quota(q: &ClientQuota) -> Quota {
-    Quota {
-        requests_per_minute: q.requests_per_minute,
-        images_per_minute: q.images_per_minute,
-        bytes_per_minute: q.bytes_per_minute,
-        concurrent_requests: q.concurrent_requests,
-        max_rows_per_request: q.max_rows_per_request,
-        max_body_bytes: q.max_body_bytes,
-    }
-}
-
 /// The id of an object: `namespace/name`.
 fn id(ns: &str, name: &str) -> String {
     format!("{ns}/{name}")
@@ -516,7 +501,7 @@ fn build(state: &State, host_template: Option<&str>, registry: &Registry) -> Tab
                 .status
                 .as_ref()
                 .and_then(|s| s.service_name.clone())
-                .unwrap_or_else(|| format!("{dname}-worker"));
+                .unwrap_or_else(|| worker_name(&dname));
             let mut authorities = by_service
                 .get(&(ns.clone(), service))
                 .cloned()
@@ -570,18 +555,14 @@ fn build(state: &State, host_template: Option<&str>, registry: &Registry) -> Tab
         if let Some(t) = host_template {
             hosts.push(expand(t, ns, name));
         }
-        let auth = match spec.auth.mode {
-            medembed_api::crd::AuthMode::Key => AuthMode::Key,
-            medembed_api::crd::AuthMode::Token => AuthMode::Token,
-            medembed_api::crd::AuthMode::Unauthenticated => AuthMode::Unauthenticated,
-        };
+        let auth = spec.auth.mode;
         if auth == AuthMode::Key {
             let secret = spec
                 .auth
                 .key_secret_name
                 .clone()
                 .or_else(|| ep.status.as_ref().and_then(|s| s.key_secret_name.clone()))
-                .unwrap_or_else(|| format!("{name}-keys"));
+                .unwrap_or_else(|| generated_key_secret_name(name));
             if let Some(s) = state.secrets.get(&(ns.clone(), secret)) {
                 let mut key_hashes = Vec::new();
                 for (entry, slot) in ENDPOINT_KEY_ENTRIES
@@ -616,7 +597,7 @@ fn build(state: &State, host_template: Option<&str>, registry: &Registry) -> Tab
             timeout: Duration::from_millis(u64::from(rs.request_timeout_ms.max(1))),
             max_body_bytes: rs.max_body_bytes,
             max_rows: rs.max_rows_per_request,
-            default_quota: spec.default_client_quota.as_ref().map(quota),
+            default_quota: spec.default_client_quota.clone(),
             response_format: spec.response_format,
             deployments,
         });
@@ -651,7 +632,7 @@ fn build(state: &State, host_template: Option<&str>, registry: &Registry) -> Tab
                 subject: t.subject.clone(),
                 claims: t.claims.clone(),
             }),
-            quota: spec.quota.as_ref().map(quota),
+            quota: spec.quota.clone(),
             dry_run: spec.dry_run,
         });
     }

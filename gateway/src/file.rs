@@ -39,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use medembed_api::crd::{MirrorTraffic, RequestSettings};
 use medembed_api::ResponseFormat;
 use serde::Deserialize;
 
@@ -50,7 +51,7 @@ use crate::table::{
 
 /// The file's root.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct FileConfig {
     /// Endpoints.
     #[serde(default)]
@@ -62,7 +63,7 @@ pub struct FileConfig {
 
 /// An endpoint in the file.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct FileEndpoint {
     /// Unique name.
     pub name: String,
@@ -80,10 +81,10 @@ pub struct FileEndpoint {
     pub traffic: BTreeMap<String, u32>,
     /// Mirrored traffic.
     #[serde(default)]
-    pub mirror_traffic: Option<FileMirror>,
-    /// Request limits.
+    pub mirror_traffic: Option<MirrorTraffic>,
+    /// Request limits, with the custom resource's defaults.
     #[serde(default)]
-    pub request_settings: FileRequestSettings,
+    pub request_settings: RequestSettings,
     /// Quota of clients without their own.
     #[serde(default)]
     pub default_client_quota: Option<Quota>,
@@ -98,7 +99,7 @@ pub struct FileEndpoint {
 
 /// Authentication of an endpoint.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct FileAuth {
     /// Mode.
     #[serde(default)]
@@ -110,7 +111,7 @@ pub struct FileAuth {
 
 /// Token verification settings.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct FileToken {
     /// Expected issuer.
     pub issuer: String,
@@ -127,54 +128,9 @@ pub struct FileToken {
     pub algorithms: Vec<String>,
 }
 
-/// Mirrored traffic.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FileMirror {
-    /// Shadow deployment.
-    pub deployment: String,
-    /// Percent of live requests copied (at most 50).
-    pub percent: u32,
-}
-
-/// Request limits.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FileRequestSettings {
-    /// Budget per request (ms).
-    #[serde(default = "default_timeout")]
-    pub request_timeout_ms: u64,
-    /// Largest body.
-    #[serde(default = "default_body")]
-    pub max_body_bytes: u64,
-    /// Most rows.
-    #[serde(default = "default_rows")]
-    pub max_rows_per_request: u32,
-}
-
-fn default_timeout() -> u64 {
-    5000
-}
-fn default_body() -> u64 {
-    32 * 1024 * 1024
-}
-fn default_rows() -> u32 {
-    1024
-}
-
-impl Default for FileRequestSettings {
-    fn default() -> Self {
-        FileRequestSettings {
-            request_timeout_ms: default_timeout(),
-            max_body_bytes: default_body(),
-            max_rows_per_request: default_rows(),
-        }
-    }
-}
-
 /// A deployment's workers.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct FileDeployment {
     /// `host:port` of each worker.
     pub workers: Vec<String>,
@@ -182,7 +138,7 @@ pub struct FileDeployment {
 
 /// A client.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct FileClient {
     /// Unique name.
     pub name: String,
@@ -204,7 +160,7 @@ pub struct FileClient {
 
 /// Hex SHA-256 hashes of a client's keys.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct FileKeys {
     /// Primary key's hash.
     pub primary_sha256: String,
@@ -215,7 +171,7 @@ pub struct FileKeys {
 
 /// Token identity of a client.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct FileClientToken {
     /// Expected `sub`.
     pub subject: String,
@@ -281,7 +237,14 @@ pub fn build(cfg: FileConfig, registry: &Registry) -> anyhow::Result<Table> {
                 (name.clone(), Arc::new(Deployment { name, workers }))
             })
             .collect();
-        let mirror = e.mirror_traffic.map(|m| (m.deployment, m.percent));
+        let mirror = match e.mirror_traffic {
+            Some(m) => Some((
+                m.deployment,
+                u32::try_from(m.percent)
+                    .map_err(|_| anyhow::anyhow!("endpoint {}: mirror percent below 0", e.name))?,
+            )),
+            None => None,
+        };
         check_traffic(
             &e.name,
             &e.traffic,
@@ -322,7 +285,7 @@ pub fn build(cfg: FileConfig, registry: &Registry) -> anyhow::Result<Table> {
             token,
             traffic: e.traffic.into_iter().filter(|(_, w)| *w > 0).collect(),
             mirror,
-            timeout: Duration::from_millis(e.request_settings.request_timeout_ms.max(1)),
+            timeout: Duration::from_millis(u64::from(e.request_settings.request_timeout_ms.max(1))),
             max_body_bytes: e.request_settings.max_body_bytes,
             max_rows: e.request_settings.max_rows_per_request,
             default_quota: e.default_client_quota,
@@ -362,11 +325,28 @@ pub fn build(cfg: FileConfig, registry: &Registry) -> anyhow::Result<Table> {
     Ok(table)
 }
 
+/// Parses the file's text. A field the gateway does not know (a typo, or a
+/// setting of another version) is an error naming its path, so it never
+/// silently goes unenforced.
+pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
+    let mut unknown = Vec::new();
+    let cfg: FileConfig =
+        serde_ignored::deserialize(serde_yaml::Deserializer::from_str(text), |path| {
+            // `?` marks an optional value's content: leave it out of the path.
+            unknown.push(path.to_string().replace(".?", ""))
+        })?;
+    anyhow::ensure!(
+        unknown.is_empty(),
+        "unknown field(s): {}",
+        unknown.join(", ")
+    );
+    Ok(cfg)
+}
+
 /// Reads and builds the file.
 pub fn load(path: &Path, registry: &Registry) -> anyhow::Result<Table> {
     let text = std::fs::read_to_string(path)?;
-    let cfg: FileConfig = serde_yaml::from_str(&text)?;
-    build(cfg, registry)
+    build(parse(&text)?, registry)
 }
 
 fn mtime(p: &Path) -> Option<(SystemTime, u64)> {
@@ -407,4 +387,68 @@ pub fn watch(
             }
         }
     }))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+endpoints:
+  - name: chest
+    deployments: {blue: {workers: ["127.0.0.1:9"]}}
+clients:
+  - name: radiology
+    endpoints: [chest]
+    keys: {primarySha256: "0000000000000000000000000000000000000000000000000000000000000000"}
+"#;
+
+    #[test]
+    fn defaults_are_the_custom_resources() {
+        let t = build(parse(BASE).unwrap(), &Registry::default()).unwrap();
+        let e = &t.endpoints[0];
+        let crd = RequestSettings::default();
+        assert_eq!(
+            e.timeout,
+            Duration::from_millis(u64::from(crd.request_timeout_ms))
+        );
+        assert_eq!(e.max_body_bytes, crd.max_body_bytes);
+        assert_eq!(e.max_rows, crd.max_rows_per_request);
+        assert_eq!(e.auth, AuthMode::Key);
+        assert_eq!(e.response_format, ResponseFormat::PerRow);
+    }
+
+    #[test]
+    fn an_unknown_field_is_an_error_naming_its_path() {
+        for (typo, path) in [
+            (
+                BASE.replace(
+                    "    deployments:",
+                    "    requestSettings: {requestTimeoutMS: 10}\n    deployments:",
+                ),
+                "endpoints.0.requestSettings.requestTimeoutMS",
+            ),
+            (
+                BASE.replace("    keys:", "    quota: {requestPerMinute: 5}\n    keys:"),
+                "clients.0.quota.requestPerMinute",
+            ),
+            (format!("{BASE}extra: 1\n"), "extra"),
+        ] {
+            let e = parse(&typo).unwrap_err().to_string();
+            assert!(e.contains(path), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_negative_mirror_share_is_refused() {
+        let text = BASE.replace(
+            "    deployments:",
+            "    mirrorTraffic: {deployment: blue, percent: -5}\n    deployments:",
+        );
+        let e = build(parse(&text).unwrap(), &Registry::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mirror percent"), "{e}");
+    }
 }

@@ -15,46 +15,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use medembed_api::ResponseFormat;
-use serde::{Deserialize, Serialize};
 
 use crate::balance::Worker;
 
-/// Limits applied to one client, as the `EmbeddingClient` CRD's `quota`. An
-/// absent limit is no limit.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Quota {
-    /// Most requests per minute.
-    #[serde(default)]
-    pub requests_per_minute: Option<u64>,
-    /// Most images (rows with an image) per minute.
-    #[serde(default)]
-    pub images_per_minute: Option<u64>,
-    /// Most request-body bytes per minute.
-    #[serde(default)]
-    pub bytes_per_minute: Option<u64>,
-    /// Most requests in flight at once.
-    #[serde(default)]
-    pub concurrent_requests: Option<u32>,
-    /// Most rows in one request.
-    #[serde(default)]
-    pub max_rows_per_request: Option<u32>,
-    /// Largest request body in bytes.
-    #[serde(default)]
-    pub max_body_bytes: Option<u64>,
-}
-
-/// How clients of an endpoint authenticate.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum AuthMode {
-    /// `Authorization: Bearer KEY`, matched against the clients' key hashes.
-    #[default]
-    Key,
-    /// `Authorization: Bearer JWT` from an OIDC issuer.
-    Token,
-    /// Anyone who reaches the gateway (development only).
-    Unauthenticated,
-}
+/// A client's limits and an endpoint's auth mode are the custom resources'
+/// own types, in both configuration modes.
+pub use medembed_api::crd::{AuthMode, ClientQuota as Quota};
 
 /// Where the signing keys of a token issuer come from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -23,9 +23,14 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 use medembed_api::crd::{
-    EmbeddingDeployment, EmbeddingEndpoint, ProbeSettings, RequestSettings, DEFAULT_GPU_RESOURCE,
+    generated_key_secret_name, EmbeddingDeployment, EmbeddingEndpoint, ProbeSettings,
+    RequestSettings, DEFAULT_GPU_RESOURCE, ENDPOINT_KEY_ENTRIES,
 };
-use medembed_api::ResponseFormat;
+use medembed_api::workers::{env, WORKER_PORT_NAME};
+pub use medembed_api::workers::{
+    worker_name, DEPLOYMENT_LABEL, ENDPOINT_LABEL, EXIT_MODEL_LOAD, MANAGED_BY,
+};
+use medembed_api::{ResponseFormat, WorkerSettings};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -33,12 +38,6 @@ use crate::Error;
 
 /// The field manager of every server-side apply.
 pub const MANAGER: &str = "medembed-operator";
-/// Label naming the `EmbeddingDeployment` a child belongs to.
-pub const DEPLOYMENT_LABEL: &str = "medembed.io/deployment";
-/// Label naming the `EmbeddingEndpoint` a child belongs to.
-pub const ENDPOINT_LABEL: &str = "medembed.io/endpoint";
-/// `app.kubernetes.io/managed-by` value of every child.
-pub const MANAGED_BY: &str = "medembed-operator";
 /// Pod-template annotation: hash of the worker ConfigMap's data.
 pub const CONFIG_HASH_ANNOTATION: &str = "medembed.io/config-hash";
 /// The worker container's name.
@@ -49,8 +48,6 @@ pub const UTILIZATION_METRIC: &str = "medembed_worker_utilization_percent";
 pub const MODEL_MOUNT: &str = "/var/lib/medembed/model";
 /// Where the worker's caches (TensorRT engines) live.
 pub const CACHE_MOUNT: &str = "/var/cache/medembed";
-/// Exit code of the worker when the model cannot be loaded.
-pub const EXIT_MODEL_LOAD: i32 = 3;
 
 /// Operator-wide settings that shape the children.
 #[derive(Debug, Clone)]
@@ -65,19 +62,9 @@ pub struct WorkerDefaults {
     pub port: u16,
 }
 
-/// Names of an `EmbeddingDeployment`'s children.
-pub fn worker_name(deployment: &str) -> String {
-    format!("{deployment}-worker")
-}
-
 /// Name of the worker ConfigMap.
 pub fn config_name(deployment: &str) -> String {
     format!("{deployment}-worker-config")
-}
-
-/// Name of the generated key Secret of an endpoint.
-pub fn key_secret_name(endpoint: &str) -> String {
-    format!("{endpoint}-keys")
 }
 
 fn owner_of<K: Resource<DynamicType = ()>>(obj: &K) -> Result<OwnerReference, Error> {
@@ -147,55 +134,25 @@ impl EndpointSettings {
     }
 }
 
-/// The worker's settings, as the environment variables the worker reads
-/// (`MEDEMBED_*`, see the worker's configuration).
-pub fn worker_settings(
-    dep: &EmbeddingDeployment,
-    endpoint: &EndpointSettings,
-) -> BTreeMap<String, String> {
+/// The settings of a deployment's workers: its runtime, and its endpoint's
+/// request limits and response format.
+pub fn worker_settings(dep: &EmbeddingDeployment, endpoint: &EndpointSettings) -> WorkerSettings {
     let request = &endpoint.request;
     let rt = &dep.spec.runtime;
-    let mut m = BTreeMap::new();
-    let mut put = |k: &str, v: String| {
-        m.insert(k.to_string(), v);
-    };
-    put(
-        "MEDEMBED_EXECUTION_PROVIDER",
-        rt.execution_provider.as_str().into(),
-    );
-    put("MEDEMBED_SESSIONS", rt.sessions_per_gpu.to_string());
-    put("MEDEMBED_MAX_BATCH_IMAGES", rt.max_batch_size.to_string());
-    put(
-        "MEDEMBED_MAX_BATCH_TEXTS",
-        (rt.max_batch_size.saturating_mul(4)).to_string(),
-    );
-    put(
-        "MEDEMBED_MAX_QUEUE_DELAY_MS",
-        rt.max_queue_delay_ms.to_string(),
-    );
-    put(
-        "MEDEMBED_MAX_CONCURRENT_REQUESTS",
-        rt.max_concurrent_requests.to_string(),
-    );
-    put(
-        "MEDEMBED_REQUEST_TIMEOUT_MS",
-        request.request_timeout_ms.to_string(),
-    );
-    put(
-        "MEDEMBED_MAX_BODY_BYTES",
-        request.max_body_bytes.to_string(),
-    );
-    put(
-        "MEDEMBED_MAX_ROWS",
-        request.max_rows_per_request.to_string(),
-    );
-    put(
-        "MEDEMBED_RESPONSE_FORMAT",
-        endpoint.response_format.as_str().into(),
-    );
-    put("MEDEMBED_TRT_CACHE_DIR", format!("{CACHE_MOUNT}/tensorrt"));
-    put("MEDEMBED_LOG_FORMAT", "json".into());
-    m
+    WorkerSettings {
+        execution_provider: rt.execution_provider,
+        sessions: rt.sessions_per_gpu,
+        max_batch_images: rt.max_batch_size,
+        max_batch_texts: rt.max_batch_size.saturating_mul(4),
+        max_queue_delay_ms: rt.max_queue_delay_ms,
+        max_concurrent_requests: rt.max_concurrent_requests,
+        request_timeout_ms: request.request_timeout_ms,
+        max_body_bytes: request.max_body_bytes,
+        max_rows: request.max_rows_per_request,
+        response_format: endpoint.response_format,
+        trt_cache_dir: format!("{CACHE_MOUNT}/tensorrt"),
+        json_logs: true,
+    }
 }
 
 /// SHA-256 (hex) of a string map, in key order.
@@ -222,14 +179,14 @@ pub fn config_map(
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": meta(&config_name(&name), &ns, &labels, &owner),
-        "data": worker_settings(dep, endpoint),
+        "data": worker_settings(dep, endpoint).to_env(),
     }))?)
 }
 
 fn probe(path: &str, s: Option<&ProbeSettings>) -> Value {
     let s = s.cloned().unwrap_or_default();
     json!({
-        "httpGet": { "path": path, "port": "http" },
+        "httpGet": { "path": path, "port": WORKER_PORT_NAME },
         "initialDelaySeconds": s.initial_delay_seconds.unwrap_or(10),
         "periodSeconds": s.period_seconds.unwrap_or(10),
         "timeoutSeconds": s.timeout_seconds.unwrap_or(2),
@@ -256,7 +213,7 @@ pub fn deployment(
     let spec = &dep.spec;
     let labels = child_labels(&name, &spec.endpoint);
     let owner = owner_of(dep)?;
-    let settings_hash = hash_map(&worker_settings(dep, endpoint));
+    let settings_hash = hash_map(&worker_settings(dep, endpoint).to_env());
 
     // The model volume and where the worker finds the model in it.
     let mut volumes = vec![json!({"name": "cache", "emptyDir": {}})];
@@ -301,9 +258,9 @@ pub fn deployment(
 
     let mut env = vec![
         json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
-        json!({"name": "MEDEMBED_LISTEN", "value": format!("{}:{}", defaults.listen_host, defaults.port)}),
-        json!({"name": "MEDEMBED_MODEL_DIR", "value": model_dir}),
-        json!({"name": "MEDEMBED_TERMINATION_LOG", "value": "/dev/termination-log"}),
+        json!({"name": env::LISTEN, "value": format!("{}:{}", defaults.listen_host, defaults.port)}),
+        json!({"name": env::MODEL_DIR, "value": model_dir}),
+        json!({"name": env::TERMINATION_LOG, "value": "/dev/termination-log"}),
     ];
     env.extend(
         spec.env
@@ -340,7 +297,7 @@ pub fn deployment(
             "image": spec.image.clone().unwrap_or_else(|| defaults.image.clone()),
             "env": env,
             "envFrom": [{"configMapRef": {"name": config_name(&name)}}],
-            "ports": [{"name": "http", "containerPort": defaults.port, "protocol": "TCP"}],
+            "ports": [{"name": WORKER_PORT_NAME, "containerPort": defaults.port, "protocol": "TCP"}],
             "readinessProbe": probe("/readyz", spec.probes.readiness.as_ref()),
             "livenessProbe": probe("/livez", spec.probes.liveness.as_ref()),
             "resources": {"limits": limits, "requests": requests},
@@ -413,7 +370,7 @@ pub fn service(dep: &EmbeddingDeployment, defaults: &WorkerDefaults) -> Result<S
         "metadata": meta(&worker_name(&name), &ns, &labels, &owner),
         "spec": {
             "selector": selector_labels(&name),
-            "ports": [{"name": "http", "port": defaults.port, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [{"name": WORKER_PORT_NAME, "port": defaults.port, "targetPort": WORKER_PORT_NAME, "protocol": "TCP"}],
         },
     }))?)
 }
@@ -485,9 +442,9 @@ pub fn key_secret(ep: &EmbeddingEndpoint, primary: &str, secondary: &str) -> Res
     Ok(serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": meta(&key_secret_name(&name), &ns, &labels, &owner),
+        "metadata": meta(&generated_key_secret_name(&name), &ns, &labels, &owner),
         "type": "Opaque",
-        "stringData": {"primaryKey": primary, "secondaryKey": secondary},
+        "stringData": {ENDPOINT_KEY_ENTRIES[0]: primary, ENDPOINT_KEY_ENTRIES[1]: secondary},
     }))?)
 }
 

@@ -8,29 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use medembed_api::ResponseFormat;
-
-/// Where inference runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ExecutionProvider {
-    /// ONNX Runtime's CPU provider.
-    Cpu,
-    /// NVIDIA CUDA (cuDNN). Fails start-up if it cannot be registered.
-    Cuda,
-    /// NVIDIA TensorRT, with CUDA for unsupported nodes; engines cached on disk.
-    Tensorrt,
-}
-
-impl ExecutionProvider {
-    /// Name used in logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExecutionProvider::Cpu => "cpu",
-            ExecutionProvider::Cuda => "cuda",
-            ExecutionProvider::Tensorrt => "tensorrt",
-        }
-    }
-}
+use medembed_api::workers::env;
+pub use medembed_api::ExecutionProvider;
+use medembed_api::{ResponseFormat, WorkerSettings};
 
 /// Whether to apply the managed service's 512 px + JPEG standardisation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -57,11 +37,11 @@ pub enum LogFormat {
 #[command(name = "medembed-worker", version, about)]
 pub struct WorkerConfig {
     /// Model directory: image and text ONNX graphs, tokenizer.json, medembed-model.json.
-    #[arg(long, env = "MEDEMBED_MODEL_DIR")]
+    #[arg(long, env = env::MODEL_DIR)]
     pub model_dir: PathBuf,
 
     /// Address to listen on.
-    #[arg(long, env = "MEDEMBED_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = env::LISTEN, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
     /// Path of ONNX Runtime's shared library (libonnxruntime.so).
@@ -71,7 +51,7 @@ pub struct WorkerConfig {
     /// Execution provider. A GPU provider that fails to register is a fatal error.
     #[arg(
         long,
-        env = "MEDEMBED_EXECUTION_PROVIDER",
+        env = env::EXECUTION_PROVIDER,
         value_enum,
         default_value = "cpu"
     )]
@@ -84,7 +64,7 @@ pub struct WorkerConfig {
     /// Directory for TensorRT engine and timing caches (persist it across restarts).
     #[arg(
         long,
-        env = "MEDEMBED_TRT_CACHE_DIR",
+        env = env::TRT_CACHE_DIR,
         default_value = "/var/cache/medembed/tensorrt"
     )]
     pub trt_cache_dir: PathBuf,
@@ -94,7 +74,7 @@ pub struct WorkerConfig {
     pub trt_fp16: bool,
 
     /// Inference sessions per tower (each runs one batch at a time; >1 only helps on a GPU with room).
-    #[arg(long, env = "MEDEMBED_SESSIONS", default_value_t = 1)]
+    #[arg(long, env = env::SESSIONS, default_value_t = 1)]
     pub sessions: usize,
 
     /// ONNX Runtime intra-op threads per session (0 = number of CPUs).
@@ -114,16 +94,16 @@ pub struct WorkerConfig {
     pub decode_threads: usize,
 
     /// Largest image batch one inference runs.
-    #[arg(long, env = "MEDEMBED_MAX_BATCH_IMAGES", default_value_t = 16)]
+    #[arg(long, env = env::MAX_BATCH_IMAGES, default_value_t = 16)]
     pub max_batch_images: usize,
 
     /// Largest text batch one inference runs.
-    #[arg(long, env = "MEDEMBED_MAX_BATCH_TEXTS", default_value_t = 64)]
+    #[arg(long, env = env::MAX_BATCH_TEXTS, default_value_t = 64)]
     pub max_batch_texts: usize,
 
     /// Longest a batch waits for more work once it has one item, in milliseconds
     /// (only while more work is known to be on its way).
-    #[arg(long, env = "MEDEMBED_MAX_QUEUE_DELAY_MS", default_value_t = 5)]
+    #[arg(long, env = env::MAX_QUEUE_DELAY_MS, default_value_t = 5)]
     pub max_queue_delay_ms: u64,
 
     /// Most images admitted and not yet answered; beyond it requests get 429.
@@ -135,15 +115,15 @@ pub struct WorkerConfig {
     pub max_queued_texts: usize,
 
     /// Most requests processed at once; beyond it requests get 429.
-    #[arg(long, env = "MEDEMBED_MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
+    #[arg(long, env = env::MAX_CONCURRENT_REQUESTS, default_value_t = 256)]
     pub max_concurrent_requests: usize,
 
     /// Default time budget of a request in milliseconds, when the gateway sets none.
-    #[arg(long, env = "MEDEMBED_REQUEST_TIMEOUT_MS", default_value_t = 60_000)]
+    #[arg(long, env = env::REQUEST_TIMEOUT_MS, default_value_t = 60_000)]
     pub request_timeout_ms: u64,
 
     /// Largest request body in bytes (413 beyond).
-    #[arg(long, env = "MEDEMBED_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    #[arg(long, env = env::MAX_BODY_BYTES, default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
     /// Most request-body bytes held across all requests at once, from reading
@@ -154,7 +134,7 @@ pub struct WorkerConfig {
     pub max_buffered_bytes: usize,
 
     /// Most rows one request may carry.
-    #[arg(long, env = "MEDEMBED_MAX_ROWS", default_value_t = 1024)]
+    #[arg(long, env = env::MAX_ROWS, default_value_t = 1024)]
     pub max_rows: usize,
 
     /// Most pixels (width × height) a decoded image may have.
@@ -175,7 +155,7 @@ pub struct WorkerConfig {
     /// object with a list of vectors per field, as its documentation shows).
     /// The gateway's `x-medembed-response-format` header, when present, takes
     /// precedence (it carries the endpoint's setting).
-    #[arg(long, env = "MEDEMBED_RESPONSE_FORMAT", default_value = "PerRow")]
+    #[arg(long, env = env::RESPONSE_FORMAT, default_value = "PerRow")]
     pub response_format: ResponseFormat,
 
     /// Seconds to finish accepted requests after SIGTERM before exiting.
@@ -183,7 +163,7 @@ pub struct WorkerConfig {
     pub shutdown_grace_seconds: u64,
 
     /// Log format.
-    #[arg(long, env = "MEDEMBED_LOG_FORMAT", value_enum, default_value = "json")]
+    #[arg(long, env = env::LOG_FORMAT, value_enum, default_value = "json")]
     pub log_format: LogFormat,
 }
 
@@ -196,6 +176,27 @@ impl WorkerConfig {
         cfg.model_dir = model_dir;
         cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         cfg
+    }
+
+    /// The settings the operator controls ([`WorkerSettings`]), as this
+    /// configuration has them.
+    pub fn settings(&self) -> WorkerSettings {
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        let ms = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        WorkerSettings {
+            execution_provider: self.execution_provider,
+            sessions: n(self.sessions),
+            max_batch_images: n(self.max_batch_images),
+            max_batch_texts: n(self.max_batch_texts),
+            max_queue_delay_ms: ms(self.max_queue_delay_ms),
+            max_concurrent_requests: n(self.max_concurrent_requests),
+            request_timeout_ms: ms(self.request_timeout_ms),
+            max_body_bytes: self.max_body_bytes as u64,
+            max_rows: n(self.max_rows),
+            response_format: self.response_format,
+            trt_cache_dir: self.trt_cache_dir.display().to_string(),
+            json_logs: self.log_format == LogFormat::Json,
+        }
     }
 
     /// Default request time budget.
@@ -251,5 +252,43 @@ impl WorkerConfig {
             return Err("--max-buffered-bytes must be at least --max-body-bytes".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// What the operator renders ([`WorkerSettings::to_env`]) is what the
+    /// worker reads: every variable is one of the worker's flags, and
+    /// parsing them gives the same settings back.
+    #[test]
+    fn the_operators_settings_round_trip() {
+        let want = WorkerSettings {
+            execution_provider: ExecutionProvider::Cuda,
+            sessions: 2,
+            max_batch_images: 32,
+            max_batch_texts: 128,
+            max_queue_delay_ms: 7,
+            max_concurrent_requests: 99,
+            request_timeout_ms: 9000,
+            max_body_bytes: 1 << 20,
+            max_rows: 10,
+            response_format: ResponseFormat::Documented,
+            trt_cache_dir: "/var/cache/medembed/tensorrt".into(),
+            json_logs: false,
+        };
+        let cmd = WorkerConfig::command();
+        let mut args = vec!["medembed-worker".to_string(), "--model-dir=.".into()];
+        for (name, value) in want.to_env() {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_env().is_some_and(|e| e == name.as_str()))
+                .unwrap_or_else(|| panic!("no flag reads {name}"));
+            args.push(format!("--{}={value}", arg.get_long().unwrap()));
+        }
+        let cfg = WorkerConfig::try_parse_from(args).unwrap();
+        assert_eq!(cfg.settings(), want);
     }
 }

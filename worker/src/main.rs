@@ -6,10 +6,6 @@ use medembed_worker::config::LogFormat;
 use medembed_worker::WorkerConfig;
 use tracing_subscriber::EnvFilter;
 
-/// Exit code when the model cannot be loaded (the pod's termination message
-/// carries the reason, for the operator to report as ModelLoadFailed).
-const EXIT_MODEL_LOAD: i32 = 3;
-
 fn init_logging(format: LogFormat) {
     let filter =
         EnvFilter::try_from_env("MEDEMBED_LOG").unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
@@ -94,10 +90,11 @@ fn main() {
         let msg = format!("{e:#}");
         tracing::error!(error = %msg, "worker failed");
         // Kubernetes shows this file's content as the container's termination
-        // message; the operator turns it into a status reason.
-        let path = std::env::var("MEDEMBED_TERMINATION_LOG")
+        // message; with the exit code, the operator turns it into a status
+        // reason (ModelLoadFailed).
+        let path = std::env::var(medembed_api::workers::env::TERMINATION_LOG)
             .unwrap_or_else(|_| "/dev/termination-log".into());
         let _ = std::fs::write(path, &msg);
-        std::process::exit(EXIT_MODEL_LOAD);
+        std::process::exit(medembed_api::workers::EXIT_MODEL_LOAD);
     }
 }

@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::Condition;
+use crate::ExecutionProvider;
 
 /// A deployment: one model on a set of workers, behind an endpoint.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -162,30 +163,6 @@ pub struct UrlModelSource {
     /// Size of the cache volume the archive is unpacked into (default 20Gi).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_size: Option<Quantity>,
-}
-
-/// Execution providers of the worker.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ExecutionProvider {
-    /// ONNX Runtime's CPU provider.
-    #[default]
-    Cpu,
-    /// NVIDIA CUDA.
-    Cuda,
-    /// NVIDIA TensorRT (engines cached on disk).
-    Tensorrt,
-}
-
-impl ExecutionProvider {
-    /// The name the worker's `MEDEMBED_EXECUTION_PROVIDER` takes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExecutionProvider::Cpu => "cpu",
-            ExecutionProvider::Cuda => "cuda",
-            ExecutionProvider::Tensorrt => "tensorrt",
-        }
-    }
 }
 
 /// How the worker runs the model.

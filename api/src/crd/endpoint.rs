@@ -96,6 +96,19 @@ pub struct EmbeddingEndpointSpec {
     pub response_format: ResponseFormat,
 }
 
+/// Data keys of an endpoint's key Secret: the primary and the secondary key,
+/// each the exact string a client sends as `Authorization: Bearer KEY`.
+pub const ENDPOINT_KEY_ENTRIES: [&str; 2] = ["primaryKey", "secondaryKey"];
+
+/// Data key of the key set in a `token.jwksConfigMap` ConfigMap.
+pub const JWKS_CONFIG_MAP_KEY: &str = "jwks.json";
+
+/// Name of the key Secret the operator generates for endpoint `endpoint`
+/// when `auth.keySecretName` is absent.
+pub fn generated_key_secret_name(endpoint: &str) -> String {
+    format!("{endpoint}-keys")
+}
+
 /// How clients of an endpoint authenticate.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

@@ -81,7 +81,7 @@ async fn ensure_keys(
     ns: &str,
 ) -> Result<(Option<String>, Option<String>), Error> {
     let secrets = ctx.api::<Secret>(ns);
-    let generated = resources::key_secret_name(&ep.name_any());
+    let generated = medembed_api::crd::generated_key_secret_name(&ep.name_any());
     let wants_generated =
         ep.spec.auth.mode == AuthMode::Key && ep.spec.auth.key_secret_name.is_none();
     if wants_generated {
@@ -133,8 +133,8 @@ async fn ensure_keys(
                 None => Some(format!("Secret {name} not found")),
                 Some(s) => {
                     let data = s.data.unwrap_or_default();
-                    (!data.contains_key("primaryKey"))
-                        .then(|| format!("Secret {name} has no primaryKey"))
+                    let primary = medembed_api::crd::ENDPOINT_KEY_ENTRIES[0];
+                    (!data.contains_key(primary)).then(|| format!("Secret {name} has no {primary}"))
                 }
             };
             Ok((Some(name.clone()), problem))

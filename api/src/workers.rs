@@ -1,0 +1,185 @@
+//! What the operator, the worker and the gateway agree on about workers:
+//!
+//! - [`WorkerSettings`]: the settings the operator gives a worker, rendered
+//!   into the environment variables the worker reads ([`env`]); a worker
+//!   test parses what [`WorkerSettings::to_env`] renders and gets the same
+//!   settings back;
+//! - [`ExecutionProvider`], one type for the CRD field and the worker's flag;
+//! - the worker's exit codes, which the operator turns into status reasons;
+//! - the names and labels of a deployment's children, which the gateway
+//!   discovers workers by.
+
+use std::collections::BTreeMap;
+
+use crate::ResponseFormat;
+
+/// Where inference runs.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    /// ONNX Runtime's CPU provider.
+    #[default]
+    Cpu,
+    /// NVIDIA CUDA (cuDNN). A worker fails start-up if it cannot register it.
+    Cuda,
+    /// NVIDIA TensorRT, with CUDA for unsupported nodes; engines cached on disk.
+    Tensorrt,
+}
+
+impl ExecutionProvider {
+    /// The name in specs, flags, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionProvider::Cpu => "cpu",
+            ExecutionProvider::Cuda => "cuda",
+            ExecutionProvider::Tensorrt => "tensorrt",
+        }
+    }
+}
+
+/// Exit code of a worker whose model could not be loaded (the operator
+/// reports `ModelLoadFailed`).
+pub const EXIT_MODEL_LOAD: i32 = 3;
+
+/// Label naming the `EmbeddingDeployment` a child (Deployment, Service, pod,
+/// and so the Service's EndpointSlices) belongs to.
+pub const DEPLOYMENT_LABEL: &str = "medembed.io/deployment";
+/// Label naming the `EmbeddingEndpoint` a child belongs to.
+pub const ENDPOINT_LABEL: &str = "medembed.io/endpoint";
+/// `app.kubernetes.io/managed-by` value of every child.
+pub const MANAGED_BY: &str = "medembed-operator";
+/// Name of the worker Service's (and container's) HTTP port.
+pub const WORKER_PORT_NAME: &str = "http";
+
+/// Name of the worker Deployment and Service of an `EmbeddingDeployment`.
+pub fn worker_name(deployment: &str) -> String {
+    format!("{deployment}-worker")
+}
+
+/// The environment variables a worker reads its settings from.
+pub mod env {
+    /// [`super::WorkerSettings::execution_provider`].
+    pub const EXECUTION_PROVIDER: &str = "MEDEMBED_EXECUTION_PROVIDER";
+    /// [`super::WorkerSettings::sessions`].
+    pub const SESSIONS: &str = "MEDEMBED_SESSIONS";
+    /// [`super::WorkerSettings::max_batch_images`].
+    pub const MAX_BATCH_IMAGES: &str = "MEDEMBED_MAX_BATCH_IMAGES";
+    /// [`super::WorkerSettings::max_batch_texts`].
+    pub const MAX_BATCH_TEXTS: &str = "MEDEMBED_MAX_BATCH_TEXTS";
+    /// [`super::WorkerSettings::max_queue_delay_ms`].
+    pub const MAX_QUEUE_DELAY_MS: &str = "MEDEMBED_MAX_QUEUE_DELAY_MS";
+    /// [`super::WorkerSettings::max_concurrent_requests`].
+    pub const MAX_CONCURRENT_REQUESTS: &str = "MEDEMBED_MAX_CONCURRENT_REQUESTS";
+    /// [`super::WorkerSettings::request_timeout_ms`].
+    pub const REQUEST_TIMEOUT_MS: &str = "MEDEMBED_REQUEST_TIMEOUT_MS";
+    /// [`super::WorkerSettings::max_body_bytes`].
+    pub const MAX_BODY_BYTES: &str = "MEDEMBED_MAX_BODY_BYTES";
+    /// [`super::WorkerSettings::max_rows`].
+    pub const MAX_ROWS: &str = "MEDEMBED_MAX_ROWS";
+    /// [`super::WorkerSettings::response_format`].
+    pub const RESPONSE_FORMAT: &str = "MEDEMBED_RESPONSE_FORMAT";
+    /// [`super::WorkerSettings::trt_cache_dir`].
+    pub const TRT_CACHE_DIR: &str = "MEDEMBED_TRT_CACHE_DIR";
+    /// [`super::WorkerSettings::json_logs`] (`json` or `text`).
+    pub const LOG_FORMAT: &str = "MEDEMBED_LOG_FORMAT";
+    /// The model directory (set on the pod, not part of the settings).
+    pub const MODEL_DIR: &str = "MEDEMBED_MODEL_DIR";
+    /// The listen address (set on the pod, not part of the settings).
+    pub const LISTEN: &str = "MEDEMBED_LISTEN";
+    /// Where the failure message goes on a fatal error (the container's
+    /// termination message).
+    pub const TERMINATION_LOG: &str = "MEDEMBED_TERMINATION_LOG";
+}
+
+/// The settings the operator gives each worker of a deployment (from the
+/// deployment's runtime and its endpoint's request settings and response
+/// format).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSettings {
+    /// Where inference runs.
+    pub execution_provider: ExecutionProvider,
+    /// Inference sessions per tower.
+    pub sessions: u32,
+    /// Largest image batch one inference runs.
+    pub max_batch_images: u32,
+    /// Largest text batch one inference runs.
+    pub max_batch_texts: u32,
+    /// Longest a batch waits for more work, in milliseconds.
+    pub max_queue_delay_ms: u32,
+    /// Most requests processed at once.
+    pub max_concurrent_requests: u32,
+    /// Default time budget of a request, in milliseconds.
+    pub request_timeout_ms: u32,
+    /// Largest request body in bytes.
+    pub max_body_bytes: u64,
+    /// Most rows per request.
+    pub max_rows: u32,
+    /// The JSON shape of a successful answer.
+    pub response_format: ResponseFormat,
+    /// Directory of the TensorRT engine cache.
+    pub trt_cache_dir: String,
+    /// JSON log lines (else human-readable text).
+    pub json_logs: bool,
+}
+
+impl WorkerSettings {
+    /// The settings as environment variables ([`env`]), in name order.
+    pub fn to_env(&self) -> BTreeMap<String, String> {
+        let pairs: [(&str, String); 12] = [
+            (
+                env::EXECUTION_PROVIDER,
+                self.execution_provider.as_str().into(),
+            ),
+            (env::SESSIONS, self.sessions.to_string()),
+            (env::MAX_BATCH_IMAGES, self.max_batch_images.to_string()),
+            (env::MAX_BATCH_TEXTS, self.max_batch_texts.to_string()),
+            (env::MAX_QUEUE_DELAY_MS, self.max_queue_delay_ms.to_string()),
+            (
+                env::MAX_CONCURRENT_REQUESTS,
+                self.max_concurrent_requests.to_string(),
+            ),
+            (env::REQUEST_TIMEOUT_MS, self.request_timeout_ms.to_string()),
+            (env::MAX_BODY_BYTES, self.max_body_bytes.to_string()),
+            (env::MAX_ROWS, self.max_rows.to_string()),
+            (env::RESPONSE_FORMAT, self.response_format.as_str().into()),
+            (env::TRT_CACHE_DIR, self.trt_cache_dir.clone()),
+            (
+                env::LOG_FORMAT,
+                if self.json_logs { "json" } else { "text" }.into(),
+            ),
+        ];
+        pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_has_its_own_variable() {
+        let s = WorkerSettings {
+            execution_provider: ExecutionProvider::Tensorrt,
+            sessions: 2,
+            max_batch_images: 32,
+            max_batch_texts: 128,
+            max_queue_delay_ms: 7,
+            max_concurrent_requests: 99,
+            request_timeout_ms: 9000,
+            max_body_bytes: 1 << 20,
+            max_rows: 10,
+            response_format: ResponseFormat::Documented,
+            trt_cache_dir: "/cache/trt".into(),
+            json_logs: true,
+        };
+        let env = s.to_env();
+        assert_eq!(env.len(), 12);
+        assert_eq!(env[env::EXECUTION_PROVIDER], "tensorrt");
+        assert_eq!(env[env::RESPONSE_FORMAT], "Documented");
+        assert_eq!(env[env::LOG_FORMAT], "json");
+        assert!(env.keys().all(|k| k.starts_with("MEDEMBED_")));
+        assert_eq!(worker_name("blue"), "blue-worker");
+    }
+}
