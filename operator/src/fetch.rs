@@ -6,16 +6,12 @@
 //! unpacks it (tar, optionally gzip-compressed; entries that would land
 //! outside the destination are refused by `tar`'s `unpack`) and writes a
 //! marker with the hash, so that a restarted pod with the same volume skips
-//! the download. HTTPS uses the system's trust roots; up to five redirects
-//! are followed.
+//! the download. HTTPS uses the system's trust roots (rustls); up to five
+//! redirects are followed (reqwest).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
 
 /// The marker file holding the SHA-256 of the unpacked archive.
@@ -79,69 +75,68 @@ pub async fn fetch(url: &str, sha256: &str, dest: &Path) -> Result<bool, FetchEr
     Ok(true)
 }
 
+/// Most redirects followed.
+const MAX_REDIRECTS: usize = 5;
+
 async fn download(url: &str, to: &Path) -> Result<String, FetchError> {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .map_err(|e| FetchError::Http(format!("loading the system's trust roots: {e}")))?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
-    let mut uri: http::Uri = url.parse().map_err(|e| FetchError::Url(format!("{e}")))?;
-    for _ in 0..6 {
-        if !matches!(uri.scheme_str(), Some("http") | Some("https")) {
-            return Err(FetchError::Url(
-                "only http and https URLs are supported".into(),
-            ));
-        }
-        let resp = client
-            .get(uri.clone())
-            .await
-            .map_err(|e| FetchError::Http(format!("{e}")))?;
-        let status = resp.status();
-        if status.is_redirection() {
-            let loc = resp
-                .headers()
-                .get(http::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| FetchError::Http(format!("{status} without a Location")))?;
-            uri = resolve(&uri, loc)?;
-            continue;
-        }
-        if !status.is_success() {
-            return Err(FetchError::Http(format!("server answered {status}")));
-        }
-        let mut file = std::fs::File::create(to).map_err(io("creating the download file"))?;
-        let mut hasher = Sha256::new();
-        let mut body = resp.into_body();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| FetchError::Http(format!("{e}")))?;
-            if let Some(data) = frame.data_ref() {
-                hasher.update(data);
-                file.write_all(data).map_err(io("writing the download"))?;
-            }
-        }
-        file.sync_all().map_err(io("flushing the download"))?;
-        return Ok(hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect());
+    let parsed = reqwest::Url::parse(url).map_err(|e| FetchError::Url(format!("{e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(FetchError::Url(
+            "only http and https URLs are supported".into(),
+        ));
     }
-    Err(FetchError::Http("too many redirects".into()))
+    // rustls with the system's trust roots (a hospital's own CA is
+    // installed there); redirects followed by the client, within a bound.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+        .build()
+        .map_err(|e| FetchError::Http(format!("building the HTTP client: {e}")))?;
+    let mut resp = client
+        .get(parsed)
+        .send()
+        .await
+        .map_err(|e| FetchError::Http(describe(&e)))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(FetchError::Http(format!("server answered {status}")));
+    }
+    let mut file = std::fs::File::create(to).map_err(io("creating the download file"))?;
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| FetchError::Http(describe(&e)))?
+    {
+        hasher.update(&chunk);
+        file.write_all(&chunk).map_err(io("writing the download"))?;
+    }
+    file.sync_all().map_err(io("flushing the download"))?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
-fn resolve(base: &http::Uri, location: &str) -> Result<http::Uri, FetchError> {
-    if location.starts_with("http://") || location.starts_with("https://") {
-        return location
-            .parse()
-            .map_err(|e| FetchError::Url(format!("{e}")));
+/// An HTTP client error without the URL (which may carry credentials in its
+/// query string).
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_redirect() {
+        "too many redirects"
+    } else if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "transfer failed"
+    };
+    let mut msg = kind.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg = format!("{msg}: {s}");
+        source = s.source();
     }
-    let scheme = base.scheme_str().unwrap_or("https");
-    let authority = base.authority().map(|a| a.as_str()).unwrap_or("");
-    format!("{scheme}://{authority}{location}")
-        .parse()
-        .map_err(|e| FetchError::Url(format!("{e}")))
+    msg
 }
 
 fn unpack(archive: &Path, dest: &Path) -> Result<(), FetchError> {
@@ -164,6 +159,7 @@ fn unpack(archive: &Path, dest: &Path) -> Result<(), FetchError> {
 mod tests {
     use super::*;
     use http_body_util::Full;
+    use hyper::body::Bytes;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
 
@@ -196,11 +192,16 @@ mod tests {
                         let body = body.clone();
                         async move {
                             let mut r = http::Response::new(Full::new(Bytes::from(body)));
-                            if req.uri().path() == "/old" {
+                            let path = req.uri().path();
+                            if path == "/old" || path == "/loop" {
                                 *r.status_mut() = http::StatusCode::FOUND;
                                 r.headers_mut().insert(
                                     "location",
-                                    http::HeaderValue::from_static("/m.tar.gz"),
+                                    http::HeaderValue::from_static(if path == "/old" {
+                                        "/m.tar.gz"
+                                    } else {
+                                        "/loop"
+                                    }),
                                 );
                             } else if req.uri().path() != "/m.tar.gz" {
                                 *r.status_mut() = http::StatusCode::NOT_FOUND;
@@ -245,6 +246,21 @@ mod tests {
         assert!(matches!(
             fetch(&missing, &sum, other.path()).await,
             Err(FetchError::Http(_))
+        ));
+        // A redirect loop ends, with an error that does not repeat the URL.
+        let looping = format!("http://{addr}/loop?token=secret");
+        match fetch(&looping, &sum, other.path()).await {
+            Err(FetchError::Http(m)) => {
+                assert!(
+                    m.contains("too many redirects") && !m.contains("secret"),
+                    "{m}"
+                )
+            }
+            r => panic!("expected too many redirects, got {r:?}"),
+        }
+        assert!(matches!(
+            fetch("ftp://example.org/m.tar.gz", &sum, other.path()).await,
+            Err(FetchError::Url(_))
         ));
     }
 }
