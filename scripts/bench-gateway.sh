@@ -20,13 +20,7 @@ RATE="${RATE:-1000}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-15}"
 OUT="${OUT:-tests/bench/results/gateway.md}"
 
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need nginx || ! need wrk; then
-  log "installing nginx-light and wrk (Debian)"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-  $SUDO apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q nginx-light wrk >/dev/null
-fi
+scripts/host-packages.sh nginx-light wrk
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 
 log "building the gateway and the load generator (release)"

@@ -12,8 +12,8 @@ eval "$(scripts/python-env.sh --exports)"
 eval "$(scripts/test-model.sh --exports)"
 log "building the control plane (cached)"
 export MEDEMBED_CLUSTER_BIN="$(scripts/cluster-build.sh)"
-log "building the operator, gateway, worker and the demo"
-# The same package set the demo itself asks cargo for, so that is a no-op.
-cargo build -p medembed-worker -p medembed-operator -p medembed-gateway --bins
-cargo build -p medembed-e2e --bin medembed-demo
+log "building the workspace (one cargo build, shared with scripts/test.sh)"
+# The package set and targets of `cargo test --workspace`: the demo's own
+# lookup of the binaries is then a no-op, and so is the tests' build.
+cargo build --workspace --all-targets
 exec "${CARGO_TARGET_DIR:-target}/debug/medembed-demo" "$@"

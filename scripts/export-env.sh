@@ -9,20 +9,7 @@
 #   eval "$(scripts/export-env.sh --exports)"   # sets MEDEMBED_EXPORT_PYTHON
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-req="$MEDEMBED_ROOT/scripts/export-requirements.txt"
-key="$(hash_of "$req")-py$(python3 -c 'import sys; print("%d%d" % sys.version_info[:2])')"
-venv="$MEDEMBED_CACHE/export-venv-$key"
-
-build() {
-  [ -x "$venv/bin/python" ] && [ -f "$venv/.complete" ] && return 0
-  log "creating the model-export Python environment $venv (first run only; torch is large)"
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check --upgrade pip >&2
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req" >&2
-  touch "$venv/.complete"
-}
-with_lock "export-venv-$key" build
+venv="$(cached_venv export-venv "$MEDEMBED_ROOT/scripts/export-requirements.txt" "model-export (torch is large)")"
 
 if [ "${1:-}" = "--exports" ]; then
   echo "export MEDEMBED_EXPORT_PYTHON='$venv/bin/python'"

@@ -26,24 +26,35 @@ with_lock() {
   ) 9>"$MEDEMBED_CACHE/locks/$name.lock"
 }
 
-# bench_baseline_venv : creates (first run only) and prints the path of the
-# benchmarks' baseline Python environment: the managed service's serving stack
-# (azureml-inference-server-http) with tests/bench/baseline/requirements.txt,
-# keyed by that file and the Python version. Used by bench-worker.sh and
-# bench-full-model.sh.
-bench_baseline_venv() {
-  local req="$MEDEMBED_ROOT/tests/bench/baseline/requirements.txt" key venv
-  key="$(hash_of "$req")-py$(python3 -c 'import sys; print("%d%d" % sys.version_info[:2])')"
-  venv="$MEDEMBED_CACHE/bench-baseline-venv-$key"
-  _build_baseline_venv() {
-    [ -x "$venv/bin/azmlinfsrv" ] && [ -f "$venv/.complete" ] && return 0
-    log "creating the baseline's Python environment $venv (first run only)"
+# python_tag : the running python3's major and minor version, as "py311".
+python_tag() { python3 -c 'import sys; print("py%d%d" % sys.version_info[:2])'; }
+
+# cached_venv PREFIX REQUIREMENTS [WHAT] : creates (first run only, under a
+# lock) and prints the path of the Python environment
+# $MEDEMBED_CACHE/PREFIX-<hash of REQUIREMENTS>-<python version> with exactly
+# REQUIREMENTS installed. A half-built environment (no .complete marker) is
+# rebuilt. WHAT names it in the log line.
+cached_venv() {
+  local prefix="$1" req="$2" what="${3:-$1}" key venv
+  key="$(hash_of "$req")-$(python_tag)"
+  venv="$MEDEMBED_CACHE/$prefix-$key"
+  _build_venv() {
+    [ -x "$venv/bin/python" ] && [ -f "$venv/.complete" ] && return 0
+    log "creating the $what Python environment $venv (first run only)"
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check --upgrade pip >&2
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req" >&2
     touch "$venv/.complete"
   }
-  with_lock "bench-baseline-venv-$key" _build_baseline_venv
+  with_lock "$prefix-$key" _build_venv
   printf '%s\n' "$venv"
+}
+
+# bench_baseline_venv : the benchmarks' baseline environment: the managed
+# service's serving stack (azureml-inference-server-http) with
+# tests/bench/baseline/requirements.txt. Used by bench-worker.sh and
+# bench-full-model.sh.
+bench_baseline_venv() {
+  cached_venv bench-baseline-venv "$MEDEMBED_ROOT/tests/bench/baseline/requirements.txt" "benchmark baseline"
 }

@@ -4,18 +4,13 @@
 //! worker binary on the TEST MODEL (random weights: embeddings mean nothing),
 //! and helpers to build specs and wait.
 //!
-//! The worker binary: `CARGO_BIN_EXE_*` only exists for a package's own
-//! binaries, so the harness runs `cargo build -p medembed-worker --bin
-//! medembed-worker --message-format=json` once per test process (with the
-//! same cargo and target directory as the test build; a no-op when `cargo
-//! test --workspace` already built it) and takes the path cargo reports.
-//! `MEDEMBED_WORKER_BIN` overrides it.
+//! The worker binary, ONNX Runtime and the TEST MODEL come from
+//! `medembed_testsupport::repo` (`MEDEMBED_WORKER_BIN` overrides the binary).
 
 #![allow(dead_code, missing_docs)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -26,59 +21,14 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use medembed_operator::{crdgen, OperatorConfig, RunningOperator};
 use medembed_testsupport::node::AGENT_LABEL;
-use medembed_testsupport::{wait, AgentConfig, ControlPlane, NodeAgent, NodeSpec, TestNamespace};
+use medembed_testsupport::{
+    repo, wait, AgentConfig, ControlPlane, NodeAgent, NodeSpec, TestNamespace,
+};
 use serde_json::{json, Value};
 
 pub const STEP: Duration = Duration::from_millis(200);
 pub const WORKER_IMAGE: &str = "medembed/worker:test";
 pub const CRASH_IMAGE: &str = "medembed/crasher:test";
-
-fn exports(script: &Path) -> Vec<(String, String)> {
-    medembed_testsupport::repo::script_exports(script).unwrap_or_else(|e| panic!("{e}"))
-}
-
-pub struct Paths {
-    pub repo: PathBuf,
-    pub worker: PathBuf,
-    pub ort_library: PathBuf,
-    pub model_dir: PathBuf,
-}
-
-/// The worker binary, ONNX Runtime's library and the TEST MODEL (built once,
-/// cached outside the repository).
-pub fn paths() -> &'static Paths {
-    static P: OnceLock<Paths> = OnceLock::new();
-    P.get_or_init(|| {
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut vars = exports(&repo.join("scripts/python-env.sh"));
-        vars.extend(exports(&repo.join("scripts/test-model.sh")));
-        let get = |k: &str| {
-            PathBuf::from(
-                vars.iter()
-                    .find(|(n, _)| n == k)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_else(|| panic!("{k} not exported")),
-            )
-        };
-        let worker = match std::env::var_os("MEDEMBED_WORKER_BIN") {
-            Some(p) => PathBuf::from(p),
-            None => build_worker(&repo),
-        };
-        Paths {
-            worker,
-            ort_library: get("ORT_DYLIB_PATH"),
-            model_dir: get("MEDEMBED_TEST_MODEL"),
-            repo,
-        }
-    })
-}
-
-fn build_worker(repo: &Path) -> PathBuf {
-    medembed_testsupport::repo::cargo_bins(repo, &["medembed-worker"])
-        .expect("building medembed-worker")
-        .remove("medembed-worker")
-        .expect("cargo reported the worker executable")
-}
 
 pub struct Env {
     pub agent: NodeAgent,
@@ -107,7 +57,7 @@ pub fn init_tracing() {
 /// `nodes` (name suffix, GPUs).
 pub async fn setup(prefix: &str, nodes: &[(&str, u32)]) -> Env {
     init_tracing();
-    let p = paths();
+    let setup = repo::setup();
     let t = std::time::Instant::now();
     let cp = ControlPlane::start().await.expect("control plane starts");
     eprintln!("control plane ready in {:?}", t.elapsed());
@@ -123,11 +73,11 @@ pub async fn setup(prefix: &str, nodes: &[(&str, u32)]) -> Env {
     let op_client = operator_client(&cp, &admin, &op_ns).await;
 
     let mut config = AgentConfig::new(ns.name().to_string())
-        .image("medembed/worker", &p.worker)
+        .image("medembed/worker", repo::bin("medembed-worker"))
         .image("medembed/crasher", "/bin/false")
         .env(
             "ORT_DYLIB_PATH",
-            p.ort_library.to_string_lossy().into_owned(),
+            setup.ort_library.to_string_lossy().into_owned(),
         )
         .env("MEDEMBED_LOG", "warn")
         .backoff(Duration::from_millis(300), Duration::from_secs(2));
@@ -145,7 +95,7 @@ pub async fn setup(prefix: &str, nodes: &[(&str, u32)]) -> Env {
         .expect("tempdir");
     for v in ["v1", "v2"] {
         let dst = models.path().join(v);
-        copy_dir(&p.model_dir, &dst);
+        copy_dir(&setup.model_dir, &dst);
     }
     std::fs::create_dir_all(models.path().join("empty")).expect("empty model dir");
     Env {

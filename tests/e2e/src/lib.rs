@@ -39,48 +39,22 @@ pub struct Paths {
     pub model_dir: PathBuf,
 }
 
-fn exports(script: &Path) -> Vec<(String, String)> {
-    repo::script_exports(script).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Builds (a no-op after `cargo test --workspace` built them) the operator,
-/// gateway and worker binaries, and returns their paths.
-fn build_bins(repo: &Path) -> HashMap<String, PathBuf> {
-    repo::cargo_bins(
-        repo,
-        &["medembed-worker", "medembed-operator", "medembed-gateway"],
-    )
-    .expect("building the binaries")
-}
-
-/// Everything the system needs, built or found once per process.
+/// Everything the system needs, built or found once per process (the
+/// repository's setup and binaries: `medembed_testsupport::repo`).
 pub fn paths() -> &'static Paths {
     static P: OnceLock<Paths> = OnceLock::new();
     P.get_or_init(|| {
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../..")
-            .canonicalize()
-            .expect("repo root");
-        let mut vars = exports(&repo.join("scripts/python-env.sh"));
-        vars.extend(exports(&repo.join("scripts/test-model.sh")));
-        let get = |k: &str| {
-            PathBuf::from(
-                vars.iter()
-                    .find(|(n, _)| n == k)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_else(|| panic!("{k} not exported")),
-            )
-        };
-        let bins = build_bins(&repo);
-        for b in ["medembed-worker", "medembed-operator", "medembed-gateway"] {
-            assert!(bins.contains_key(b), "cargo did not report {b}");
-        }
+        let setup = repo::setup();
+        let bins = ["medembed-worker", "medembed-operator", "medembed-gateway"]
+            .into_iter()
+            .map(|b| (b.to_string(), repo::bin(b)))
+            .collect();
         Paths {
-            chart: repo.join("charts/medembed"),
+            repo: repo::root().to_path_buf(),
+            chart: repo::root().join("charts/medembed"),
             bins,
-            ort_library: get("ORT_DYLIB_PATH"),
-            model_dir: get("MEDEMBED_TEST_MODEL"),
-            repo,
+            ort_library: setup.ort_library.clone(),
+            model_dir: setup.model_dir.clone(),
         }
     })
 }

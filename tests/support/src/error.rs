@@ -25,9 +25,11 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The kubeconfig could not be loaded.
+    #[cfg(feature = "cluster")]
     #[error("kubeconfig: {0}")]
     Kubeconfig(#[from] kube::config::KubeconfigError),
     /// A Kubernetes API call failed.
+    #[cfg(feature = "cluster")]
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     /// A bounded wait ran out of time.

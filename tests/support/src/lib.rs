@@ -1,6 +1,9 @@
-//! Test support for medembed: a **real** Kubernetes control plane on this
-//! machine, and a node agent that stands in for the kubelet by running pods as
-//! local processes.
+//! Test support for medembed. For every crate's tests, [`repo`]: the
+//! repository's setup (ONNX Runtime, the Python environment, the TEST MODEL)
+//! and its binaries, found or built once per test process. With the
+//! `cluster` feature (default): a **real** Kubernetes control plane on this
+//! machine, and a node agent that stands in for the kubelet by running pods
+//! as local processes.
 //!
 //! - [`ControlPlane`] starts etcd, kube-apiserver, kube-controller-manager and
 //!   kube-scheduler (built from their Go modules by `scripts/cluster-build.sh`,
@@ -25,15 +28,21 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "cluster")]
 mod cluster;
 mod error;
+#[cfg(feature = "cluster")]
 pub mod http;
+#[cfg(feature = "cluster")]
 pub mod node;
 pub mod repo;
+#[cfg(feature = "cluster")]
 pub mod wait;
 
+#[cfg(feature = "cluster")]
 pub use cluster::{ControlPlane, TestNamespace};
 pub use error::Error;
+#[cfg(feature = "cluster")]
 pub use node::{AgentConfig, NodeAgent, NodeSpec, ProcessInfo};
 
 /// Result with this crate's [`Error`].

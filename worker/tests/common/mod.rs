@@ -5,12 +5,13 @@
 
 #![allow(dead_code, missing_docs)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use base64::Engine;
+use medembed_testsupport::repo;
 use medembed_worker::{RunningWorker, WorkerConfig};
 
 pub struct TestEnv {
@@ -20,43 +21,17 @@ pub struct TestEnv {
     pub repo: PathBuf,
 }
 
-fn exports(script: &Path) -> Vec<(String, String)> {
-    let out = Command::new("bash")
-        .arg(script)
-        .arg("--exports")
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(out.status.success(), "{} failed", script.display());
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect()
-}
-
-/// Builds (once, cached outside the repo) the Python environment and the test model.
+/// The repository's setup (ONNX Runtime, the Python environment and the
+/// test model: built once, cached outside the repo).
 pub fn env() -> &'static TestEnv {
     static ENV: OnceLock<TestEnv> = OnceLock::new();
     ENV.get_or_init(|| {
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut vars = exports(&repo.join("scripts/python-env.sh"));
-        vars.extend(exports(&repo.join("scripts/test-model.sh")));
-        let get = |k: &str| {
-            PathBuf::from(
-                vars.iter()
-                    .find(|(n, _)| n == k)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_else(|| panic!("{k} not exported")),
-            )
-        };
+        let s = repo::setup();
         TestEnv {
-            ort_library: get("ORT_DYLIB_PATH"),
-            python: get("MEDEMBED_PYTHON"),
-            model_dir: get("MEDEMBED_TEST_MODEL"),
-            repo,
+            ort_library: s.ort_library.clone(),
+            python: s.python.clone(),
+            model_dir: s.model_dir.clone(),
+            repo: repo::root().to_path_buf(),
         }
     })
 }

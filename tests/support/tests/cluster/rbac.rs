@@ -3,8 +3,6 @@
 //! secrets). Also: a pod's mounted ConfigMap/Secret, env from references, and
 //! the service-account kubeconfig the agent writes.
 
-mod common;
-
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -27,7 +25,7 @@ fn status_code(e: &kube::Error) -> Option<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbac_is_enforced() {
     let started = std::time::Instant::now();
-    let env = common::setup("rbac").await;
+    let env = crate::common::setup("rbac").await;
     let ns = env.ns.name().to_string();
     let result = wait::within("rbac test", Duration::from_secs(120), async {
         let pp = PostParams::default();
@@ -105,17 +103,17 @@ async fn rbac_is_enforced() {
         pods.create(&pp, &pod).await.expect("pod");
         let ip = wait::until("configured pod ready", LIMIT, Duration::from_millis(200), || async {
             let p = pods.get("configured").await?;
-            Ok::<_, kube::Error>(common::pod_ip(&p).filter(|_| common::is_ready(&p)))
+            Ok::<_, kube::Error>(crate::common::pod_ip(&p).filter(|_| crate::common::is_ready(&p)))
         })
         .await
         .expect("configured pod ready");
-        let env_of = |k: &'static str| async move { common::get(ip, &format!("/env/{k}")).await.map(|r| r.body) };
+        let env_of = |k: &'static str| async move { crate::common::get(ip, &format!("/env/{k}")).await.map(|r| r.body) };
         assert_eq!(env_of("GREETING").await.as_deref(), Some("hello"));
         assert_eq!(env_of("API_KEY").await.as_deref(), Some("s3cret"));
         assert_eq!(env_of("MY_NS").await.as_deref(), Some(ns.as_str()));
         let config_file = env_of("CONFIG_FILE").await.expect("CONFIG_FILE");
         assert!(config_file.ends_with("/volumes/config/app.yaml"), "rewritten: {config_file}");
-        let body = common::get(ip, &format!("/file{config_file}")).await.map(|r| r.body);
+        let body = crate::common::get(ip, &format!("/file{config_file}")).await.map(|r| r.body);
         assert_eq!(body.as_deref(), Some("a: 1\n"));
         let kubeconfig = env_of("KUBECONFIG").await.expect("KUBECONFIG is set for the service account");
         assert!(std::path::Path::new(&kubeconfig).exists());

@@ -1,12 +1,10 @@
 //! A Deployment becomes local processes on pod IPs; its EndpointSlice lists
 //! them; scaling, pod deletion and Deployment deletion behave as on a cluster.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{alive, get, is_ready, pod_ip};
+use crate::common::{alive, get, is_ready, pod_ip};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -19,7 +17,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 /// Waits until exactly `n` processes run in the namespace and each answers on
 /// its pod IP with its own pod name; returns (pod name, pod IP, pid).
-async fn serving(env: &common::Env, n: usize) -> Vec<(String, std::net::Ipv4Addr, u32)> {
+async fn serving(env: &crate::common::Env, n: usize) -> Vec<(String, std::net::Ipv4Addr, u32)> {
     let r = wait::until(&format!("{n} pods serving"), LIMIT, STEP, || async {
         let procs = env.agent.processes(Some(env.ns.name()));
         if procs.len() != n {
@@ -50,7 +48,7 @@ async fn serving(env: &common::Env, n: usize) -> Vec<(String, std::net::Ipv4Addr
 }
 
 /// Waits until the service's EndpointSlices list exactly `ips` as ready.
-async fn endpoints_ready(env: &common::Env, ips: &BTreeSet<String>) {
+async fn endpoints_ready(env: &crate::common::Env, ips: &BTreeSet<String>) {
     let slices = env.ns.api::<EndpointSlice>();
     let pods = env.ns.api::<Pod>();
     let r = wait::until(
@@ -100,7 +98,7 @@ async fn endpoints_ready(env: &common::Env, ips: &BTreeSet<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_lifecycle() {
     let started = std::time::Instant::now();
-    let env = common::setup("deploy").await;
+    let env = crate::common::setup("deploy").await;
     wait::within("deployment test", Duration::from_secs(240), async {
         let ns = env.ns.name();
         let services = env.ns.api::<Service>();

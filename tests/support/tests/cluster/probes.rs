@@ -2,11 +2,9 @@
 //! not a ready endpoint; a pod whose program exits is restarted with back-off
 //! and its restart count rises.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{get, is_ready, pod_ip};
+use crate::common::{get, is_ready, pod_ip};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, PostParams};
@@ -16,7 +14,7 @@ use serde_json::json;
 const STEP: Duration = Duration::from_millis(100);
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn pod(env: &common::Env, name: &str, vars: &[(&str, &str)]) -> Pod {
+fn pod(env: &crate::common::Env, name: &str, vars: &[(&str, &str)]) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": name}},
         "spec": env.pod_spec(vars),
@@ -27,7 +25,7 @@ fn pod(env: &common::Env, name: &str, vars: &[(&str, &str)]) -> Pod {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_and_restarts() {
     let started = std::time::Instant::now();
-    let env = common::setup("probes").await;
+    let env = crate::common::setup("probes").await;
     let result = wait::within("probe test", Duration::from_secs(180), async {
         let pods = env.ns.api::<Pod>();
         let pp = PostParams::default();

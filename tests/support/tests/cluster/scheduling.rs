@@ -2,8 +2,6 @@
 //! for 1 runs on it, a pod asking for 8 stays Pending with the scheduler's
 //! reason.
 
-mod common;
-
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -13,7 +11,7 @@ use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn gpu_pod(env: &common::Env, name: &str, gpus: u32) -> Pod {
+fn gpu_pod(env: &crate::common::Env, name: &str, gpus: u32) -> Pod {
     let mut spec = env.pod_spec(&[]);
     spec["containers"][0]["resources"] = json!({"limits": {"nvidia.com/gpu": gpus.to_string()}});
     serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).expect("pod json")
@@ -22,7 +20,7 @@ fn gpu_pod(env: &common::Env, name: &str, gpus: u32) -> Pod {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gpu_requests_are_scheduled_by_capacity() {
     let started = std::time::Instant::now();
-    let env = common::setup("gpu").await;
+    let env = crate::common::setup("gpu").await;
     let result = wait::within("scheduling test", Duration::from_secs(120), async {
         let pods = env.ns.api::<Pod>();
         let pp = PostParams::default();

@@ -1,8 +1,6 @@
 //! Helm (built from its Go module next to the control plane) installs a chart
 //! into the local cluster, with RBAC on.
 
-mod common;
-
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -11,7 +9,7 @@ use medembed_testsupport::wait;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_installs_a_chart() {
     let started = std::time::Instant::now();
-    let env = common::setup("helm").await;
+    let env = crate::common::setup("helm").await;
     let chart = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(chart.path().join("templates")).expect("templates dir");
     std::fs::write(
