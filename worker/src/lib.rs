@@ -11,8 +11,9 @@
 //!   pixels (16-bit PNG, DICOM) to 8 bits for both;
 //! - [`preprocess`] makes the model's tensor, with [`resample`], the exact
 //!   Pillow resize; [`tokenize`] turns text into ids;
-//! - [`batch`] forms batches across requests; [`backend`] runs the ONNX
-//!   graphs; [`score`] answers one request; [`server`] is HTTP;
+//! - [`batch`] admits work and forms batches across requests, handing them
+//!   to a [`batch::Backend`]; [`backend`] implements it with the ONNX graphs;
+//!   [`score`] answers one request; [`server`] is HTTP;
 //! - [`config`] and [`model`] say what to serve and how; [`metrics`] and
 //!   [`error`] are what operators and clients see.
 
