@@ -9,6 +9,8 @@
 //! * **Admission.** Items (images, texts) are counted in when a request is
 //!   accepted and out when it is answered; past the configured capacity the
 //!   request is refused at once (HTTP 429) instead of queueing without bound.
+//!   [`Admission`] is a tokio semaphore that never waits, mirrored into a
+//!   gauge; the server admits requests with it too.
 //! * **Decoding ahead of inference.** A pool of CPU threads decodes and
 //!   resizes images in parallel and hands 8-bit rasters to the batcher through
 //!   a bounded channel, so at most about one batch waits in memory; the
@@ -35,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use prometheus::IntGauge;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::decode;
 use crate::metrics::Metrics;
@@ -169,57 +171,51 @@ impl std::fmt::Debug for TextJob {
     }
 }
 
-/// A counting admission gate: at most `capacity` units held at once.
+/// A counting admission gate: at most `capacity` units held at once, mirrored
+/// into a gauge. Taking units never waits: past the capacity it fails at once,
+/// which the server answers with 429.
 #[derive(Debug)]
 pub struct Admission {
-    used: AtomicUsize,
+    permits: Arc<Semaphore>,
     capacity: usize,
     gauge: IntGauge,
 }
 
-/// Units held from an [`Admission`]; released on drop.
+/// Units held from an [`Admission`]; released, and taken off the gauge, on drop.
 #[derive(Debug)]
 pub struct Permit {
-    gate: Arc<Admission>,
-    n: usize,
+    permit: OwnedSemaphorePermit,
+    gauge: IntGauge,
 }
 
 impl Admission {
     /// A gate of `capacity` units, mirrored into `gauge`.
     pub fn new(capacity: usize, gauge: IntGauge) -> Arc<Self> {
+        let capacity = capacity.min(Semaphore::MAX_PERMITS);
         Arc::new(Self {
-            used: AtomicUsize::new(0),
+            permits: Arc::new(Semaphore::new(capacity)),
             capacity,
             gauge,
         })
     }
 
     /// Takes `n` units if they fit.
-    pub fn try_acquire(self: &Arc<Self>, n: usize) -> Option<Permit> {
-        let mut cur = self.used.load(Ordering::Relaxed);
-        loop {
-            if cur + n > self.capacity {
-                return None;
-            }
-            match self
-                .used
-                .compare_exchange_weak(cur, cur + n, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => {
-                    self.gauge.set((cur + n) as i64);
-                    return Some(Permit {
-                        gate: self.clone(),
-                        n,
-                    });
-                }
-                Err(actual) => cur = actual,
-            }
-        }
+    pub fn try_acquire(&self, n: usize) -> Option<Permit> {
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_many_owned(u32::try_from(n).ok()?)
+            .ok()?;
+        self.gauge.add(n as i64);
+        Some(Permit {
+            permit,
+            gauge: self.gauge.clone(),
+        })
     }
 
     /// Units held now.
     pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
+        self.capacity - self.permits.available_permits()
     }
 
     /// The capacity.
@@ -230,8 +226,7 @@ impl Admission {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let before = self.gate.used.fetch_sub(self.n, Ordering::AcqRel);
-        self.gate.gauge.set((before - self.n) as i64);
+        self.gauge.sub(self.permit.num_permits() as i64);
     }
 }
 
@@ -763,15 +758,23 @@ mod tests {
 
     #[test]
     fn admission_counts_and_releases() {
-        let gate = Admission::new(3, IntGauge::new("g", "g").unwrap());
+        let gauge = IntGauge::new("g", "g").unwrap();
+        let gate = Admission::new(3, gauge.clone());
         let a = gate.try_acquire(2).unwrap();
         assert!(gate.try_acquire(2).is_none());
         let b = gate.try_acquire(1).unwrap();
-        assert_eq!(gate.used(), 3);
+        assert_eq!((gate.used(), gauge.get()), (3, 3));
         drop(a);
-        assert_eq!(gate.used(), 1);
+        assert_eq!((gate.used(), gauge.get()), (1, 1));
         drop(b);
-        assert_eq!(gate.used(), 0);
+        assert_eq!((gate.used(), gauge.get()), (0, 0));
+        // More than the capacity, or than a semaphore counts, never fits.
+        assert!(gate.try_acquire(4).is_none());
+        assert!(gate.try_acquire(usize::MAX).is_none());
+        let all = gate.try_acquire(gate.capacity()).unwrap();
+        assert!(gate.try_acquire(1).is_none());
+        drop(all);
+        assert_eq!((gate.used(), gauge.get()), (0, 0));
     }
 
     /// Text `i` has ids `[i, 0]`; the fake text tower embeds it as `[i]`.
