@@ -11,6 +11,8 @@
 //!
 //! A session is driven by one thread (`Session::run` takes `&mut self`);
 //! concurrency comes from batching and, on a GPU with room, several sessions.
+//! The batchers see a session only as a [`Backend`], which both towers
+//! implement here.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -21,13 +23,10 @@ use ort::session::Session;
 use ort::value::{Tensor, TensorElementType, ValueType};
 use sha2::{Digest, Sha256};
 
+pub use crate::batch::InferenceError;
+use crate::batch::{Backend, ImageBatch, TextBatch};
 use crate::config::{ExecutionProvider, WorkerConfig};
 use crate::model::{ModelDir, ModelError};
-
-/// Failure of an inference call.
-#[derive(Debug, thiserror::Error)]
-#[error("inference failed: {0}")]
-pub struct InferenceError(pub String);
 
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
@@ -326,8 +325,8 @@ impl ImageModel {
     }
 
     /// Embeds `n` preprocessed images (`pixels.len() == n * 3 * size * size`),
-    /// returning `n * dim` floats, each row L2-normalised.
-    pub fn run(&mut self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>, InferenceError> {
+    /// returning `n` embeddings of `dim` floats, each L2-normalised.
+    pub fn run(&mut self, pixels: Vec<f32>, n: usize) -> Result<Vec<Vec<f32>>, InferenceError> {
         let shape = [n, 3, self.size, self.size];
         let tensor =
             Tensor::from_array((shape, pixels)).map_err(|e| InferenceError(e.to_string()))?;
@@ -391,13 +390,14 @@ impl TextModel {
         self.context
     }
 
-    /// Embeds `n` tokenized texts, returning `n * dim` floats, each row L2-normalised.
+    /// Embeds `n` tokenized texts, returning `n` embeddings of `dim` floats,
+    /// each L2-normalised.
     pub fn run(
         &mut self,
         ids: Vec<i64>,
         mask: Vec<i64>,
         n: usize,
-    ) -> Result<Vec<f32>, InferenceError> {
+    ) -> Result<Vec<Vec<f32>>, InferenceError> {
         let shape = [n, self.context];
         let ids = Tensor::from_array((shape, ids)).map_err(|e| InferenceError(e.to_string()))?;
         let mask = Tensor::from_array((shape, mask)).map_err(|e| InferenceError(e.to_string()))?;
@@ -412,12 +412,29 @@ impl TextModel {
     }
 }
 
+impl Backend for ImageModel {
+    type Batch = ImageBatch;
+
+    fn embed(&mut self, batch: ImageBatch) -> Result<Vec<Vec<f32>>, InferenceError> {
+        self.run(batch.pixels, batch.n)
+    }
+}
+
+impl Backend for TextModel {
+    type Batch = TextBatch;
+
+    fn embed(&mut self, batch: TextBatch) -> Result<Vec<Vec<f32>>, InferenceError> {
+        self.run(batch.ids, batch.mask, batch.n)
+    }
+}
+
+/// The `[n, dim]` output `name`, as `n` rows, each L2-normalised.
 fn extract(
     outputs: &ort::session::SessionOutputs<'_>,
     name: &str,
     n: usize,
     dim: usize,
-) -> Result<Vec<f32>, InferenceError> {
+) -> Result<Vec<Vec<f32>>, InferenceError> {
     let value = outputs
         .get(name)
         .ok_or_else(|| InferenceError(format!("output {name:?} missing")))?;
@@ -430,14 +447,17 @@ fn extract(
             "output {name:?} has shape {dims:?}, expected [{n}, {dim}]"
         )));
     }
-    let mut out = data.to_vec();
     // The contract is unit-norm embeddings; exports (fp16 especially) may be a
     // hair off, or forget the normalisation. Renormalising is a no-op otherwise.
-    for row in out.chunks_exact_mut(dim) {
-        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if norm > 0.0 && norm.is_finite() {
-            row.iter_mut().for_each(|v| *v /= norm);
-        }
-    }
-    Ok(out)
+    Ok(data
+        .chunks_exact(dim)
+        .map(|row| {
+            let mut row = row.to_vec();
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if norm > 0.0 && norm.is_finite() {
+                row.iter_mut().for_each(|v| *v /= norm);
+            }
+            row
+        })
+        .collect())
 }

@@ -9,6 +9,8 @@
 //! * **Admission.** Items (images, texts) are counted in when a request is
 //!   accepted and out when it is answered; past the configured capacity the
 //!   request is refused at once (HTTP 429) instead of queueing without bound.
+//!   [`Admission`] is a tokio semaphore that never waits, mirrored into a
+//!   gauge; the server admits requests with it too.
 //! * **Decoding ahead of inference.** A pool of CPU threads decodes and
 //!   resizes images in parallel and hands 8-bit rasters to the batcher through
 //!   a bounded channel, so at most about one batch waits in memory; the
@@ -20,6 +22,10 @@
 //! * **Dropping dead work.** An item whose caller has gone (client disconnected,
 //!   request failed or timed out: its reply channel is closed) or whose
 //!   deadline has passed is dropped before it costs inference time.
+//! * **Backends.** A batcher hands its batch to a [`Backend`] and answers
+//!   each item with its own embedding, in order, or with the batch's error.
+//!   ONNX Runtime sessions are the backends when serving; the tests here use
+//!   fakes, so batching is tested without ONNX Runtime.
 //!
 //! The pattern follows text-embeddings-inference's queue and Triton's dynamic
 //! batcher (max batch size, max queue delay).
@@ -31,14 +37,66 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use prometheus::IntGauge;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::backend::{ImageModel, TextModel};
-use crate::decode::{self, DecodeError, DecodeLimits, Image8};
+use crate::decode;
 use crate::metrics::Metrics;
 use crate::preprocess::Transform;
-use crate::tokenize::Tokens;
+use crate::raster::{DecodeError, DecodeLimits, Image8};
 use crate::window::Windowing;
+
+/// Failure of an inference call.
+#[derive(Debug, thiserror::Error)]
+#[error("inference failed: {0}")]
+pub struct InferenceError(pub String);
+
+/// One tower's model as a batcher drives it: a batch in, one embedding per
+/// item out. ONNX Runtime sessions implement it ([`crate::backend`]); so do
+/// the fakes of this module's tests, which is how batching is tested without
+/// ONNX Runtime.
+///
+/// Each batcher thread owns its backend, hence `&mut self`.
+pub trait Backend: Send + 'static {
+    /// A batch's input, as the batcher assembles it.
+    type Batch;
+
+    /// Embeds every item of `batch`: one vector per item, in the items' order.
+    fn embed(&mut self, batch: Self::Batch) -> Result<Vec<Vec<f32>>, InferenceError>;
+}
+
+/// A batch for the image tower.
+pub struct ImageBatch {
+    /// `n` preprocessed images, each `3 * size * size` floats (CHW), one after
+    /// the other.
+    pub pixels: Vec<f32>,
+    /// Images in the batch.
+    pub n: usize,
+}
+
+/// A batch for the text tower.
+pub struct TextBatch {
+    /// `n` rows of `context_length` token ids, one after the other.
+    pub ids: Vec<i64>,
+    /// `n` rows of `context_length` attention mask values.
+    pub mask: Vec<i64>,
+    /// Texts in the batch.
+    pub n: usize,
+}
+
+// Debug output of batches and items shows sizes, never content: pixels,
+// base64 and token ids are patient data.
+
+impl std::fmt::Debug for ImageBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ImageBatch({} images)", self.n)
+    }
+}
+
+impl std::fmt::Debug for TextBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TextBatch({} texts)", self.n)
+    }
+}
 
 /// Why one item got no embedding.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -76,7 +134,6 @@ impl JobMeta {
 }
 
 /// An image still encoded, as received.
-#[derive(Debug)]
 pub struct ImageJob {
     /// Base64 text from the request.
     pub base64: String,
@@ -93,7 +150,6 @@ struct ReadyImage {
 }
 
 /// A tokenized text.
-#[derive(Debug)]
 pub struct TextJob {
     /// `context_length` ids.
     pub ids: Vec<i64>,
@@ -103,57 +159,63 @@ pub struct TextJob {
     pub meta: JobMeta,
 }
 
-/// A counting admission gate: at most `capacity` units held at once.
+impl std::fmt::Debug for ImageJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ImageJob({} base64 bytes)", self.base64.len())
+    }
+}
+
+impl std::fmt::Debug for TextJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TextJob({} tokens)", self.ids.len())
+    }
+}
+
+/// A counting admission gate: at most `capacity` units held at once, mirrored
+/// into a gauge. Taking units never waits: past the capacity it fails at once,
+/// which the server answers with 429.
 #[derive(Debug)]
 pub struct Admission {
-    used: AtomicUsize,
+    permits: Arc<Semaphore>,
     capacity: usize,
     gauge: IntGauge,
 }
 
-/// Units held from an [`Admission`]; released on drop.
+/// Units held from an [`Admission`]; released, and taken off the gauge, on drop.
 #[derive(Debug)]
 pub struct Permit {
-    gate: Arc<Admission>,
-    n: usize,
+    permit: OwnedSemaphorePermit,
+    gauge: IntGauge,
 }
 
 impl Admission {
     /// A gate of `capacity` units, mirrored into `gauge`.
     pub fn new(capacity: usize, gauge: IntGauge) -> Arc<Self> {
+        let capacity = capacity.min(Semaphore::MAX_PERMITS);
         Arc::new(Self {
-            used: AtomicUsize::new(0),
+            permits: Arc::new(Semaphore::new(capacity)),
             capacity,
             gauge,
         })
     }
 
     /// Takes `n` units if they fit.
-    pub fn try_acquire(self: &Arc<Self>, n: usize) -> Option<Permit> {
-        let mut cur = self.used.load(Ordering::Relaxed);
-        loop {
-            if cur + n > self.capacity {
-                return None;
-            }
-            match self
-                .used
-                .compare_exchange_weak(cur, cur + n, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => {
-                    self.gauge.set((cur + n) as i64);
-                    return Some(Permit {
-                        gate: self.clone(),
-                        n,
-                    });
-                }
-                Err(actual) => cur = actual,
-            }
-        }
+    pub fn try_acquire(&self, n: usize) -> Option<Permit> {
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_many_owned(u32::try_from(n).ok()?)
+            .ok()?;
+        self.gauge.add(n as i64);
+        Some(Permit {
+            permit,
+            gauge: self.gauge.clone(),
+        })
     }
 
     /// Units held now.
     pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
+        self.capacity - self.permits.available_permits()
     }
 
     /// The capacity.
@@ -164,8 +226,7 @@ impl Admission {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let before = self.gate.used.fetch_sub(self.n, Ordering::AcqRel);
-        self.gate.gauge.set((before - self.n) as i64);
+        self.gauge.sub(self.permit.num_permits() as i64);
     }
 }
 
@@ -270,12 +331,13 @@ impl std::fmt::Debug for Pipeline {
     }
 }
 
-/// What the pipeline needs to start.
-pub struct PipelineParts {
-    /// One model per image session.
-    pub image_models: Vec<ImageModel>,
-    /// One model per text session.
-    pub text_models: Vec<TextModel>,
+/// What the pipeline needs to start: `I` and `T` are the image and text
+/// towers' backends (ONNX Runtime sessions when serving).
+pub struct PipelineParts<I, T> {
+    /// One backend per image session.
+    pub image_models: Vec<I>,
+    /// One backend per text session.
+    pub text_models: Vec<T>,
     /// The image transform.
     pub transform: Transform,
     /// Decoder limits.
@@ -296,7 +358,11 @@ pub struct PipelineParts {
 
 impl Pipeline {
     /// Starts the decode pool and one batcher thread per session.
-    pub fn start(parts: PipelineParts, metrics: &Metrics) -> std::io::Result<Self> {
+    pub fn start<I, T>(parts: PipelineParts<I, T>, metrics: &Metrics) -> std::io::Result<Self>
+    where
+        I: Backend<Batch = ImageBatch>,
+        T: Backend<Batch = TextBatch>,
+    {
         let (decode_tx, decode_rx) = crossbeam_channel::unbounded::<ImageJob>();
         let (image_tx, image_rx) =
             crossbeam_channel::bounded::<ReadyImage>(parts.image_policy.max_batch);
@@ -464,15 +530,17 @@ fn decode_loop(
     }
 }
 
-fn finish(batch: Vec<JobMeta>, result: Result<Vec<f32>, String>, dim: usize) {
+/// Answers every item of a batch: its own embedding, in order, or the
+/// batch's error.
+fn finish(metas: Vec<JobMeta>, result: Result<Vec<Vec<f32>>, String>) {
     match result {
-        Ok(out) => {
-            for (meta, row) in batch.into_iter().zip(out.chunks_exact(dim)) {
-                let _ = meta.reply.send(Ok(row.to_vec()));
+        Ok(rows) => {
+            for (meta, row) in metas.into_iter().zip(rows) {
+                let _ = meta.reply.send(Ok(row));
             }
         }
         Err(e) => {
-            for meta in batch {
+            for meta in metas {
                 let _ = meta.reply.send(Err(ItemError::Inference(e.clone())));
             }
         }
@@ -480,26 +548,34 @@ fn finish(batch: Vec<JobMeta>, result: Result<Vec<f32>, String>, dim: usize) {
 }
 
 /// Runs one batch through a tower, timing it, counting what it embedded and
-/// answering every item of the batch.
-fn infer(
+/// answering every item of the batch. A backend that answers with another
+/// number of embeddings than items fails the whole batch.
+fn infer<B: Backend>(
     tower: &str,
+    backend: &mut B,
+    batch: B::Batch,
     metas: Vec<JobMeta>,
-    dim: usize,
     metrics: &Metrics,
-    run: impl FnOnce() -> Result<Vec<f32>, String>,
 ) {
     let n = metas.len();
     let started = Instant::now();
-    let result = run();
+    let result = backend.embed(batch);
     metrics
         .inference_duration
         .with_label_values(&[tower])
         .observe(started.elapsed().as_secs_f64());
+    let result = result.map_err(|e| e.to_string()).and_then(|rows| {
+        if rows.len() == n {
+            Ok(rows)
+        } else {
+            Err(InferenceError(format!("{} embeddings for a batch of {n}", rows.len())).to_string())
+        }
+    });
     match &result {
         Ok(_) => metrics.items.with_label_values(&[tower]).inc_by(n as u64),
         Err(e) => tracing::error!(tower, batch = n, error = %e, "inference failed"),
     }
-    finish(metas, result, dim);
+    finish(metas, result);
 }
 
 fn observe_start(metas: &[&JobMeta], tower: &str, metrics: &Metrics) {
@@ -514,69 +590,100 @@ fn observe_start(metas: &[&JobMeta], tower: &str, metrics: &Metrics) {
         .observe(metas.len() as f64);
 }
 
-fn image_loop(
+/// One tower's batcher: until its channel is closed and empty, takes the
+/// next batch, drops dead work, assembles the rest into the backend's input
+/// and answers every item.
+fn batch_loop<T: Item, B: Backend>(
+    tower: &str,
+    rx: &Receiver<T>,
+    backend: &mut B,
+    policy: BatchPolicy,
+    more_coming: &dyn Fn() -> bool,
+    metrics: &Metrics,
+    assemble: impl Fn(Vec<T>) -> (B::Batch, Vec<JobMeta>),
+) {
+    while let Some(batch) = next_batch(rx, policy, more_coming) {
+        let batch = keep_live(batch, tower, metrics);
+        if batch.is_empty() {
+            continue;
+        }
+        observe_start(
+            &batch.iter().map(Item::meta).collect::<Vec<_>>(),
+            tower,
+            metrics,
+        );
+        let (input, metas) = assemble(batch);
+        infer(tower, backend, input, metas, metrics);
+    }
+}
+
+/// Normalises ready images straight into one batch tensor.
+fn image_batch(items: Vec<ReadyImage>, transform: &Transform) -> (ImageBatch, Vec<JobMeta>) {
+    let n = items.len();
+    let mut pixels = Vec::with_capacity(n * transform.tensor_len());
+    let mut metas = Vec::with_capacity(n);
+    for item in items {
+        transform.normalize_into(&item.raster, &mut pixels);
+        metas.push(item.meta);
+    }
+    (ImageBatch { pixels, n }, metas)
+}
+
+/// Concatenates tokenized texts into one batch.
+fn text_batch(items: Vec<TextJob>) -> (TextBatch, Vec<JobMeta>) {
+    let n = items.len();
+    let context = items.first().map_or(0, |t| t.ids.len());
+    let mut batch = TextBatch {
+        ids: Vec::with_capacity(n * context),
+        mask: Vec::with_capacity(n * context),
+        n,
+    };
+    let mut metas = Vec::with_capacity(n);
+    for item in items {
+        batch.ids.extend_from_slice(&item.ids);
+        batch.mask.extend_from_slice(&item.mask);
+        metas.push(item.meta);
+    }
+    (batch, metas)
+}
+
+fn image_loop<B: Backend<Batch = ImageBatch>>(
     rx: Receiver<ReadyImage>,
-    mut model: ImageModel,
+    mut backend: B,
     transform: &Transform,
     policy: BatchPolicy,
     metrics: &Metrics,
     decoding: &AtomicUsize,
 ) {
+    // Images still being decoded are on their way: worth waiting for.
     let more_coming = || decoding.load(Ordering::Acquire) > 0;
-    while let Some(batch) = next_batch(&rx, policy, &more_coming) {
-        let batch = keep_live(batch, "image", metrics);
-        if batch.is_empty() {
-            continue;
-        }
-        let n = batch.len();
-        observe_start(
-            &batch.iter().map(|i| &i.meta).collect::<Vec<_>>(),
-            "image",
-            metrics,
-        );
-        let mut pixels = Vec::with_capacity(n * transform.tensor_len());
-        let mut metas = Vec::with_capacity(n);
-        for item in batch {
-            transform.normalize_into(&item.raster, &mut pixels);
-            metas.push(item.into_meta());
-        }
-        let dim = model.dim();
-        infer("image", metas, dim, metrics, || {
-            model.run(pixels, n).map_err(|e| e.to_string())
-        });
-    }
+    batch_loop(
+        "image",
+        &rx,
+        &mut backend,
+        policy,
+        &more_coming,
+        metrics,
+        |items| image_batch(items, transform),
+    );
 }
 
-fn text_loop(rx: Receiver<TextJob>, mut model: TextModel, policy: BatchPolicy, metrics: &Metrics) {
-    let more_coming = || false;
-    while let Some(batch) = next_batch(&rx, policy, &more_coming) {
-        let batch = keep_live(batch, "text", metrics);
-        if batch.is_empty() {
-            continue;
-        }
-        let n = batch.len();
-        observe_start(
-            &batch.iter().map(|t| &t.meta).collect::<Vec<_>>(),
-            "text",
-            metrics,
-        );
-        let mut tokens = Tokens {
-            input_ids: Vec::with_capacity(n * model.context()),
-            attention_mask: Vec::with_capacity(n * model.context()),
-        };
-        let mut metas = Vec::with_capacity(n);
-        for item in batch {
-            tokens.input_ids.extend_from_slice(&item.ids);
-            tokens.attention_mask.extend_from_slice(&item.mask);
-            metas.push(item.into_meta());
-        }
-        let dim = model.dim();
-        infer("text", metas, dim, metrics, || {
-            model
-                .run(tokens.input_ids, tokens.attention_mask, n)
-                .map_err(|e| e.to_string())
-        });
-    }
+fn text_loop<B: Backend<Batch = TextBatch>>(
+    rx: Receiver<TextJob>,
+    mut backend: B,
+    policy: BatchPolicy,
+    metrics: &Metrics,
+) {
+    // Texts are tokenized before they are queued: nothing is on its way.
+    batch_loop(
+        "text",
+        &rx,
+        &mut backend,
+        policy,
+        &|| false,
+        metrics,
+        text_batch,
+    );
 }
 
 #[cfg(test)]
@@ -620,15 +727,368 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_shows_sizes_not_content() {
+        let (job, _reply) = text_job(4242, later());
+        let (reply, _rx) = oneshot::channel();
+        let image = ImageJob {
+            base64: "U0VDUkVU".into(),
+            meta: JobMeta {
+                admitted: Instant::now(),
+                deadline: later(),
+                reply,
+            },
+        };
+        let text = format!(
+            "{job:?} {image:?} {:?} {:?}",
+            ImageBatch {
+                pixels: vec![0.4242; 3],
+                n: 1
+            },
+            TextBatch {
+                ids: vec![4242, 0],
+                mask: vec![1, 0],
+                n: 1
+            }
+        );
+        assert!(
+            !text.contains("4242") && !text.contains("U0VDUkVU"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn admission_counts_and_releases() {
-        let gate = Admission::new(3, IntGauge::new("g", "g").unwrap());
+        let gauge = IntGauge::new("g", "g").unwrap();
+        let gate = Admission::new(3, gauge.clone());
         let a = gate.try_acquire(2).unwrap();
         assert!(gate.try_acquire(2).is_none());
         let b = gate.try_acquire(1).unwrap();
-        assert_eq!(gate.used(), 3);
+        assert_eq!((gate.used(), gauge.get()), (3, 3));
         drop(a);
-        assert_eq!(gate.used(), 1);
+        assert_eq!((gate.used(), gauge.get()), (1, 1));
         drop(b);
-        assert_eq!(gate.used(), 0);
+        assert_eq!((gate.used(), gauge.get()), (0, 0));
+        // More than the capacity, or than a semaphore counts, never fits.
+        assert!(gate.try_acquire(4).is_none());
+        assert!(gate.try_acquire(usize::MAX).is_none());
+        let all = gate.try_acquire(gate.capacity()).unwrap();
+        assert!(gate.try_acquire(1).is_none());
+        drop(all);
+        assert_eq!((gate.used(), gauge.get()), (0, 0));
+    }
+
+    /// Text `i` has ids `[i, 0]`; the fake text tower embeds it as `[i]`.
+    fn text_job(
+        i: i64,
+        deadline: Instant,
+    ) -> (TextJob, oneshot::Receiver<Result<Vec<f32>, ItemError>>) {
+        let (reply, rx) = oneshot::channel();
+        let job = TextJob {
+            ids: vec![i, 0],
+            mask: vec![1, 0],
+            meta: JobMeta {
+                admitted: Instant::now(),
+                deadline,
+                reply,
+            },
+        };
+        (job, rx)
+    }
+
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(600)
+    }
+
+    /// The answer of one item, once the batcher sent it.
+    fn answer(rx: oneshot::Receiver<Result<Vec<f32>, ItemError>>) -> Result<Vec<f32>, ItemError> {
+        rx.blocking_recv()
+            .expect("the batcher answers every live item")
+    }
+
+    /// A text tower that embeds each text as its first id, records the size
+    /// of every batch it runs, and fails (or miscounts) when told to.
+    #[derive(Default)]
+    struct FakeText {
+        batches: Arc<std::sync::Mutex<Vec<usize>>>,
+        fail: bool,
+        drop_last_row: bool,
+    }
+
+    impl Backend for FakeText {
+        type Batch = TextBatch;
+
+        fn embed(&mut self, batch: TextBatch) -> Result<Vec<Vec<f32>>, InferenceError> {
+            assert_eq!(batch.ids.len(), batch.mask.len());
+            self.batches.lock().unwrap().push(batch.n);
+            if self.fail {
+                return Err(InferenceError("device lost".into()));
+            }
+            let context = batch.ids.len() / batch.n;
+            let mut rows: Vec<Vec<f32>> = batch
+                .ids
+                .chunks_exact(context)
+                .map(|ids| vec![ids[0] as f32])
+                .collect();
+            if self.drop_last_row {
+                rows.pop();
+            }
+            Ok(rows)
+        }
+    }
+
+    /// Runs a text batcher over what is queued until the channel is closed.
+    fn run_texts(fake: &mut FakeText, rx: &Receiver<TextJob>, max_batch: usize, metrics: &Metrics) {
+        let policy = BatchPolicy {
+            max_batch,
+            max_delay: Duration::from_secs(10),
+        };
+        batch_loop("text", rx, fake, policy, &|| false, metrics, text_batch);
+    }
+
+    #[test]
+    fn batches_form_up_to_the_max_size_and_answer_in_order() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let replies: Vec<_> = (0..7)
+            .map(|i| {
+                let (job, reply) = text_job(i, later());
+                tx.send(job).unwrap();
+                reply
+            })
+            .collect();
+        drop(tx);
+        let mut fake = FakeText::default();
+        let started = Instant::now();
+        run_texts(&mut fake, &rx, 3, &Metrics::new());
+        // Nothing was on its way: no queue delay was waited.
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(*fake.batches.lock().unwrap(), vec![3, 3, 1]);
+        for (i, reply) in replies.into_iter().enumerate() {
+            assert_eq!(answer(reply).unwrap(), vec![i as f32]);
+        }
+    }
+
+    #[test]
+    fn waits_for_work_on_its_way_up_to_the_queue_delay_only() {
+        let delay = Duration::from_secs(1);
+        let coming = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let fake = FakeText::default();
+        let batches = fake.batches.clone();
+        let batcher = std::thread::spawn({
+            let coming = coming.clone();
+            move || {
+                let mut fake = fake;
+                let policy = BatchPolicy {
+                    max_batch: 8,
+                    max_delay: delay,
+                };
+                let more_coming = || coming.load(Ordering::Acquire);
+                batch_loop(
+                    "text",
+                    &rx,
+                    &mut fake,
+                    policy,
+                    &more_coming,
+                    &Metrics::new(),
+                    text_batch,
+                );
+            }
+        });
+
+        // Work announced and arriving within the delay joins the batch.
+        let (a, ra) = text_job(0, later());
+        let (b, rb) = text_job(1, later());
+        tx.send(a).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        tx.send(b).unwrap();
+        assert_eq!(answer(ra).unwrap(), vec![0.0]);
+        assert_eq!(answer(rb).unwrap(), vec![1.0]);
+        assert_eq!(*batches.lock().unwrap(), vec![2]);
+
+        // Work announced that never comes: the batch runs once the delay is up.
+        let (c, rc) = text_job(2, later());
+        let sent = Instant::now();
+        tx.send(c).unwrap();
+        assert_eq!(answer(rc).unwrap(), vec![2.0]);
+        let waited = sent.elapsed();
+        assert!(waited >= delay && waited < 5 * delay, "{waited:?}");
+
+        // Nothing announced: a lone item does not pay the delay.
+        coming.store(false, Ordering::Release);
+        let (d, rd) = text_job(3, later());
+        let sent = Instant::now();
+        tx.send(d).unwrap();
+        assert_eq!(answer(rd).unwrap(), vec![3.0]);
+        assert!(sent.elapsed() < delay, "{:?}", sent.elapsed());
+
+        drop(tx);
+        batcher.join().unwrap();
+        assert_eq!(*batches.lock().unwrap(), vec![2, 1, 1]);
+    }
+
+    #[test]
+    fn expired_and_abandoned_items_are_not_run() {
+        let metrics = Metrics::new();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        // A first batch of dead items only, then a batch with two live ones
+        // around a dead one.
+        let (expired, expired_reply) = text_job(10, Instant::now());
+        let (abandoned, abandoned_reply) = text_job(11, later());
+        drop(abandoned_reply);
+        let (live0, live0_reply) = text_job(0, later());
+        let (expired2, expired2_reply) = text_job(12, Instant::now());
+        let (live1, live1_reply) = text_job(1, later());
+        for job in [expired, abandoned, live0, expired2, live1] {
+            tx.send(job).unwrap();
+        }
+        drop(tx);
+        let mut fake = FakeText::default();
+        run_texts(&mut fake, &rx, 2, &metrics);
+
+        // Only the live items reached the backend.
+        assert_eq!(*fake.batches.lock().unwrap(), vec![1, 1]);
+        assert_eq!(answer(live0_reply).unwrap(), vec![0.0]);
+        assert_eq!(answer(live1_reply).unwrap(), vec![1.0]);
+        for reply in [expired_reply, expired2_reply] {
+            assert!(matches!(answer(reply), Err(ItemError::Expired)));
+        }
+        let dropped = |reason| metrics.dropped.with_label_values(&["text", reason]).get();
+        assert_eq!((dropped("expired"), dropped("cancelled")), (2, 1));
+        assert_eq!(metrics.items.with_label_values(&["text"]).get(), 2);
+    }
+
+    #[test]
+    fn an_inference_error_reaches_every_item_of_the_batch() {
+        for (fail, drop_last_row) in [(true, false), (false, true)] {
+            let metrics = Metrics::new();
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let replies: Vec<_> = (0..3)
+                .map(|i| {
+                    let (job, reply) = text_job(i, later());
+                    tx.send(job).unwrap();
+                    reply
+                })
+                .collect();
+            drop(tx);
+            let mut fake = FakeText {
+                fail,
+                drop_last_row,
+                ..FakeText::default()
+            };
+            run_texts(&mut fake, &rx, 3, &metrics);
+            assert_eq!(*fake.batches.lock().unwrap(), vec![3]);
+            for reply in replies {
+                match answer(reply) {
+                    Err(ItemError::Inference(msg)) => {
+                        assert!(msg.starts_with("inference failed"), "{msg}")
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(metrics.items.with_label_values(&["text"]).get(), 0);
+        }
+    }
+
+    /// An image tower that embeds each image as the first value of its
+    /// tensor, so a black image gives 0 and a white one 1.
+    struct FakeImage {
+        tensor_len: usize,
+    }
+
+    impl Backend for FakeImage {
+        type Batch = ImageBatch;
+
+        fn embed(&mut self, batch: ImageBatch) -> Result<Vec<Vec<f32>>, InferenceError> {
+            assert_eq!(batch.pixels.len(), batch.n * self.tensor_len);
+            Ok(batch
+                .pixels
+                .chunks_exact(self.tensor_len)
+                .map(|t| vec![t[0]])
+                .collect())
+        }
+    }
+
+    fn png_base64(value: u8) -> String {
+        use base64::Engine;
+        let img = image::DynamicImage::ImageLuma8(image::ImageBuffer::from_pixel(
+            5,
+            3,
+            image::Luma([value]),
+        ));
+        let mut png = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(png.into_inner())
+    }
+
+    /// The whole pipeline (decode pool, both batchers, admission) without
+    /// ONNX Runtime: each image and text gets its own answer, a bad image
+    /// fails alone, and closing lets every thread finish.
+    #[test]
+    fn the_pipeline_decodes_batches_and_answers_with_fake_backends() {
+        let transform = Transform {
+            size: 4,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            standardize: None,
+        };
+        let tensor_len = transform.tensor_len();
+        let policy = BatchPolicy {
+            max_batch: 4,
+            max_delay: Duration::from_millis(20),
+        };
+        let metrics = Metrics::new();
+        let pipeline = Pipeline::start(
+            PipelineParts {
+                image_models: vec![FakeImage { tensor_len }],
+                text_models: vec![FakeText::default()],
+                transform,
+                limits: DecodeLimits::default(),
+                windowing: Windowing::default(),
+                decode_threads: 2,
+                image_policy: policy,
+                text_policy: policy,
+                max_queued_images: 8,
+                max_queued_texts: 8,
+            },
+            &metrics,
+        )
+        .unwrap();
+        assert_eq!(pipeline.image_admission.capacity(), 8);
+        let permit = pipeline.image_admission.try_acquire(3).unwrap();
+        let queued = |tower| metrics.queue_depth.with_label_values(&[tower]).get();
+        assert_eq!(queued("image"), 3);
+
+        let image = |base64: String| {
+            let (reply, rx) = oneshot::channel();
+            pipeline.submit_image(ImageJob {
+                base64,
+                meta: JobMeta {
+                    admitted: Instant::now(),
+                    deadline: later(),
+                    reply,
+                },
+            });
+            rx
+        };
+        let black = image(png_base64(0));
+        let bad = image("not base64 !".into());
+        let white = image(png_base64(255));
+        let (text, text_reply) = text_job(7, later());
+        pipeline.submit_text(text);
+
+        assert_eq!(answer(black).unwrap(), vec![0.0]);
+        assert_eq!(answer(white).unwrap(), vec![1.0]);
+        assert!(matches!(
+            answer(bad),
+            Err(ItemError::Decode(DecodeError::Base64))
+        ));
+        assert_eq!(answer(text_reply).unwrap(), vec![7.0]);
+        assert_eq!(
+            metrics.decode_errors.with_label_values(&["base64"]).get(),
+            1
+        );
+        drop(permit);
+        assert_eq!((pipeline.image_admission.used(), queued("image")), (0, 0));
+        pipeline.join();
     }
 }

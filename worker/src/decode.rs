@@ -12,6 +12,9 @@
 //! same result as PIL's `convert("RGB")` before resizing, at a third of the
 //! cost); alpha is dropped, as PIL's `convert("RGB")` drops it.
 //!
+//! DICOM files are handed to [`crate::dicom`]; the raster types every decoder
+//! produces come from [`crate::raster`].
+//!
 //! Errors describe the problem, never the content.
 
 use std::io::Cursor;
@@ -20,133 +23,10 @@ use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, General
 use base64::Engine;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
+// The raster types are part of this module's interface (what `decode`
+// returns and how it fails), so they are re-exported here.
+pub use crate::raster::{Channels, DecodeError, DecodeLimits, Image8};
 use crate::window::{self, Windowing};
-
-/// Limits on what a decoder may allocate.
-#[derive(Debug, Clone, Copy)]
-pub struct DecodeLimits {
-    /// Most pixels (width × height) an image may have.
-    pub max_pixels: u64,
-    /// Most pixels along either side.
-    pub max_side: u32,
-}
-
-impl Default for DecodeLimits {
-    fn default() -> Self {
-        Self {
-            max_pixels: 40_000_000,
-            max_side: 16_384,
-        }
-    }
-}
-
-impl DecodeLimits {
-    /// Checks declared dimensions against the limits.
-    pub fn check(&self, width: u32, height: u32) -> Result<(), DecodeError> {
-        if width == 0 || height == 0 {
-            return Err(DecodeError::Corrupt(
-                "image has zero width or height".into(),
-            ));
-        }
-        if width > self.max_side
-            || height > self.max_side
-            || u64::from(width) * u64::from(height) > self.max_pixels
-        {
-            return Err(DecodeError::TooLarge {
-                width,
-                height,
-                max_pixels: self.max_pixels,
-                max_side: self.max_side,
-            });
-        }
-        Ok(())
-    }
-}
-
-/// Channel layout of an 8-bit raster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Channels {
-    /// One channel, replicated to RGB later.
-    Gray,
-    /// Three interleaved channels.
-    Rgb,
-}
-
-impl Channels {
-    /// Samples per pixel.
-    pub fn count(self) -> usize {
-        match self {
-            Channels::Gray => 1,
-            Channels::Rgb => 3,
-        }
-    }
-}
-
-/// A decoded 8-bit image, row-major, channels interleaved.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Image8 {
-    /// Width in pixels.
-    pub width: u32,
-    /// Height in pixels.
-    pub height: u32,
-    /// Gray or RGB.
-    pub channels: Channels,
-    /// `width * height * channels.count()` samples.
-    pub data: Vec<u8>,
-}
-
-impl std::fmt::Debug for Image8 {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never dump pixels.
-        write!(
-            f,
-            "Image8({}x{} {:?})",
-            self.width, self.height, self.channels
-        )
-    }
-}
-
-/// Why an image could not be decoded. Messages describe, never quote.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    /// The string is not base64.
-    #[error("image is not valid base64")]
-    Base64,
-    /// Neither PNG, JPEG nor DICOM.
-    #[error("image format not recognised: expected PNG, JPEG or DICOM")]
-    UnknownFormat,
-    /// Dimensions over the limits.
-    #[error("image of {width}x{height} pixels exceeds the limit ({max_pixels} pixels, {max_side} per side)")]
-    TooLarge {
-        /// Declared width.
-        width: u32,
-        /// Declared height.
-        height: u32,
-        /// Configured pixel limit.
-        max_pixels: u64,
-        /// Configured side limit.
-        max_side: u32,
-    },
-    /// Truncated or malformed data.
-    #[error("image could not be decoded: {0}")]
-    Corrupt(String),
-    /// A valid file using a feature we do not handle.
-    #[error("image uses an unsupported feature: {0}")]
-    Unsupported(String),
-}
-
-impl DecodeError {
-    /// Bounded label for metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            DecodeError::Base64 => "base64",
-            DecodeError::UnknownFormat => "unknown_format",
-            DecodeError::TooLarge { .. } => "too_large",
-            DecodeError::Corrupt(_) => "corrupt",
-            DecodeError::Unsupported(_) => "unsupported",
-        }
-    }
-}
 
 /// Base64 as clients send it: standard alphabet, padding optional, and MIME
 /// line breaks (Python's `base64.encodebytes`) allowed anywhere.
@@ -391,6 +271,20 @@ mod tests {
                 &Windowing::default()
             ),
             Err(DecodeError::UnknownFormat)
+        );
+    }
+
+    #[test]
+    fn dicom_is_sniffed_and_routed_to_the_dicom_decoder() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/dicom/ct_signed16_window.dcm");
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(sniff(&bytes), Some(Format::Dicom));
+        let limits = DecodeLimits::default();
+        let windowing = Windowing::default();
+        assert_eq!(
+            decode(&bytes, &limits, &windowing).unwrap(),
+            crate::dicom::decode(&bytes, &limits, &windowing).unwrap()
         );
     }
 }

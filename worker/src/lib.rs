@@ -5,11 +5,17 @@
 //! and [`run`] (the same, until a shutdown signal), so tests run workers
 //! in-process on port 0 and `main.rs` stays a thin shell.
 //!
-//! Modules: [`decode`], [`dicom`] and [`window`] turn request bytes into 8-bit
-//! rasters; [`preprocess`] into the model's tensor; [`tokenize`] turns text
-//! into ids; [`resample`] is the exact Pillow resize; [`backend`] runs the
-//! ONNX graphs; [`batch`] forms batches across requests; [`score`] answers one request; [`server`] is HTTP; [`metrics`] and
-//! [`error`] are what operators and clients see.
+//! Modules, from request bytes to embeddings:
+//! - [`decode`] turns base64 into an 8-bit raster ([`raster`]'s types),
+//!   handing DICOM files to [`dicom`]; [`window`] brings high-dynamic-range
+//!   pixels (16-bit PNG, DICOM) to 8 bits for both;
+//! - [`preprocess`] makes the model's tensor, with [`resample`], the exact
+//!   Pillow resize; [`tokenize`] turns text into ids;
+//! - [`batch`] admits work and forms batches across requests, handing them
+//!   to a [`batch::Backend`]; [`backend`] implements it with the ONNX graphs;
+//!   [`score`] answers one request; [`server`] is HTTP;
+//! - [`config`] and [`model`] say what to serve and how; [`metrics`] and
+//!   [`error`] are what operators and clients see.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -22,6 +28,7 @@ pub mod error;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;
+pub mod raster;
 pub mod resample;
 pub mod score;
 pub mod server;
@@ -41,10 +48,10 @@ pub use config::WorkerConfig;
 use crate::backend::{ImageModel, SessionOptions, TextModel};
 use crate::batch::{BatchPolicy, Pipeline, PipelineParts};
 use crate::config::StandardizeMode;
-use crate::decode::{Channels, DecodeLimits, Image8};
 use crate::metrics::Metrics;
 use crate::model::ModelDir;
 use crate::preprocess::{Standardize, Transform};
+use crate::raster::{Channels, DecodeLimits, Image8};
 use crate::score::Scorer;
 use crate::server::AppState;
 use crate::tokenize::TextTokenizer;

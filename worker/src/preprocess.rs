@@ -20,7 +20,7 @@ use image::codecs::jpeg::JpegEncoder;
 use image::{ImageDecoder, RgbImage};
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{Channels, DecodeError, Image8};
+use crate::raster::{Channels, DecodeError, Image8};
 
 /// The managed service's optional "standardisation" step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

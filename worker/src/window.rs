@@ -8,6 +8,10 @@
 //! interpolation between the two nearest ranks) so results match a Python
 //! reference bit for bit. DICOM files may instead carry their own window
 //! (centre/width), which [`Window::from_center_width`] honours.
+//!
+//! Percentiles are computed in one place for every input (16-bit PNG samples,
+//! DICOM values after the modality LUT, plain floats), so all agree with
+//! numpy and with each other.
 
 use serde::{Deserialize, Serialize};
 
@@ -102,7 +106,7 @@ impl Window {
 /// numpy's `percentile(..., method="linear")` for a sorted-rank position:
 /// the two order statistics around percentile `p` of `n > 0` samples and the
 /// weight of the upper one.
-pub(crate) fn linear_rank(p: f64, n: usize) -> (usize, usize, f64) {
+fn linear_rank(p: f64, n: usize) -> (usize, usize, f64) {
     let pos = p.clamp(0.0, 100.0) / 100.0 * (n as f64 - 1.0);
     let below = pos.floor();
     let frac = pos - below;
@@ -112,7 +116,7 @@ pub(crate) fn linear_rank(p: f64, n: usize) -> (usize, usize, f64) {
 
 /// numpy's linear interpolation between two neighbouring order statistics,
 /// written as numpy writes it (`_lerp`), so results agree to the last bit.
-pub(crate) fn lerp(a: f64, b: f64, t: f64) -> f64 {
+fn lerp(a: f64, b: f64, t: f64) -> f64 {
     let diff = b - a;
     if t >= 0.5 {
         b - diff * (1.0 - t)
@@ -121,33 +125,16 @@ pub(crate) fn lerp(a: f64, b: f64, t: f64) -> f64 {
     }
 }
 
-/// Resolves a [`Windowing`] for 16-bit samples, in O(n) with a histogram.
-pub fn resolve_u16(windowing: &Windowing, samples: &[u16]) -> Window {
-    if samples.is_empty() {
-        return Window { lo: 0.0, hi: 0.0 };
-    }
-    let mut hist = vec![0u32; 65536];
-    for &s in samples {
-        hist[usize::from(s)] += 1;
-    }
-    // k-th smallest value (0-based) from the histogram.
-    let kth = |k: usize| -> f64 {
-        let mut seen = 0usize;
-        for (v, &c) in hist.iter().enumerate() {
-            seen += c as usize;
-            if seen > k {
-                return v as f64;
-            }
-        }
-        65535.0
-    };
+/// The one place a [`Windowing`] becomes a [`Window`]: from `n > 0` samples
+/// given by their order statistics (`kth(k)` is the `k`-th smallest value,
+/// 0-based), whatever holds them (a sorted copy, a histogram).
+fn resolve_ranked(windowing: &Windowing, n: usize, kth: impl Fn(usize) -> f64) -> Window {
     match *windowing {
         Windowing::Minmax => Window {
             lo: kth(0),
-            hi: kth(samples.len() - 1),
+            hi: kth(n - 1),
         },
         Windowing::Percentile { low, high } => {
-            let n = samples.len();
             let at = |p: f64| {
                 let (i, j, t) = linear_rank(p, n);
                 lerp(kth(i), kth(j), t)
@@ -160,6 +147,47 @@ pub fn resolve_u16(windowing: &Windowing, samples: &[u16]) -> Window {
     }
 }
 
+/// Resolves a [`Windowing`] for samples stored as 16-bit keys whose real
+/// value is `value(key)` (for DICOM, the modality LUT of a stored value).
+///
+/// Equal to [`resolve_f64`] over the values, bit for bit, but computed from a
+/// histogram of the (at most 65536) distinct keys instead of sorting a copy
+/// of every sample: O(n) for a multi-megapixel radiograph. `value` need not
+/// be monotonic (a negative rescale slope is not).
+pub fn resolve_keyed(windowing: &Windowing, keys: &[u16], value: impl Fn(u16) -> f64) -> Window {
+    let n = keys.len();
+    if n == 0 {
+        return Window { lo: 0.0, hi: 0.0 };
+    }
+    let mut hist = vec![0u64; 65536];
+    for &k in keys {
+        hist[usize::from(k)] += 1;
+    }
+    // Distinct values in ascending order with cumulative counts.
+    let mut present: Vec<(f64, u64)> = hist
+        .iter()
+        .enumerate()
+        .filter(|(_, &c)| c > 0)
+        .map(|(k, &c)| (value(k as u16), c))
+        .collect();
+    present.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut cumulative = Vec::with_capacity(present.len());
+    let mut seen = 0u64;
+    for &(_, c) in &present {
+        seen += c;
+        cumulative.push(seen);
+    }
+    resolve_ranked(windowing, n, |k| {
+        let i = cumulative.partition_point(|&c| c <= k as u64);
+        present[i.min(present.len() - 1)].0
+    })
+}
+
+/// Resolves a [`Windowing`] for 16-bit samples, in O(n) with a histogram.
+pub fn resolve_u16(windowing: &Windowing, samples: &[u16]) -> Window {
+    resolve_keyed(windowing, samples, f64::from)
+}
+
 /// Resolves a [`Windowing`] for real-valued samples (sorts a copy).
 pub fn resolve_f64(windowing: &Windowing, samples: &[f64]) -> Window {
     if samples.is_empty() {
@@ -167,23 +195,7 @@ pub fn resolve_f64(windowing: &Windowing, samples: &[f64]) -> Window {
     }
     let mut sorted = samples.to_vec();
     sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    match *windowing {
-        Windowing::Minmax => Window {
-            lo: sorted[0],
-            hi: sorted[n - 1],
-        },
-        Windowing::Percentile { low, high } => {
-            let at = |p: f64| {
-                let (i, j, t) = linear_rank(p, n);
-                lerp(sorted[i], sorted[j], t)
-            };
-            Window {
-                lo: at(low),
-                hi: at(high),
-            }
-        }
-    }
+    resolve_ranked(windowing, sorted.len(), |k| sorted[k])
 }
 
 #[cfg(test)]
@@ -205,6 +217,34 @@ mod tests {
         );
         let wf = resolve_f64(&Windowing::default(), &[0.0, 10.0, 20.0, 1000.0]);
         assert_eq!(w, wf);
+    }
+
+    #[test]
+    fn histogram_and_sorted_copy_give_the_same_window() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let samples: Vec<u16> = (0..3000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % 4096) as u16 * 16
+            })
+            .collect();
+        let values: Vec<f64> = samples.iter().map(|&s| f64::from(s)).collect();
+        for w in [
+            Windowing::default(),
+            Windowing::Minmax,
+            Windowing::Percentile {
+                low: 12.5,
+                high: 87.5,
+            },
+        ] {
+            assert_eq!(resolve_u16(&w, &samples), resolve_f64(&w, &values), "{w:?}");
+        }
+        assert_eq!(
+            resolve_u16(&Windowing::Minmax, &[]),
+            Window { lo: 0.0, hi: 0.0 }
+        );
     }
 
     #[test]
