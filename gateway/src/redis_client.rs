@@ -225,7 +225,7 @@ impl RedisClient {
 
     /// Whether TLS is used.
     pub fn tls(&self) -> bool {
-        self.target.starts_with("rediss://") || self.target.starts_with("valkeys://")
+        self.target.starts_with("rediss://")
     }
 
     fn manager(&self) -> (ConnectionManager, Redactor) {
