@@ -6,6 +6,38 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+/// A configuration value that must not be shown: a URL with a password, a
+/// password. `Debug` prints `<redacted>`; [`Secret::expose`] gives the value
+/// to the one place that uses it. Parsing never fails, so a command-line
+/// parse error can never echo it either.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself: pass it on, never print it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_string())
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -72,11 +104,40 @@ pub struct GatewayConfig {
     #[arg(long, env = "MEDEMBED_GATEWAY_REPLICAS", default_value_t = 1)]
     pub replicas: u32,
 
-    /// Redis URL (`redis://host:port/db`) of a shared quota store: per-minute
-    /// limits become exact across all replicas. Concurrency limits stay per
-    /// replica.
-    #[arg(long, env = "MEDEMBED_GATEWAY_REDIS_URL")]
-    pub redis_url: Option<String>,
+    /// Redis URL of a shared quota store: per-minute limits become exact
+    /// across all replicas (concurrency limits stay per replica).
+    /// `redis://[user[:password]@]host[:port][/db]`, or `rediss://...` for TLS.
+    /// It may hold a password, so it is never logged; prefer the environment
+    /// variable (from a Secret) to the flag, which any process can list.
+    #[arg(long, env = "MEDEMBED_GATEWAY_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+
+    /// Redis password, replacing any in the URL (the URL's user, if any, is
+    /// kept). Meant for the environment variable, from a Secret.
+    #[arg(
+        long,
+        env = "MEDEMBED_GATEWAY_REDIS_PASSWORD",
+        hide_env_values = true,
+        conflicts_with = "redis_password_file"
+    )]
+    pub redis_password: Option<Secret>,
+
+    /// File holding the Redis password (one line; a trailing newline is
+    /// ignored), replacing any in the URL: a mounted Secret. Read again when
+    /// the connection has to be rebuilt, so a rotated password is picked up.
+    #[arg(long, env = "MEDEMBED_GATEWAY_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// PEM bundle of the certificate authorities trusted for a `rediss://`
+    /// URL, instead of the system's.
+    #[arg(long, env = "MEDEMBED_GATEWAY_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// Longest time one quota check may wait for Redis, connecting included,
+    /// in milliseconds; past it the request is admitted (fails open) and
+    /// counted as `quota_store_error`.
+    #[arg(long, env = "MEDEMBED_GATEWAY_REDIS_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_timeout_ms: u64,
 
     /// Count quota violations (metrics, audit) without rejecting any request,
     /// for every client.
@@ -141,5 +202,41 @@ impl GatewayConfig {
         cfg.reload_interval_ms = 200;
         cfg.shutdown_grace_seconds = 10;
         cfg
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_secrets_never_in_debug_or_parse_errors() {
+        let cfg = GatewayConfig::try_parse_from([
+            "medembed-gateway",
+            "--redis-url",
+            "redis://quota:hunter2-url@redis:6379/1",
+            "--redis-password",
+            "hunter2-flag",
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.redis_url.as_ref().unwrap().expose(),
+            "redis://quota:hunter2-url@redis:6379/1"
+        );
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+
+        let err = GatewayConfig::try_parse_from([
+            "medembed-gateway",
+            "--redis-password",
+            "hunter2-flag",
+            "--redis-password-file",
+            "/run/secrets/redis",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 }

@@ -23,7 +23,7 @@ pub mod file;
 pub mod metrics;
 pub mod proxy;
 pub mod quota;
-pub mod redis;
+pub mod redis_client;
 pub mod server;
 pub mod table;
 pub mod tls;
@@ -44,7 +44,7 @@ use crate::audit::AuditLog;
 use crate::auth::JwksCache;
 use crate::balance::Registry;
 use crate::metrics::Metrics;
-use crate::quota::{Concurrency, LocalStore, RedisStore, Store};
+use crate::quota::{Concurrency, LocalStore, RedisSettings, RedisStore, Store};
 use crate::server::Gateway;
 use crate::table::Tables;
 
@@ -120,8 +120,10 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<RunningGateway> {
     let tables = Arc::new(Tables::default());
     let registry = Arc::new(Registry::default());
     let reload = Duration::from_millis(cfg.reload_interval_ms.max(10));
-    let quota = match &cfg.redis_url {
-        Some(url) => Store::Redis(RedisStore::new(url).context("redis URL")?),
+    let quota = match RedisSettings::from_config(&cfg) {
+        Some(settings) => {
+            Store::Redis(RedisStore::with_settings(settings).context("shared quota store")?)
+        }
         None => Store::Local(LocalStore::default()),
     };
     let gw = Arc::new(Gateway {

@@ -17,9 +17,11 @@
 //!   connections evenly; limits are then approximate cluster-wide.
 //! - [`RedisStore`] (`--redis-url`): one Lua script per request checks and
 //!   commits all dimensions atomically on Redis' clock, so per-minute limits
-//!   are exact across replicas. Concurrency stays per replica. When Redis
-//!   cannot be reached the gateway admits the request (fails open) and counts
-//!   a `quota_store_error` rejection in dry-run.
+//!   are exact across replicas. Concurrency stays per replica. The connection
+//!   ([`crate::redis_client`]) reconnects by itself, may use a password and
+//!   TLS, and bounds every check (`--redis-timeout-ms`). When Redis cannot be
+//!   reached or does not answer in time the gateway admits the request (fails
+//!   open) and counts a `quota_store_error` rejection in dry-run.
 //!
 //! Headers on a 429 follow the IETF draft "RateLimit header fields for HTTP"
 //! (draft-ietf-httpapi-ratelimit-headers): `RateLimit-Policy:
@@ -34,7 +36,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::redis::{RedisClient, RedisError, Reply};
+pub use crate::redis_client::{RedisError, RedisSettings};
+
+use crate::redis_client::RedisClient;
 use crate::table::Quota;
 
 /// The window every rate is expressed over.
@@ -322,17 +326,42 @@ return out
 "#;
 
 /// Rate state in a shared Redis: exact across replicas.
-#[derive(Debug)]
 pub struct RedisStore {
     client: RedisClient,
+    script: redis::Script,
     prefix: String,
 }
 
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RedisStore {
-    /// A store on the Redis at `url`.
+    /// A store on the Redis at `url` (credentials may be in the URL), with
+    /// the default timeout. Needs a Tokio runtime.
     pub fn new(url: &str) -> Result<Self, RedisError> {
+        Self::with_settings(RedisSettings::new(url))
+    }
+
+    /// A store on the Redis `settings` describe. Connects and loads the
+    /// script in the background; until Redis answers, checks fail (and the
+    /// caller admits). Needs a Tokio runtime.
+    pub fn with_settings(settings: RedisSettings) -> Result<Self, RedisError> {
+        let client = RedisClient::new(settings)?;
+        let script = redis::Script::new(GCRA_LUA);
+        tracing::info!(
+            redis = %client.target(),
+            tls = client.tls(),
+            "per-minute quotas shared through Redis"
+        );
+        client.preload(&script);
         Ok(RedisStore {
-            client: RedisClient::new(url, 8)?,
+            client,
+            script,
             prefix: "medembed:quota:".into(),
         })
     }
@@ -348,33 +377,19 @@ impl RedisStore {
             return Ok(Decision::allow_all());
         }
         let mut dims = Vec::new();
-        let mut keys = Vec::new();
-        let mut argv = Vec::new();
+        let mut invocation = self.script.prepare_invoke();
         for (i, d) in Dimension::ALL.iter().enumerate() {
             if let Some(limit) = rates.per_minute[i] {
                 dims.push((*d, limit));
-                keys.push(format!("{}{}:{}", self.prefix, key, d.as_str()));
-                argv.push(format!("{}", WINDOW.as_micros() as f64 / limit as f64));
-                argv.push(cost.units[i].to_string());
+                invocation
+                    .key(format!("{}{}:{}", self.prefix, key, d.as_str()))
+                    .arg(format!("{}", WINDOW.as_micros() as f64 / limit as f64))
+                    .arg(cost.units[i]);
             }
         }
-        let nkeys = keys.len().to_string();
-        let mut args: Vec<&[u8]> = vec![b"EVAL", GCRA_LUA.as_bytes(), nkeys.as_bytes()];
-        args.extend(keys.iter().map(|k| k.as_bytes()));
-        args.extend(argv.iter().map(|a| a.as_bytes()));
-        let reply = self.client.command(&args).await?;
-        let Reply::Array(Some(items)) = reply else {
-            return Err(RedisError::Protocol);
-        };
-        let ints: Vec<i64> = items
-            .iter()
-            .map(|r| match r {
-                Reply::Integer(i) => Ok(*i),
-                _ => Err(RedisError::Protocol),
-            })
-            .collect::<Result<_, _>>()?;
+        let ints: Vec<i64> = self.client.run(&invocation).await?;
         if ints.len() != 3 + 2 * dims.len() {
-            return Err(RedisError::Protocol);
+            return Err(RedisError::Reply);
         }
         let allowed = ints[0] == 1;
         let refused_by = usize::try_from(ints[1])

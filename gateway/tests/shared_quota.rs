@@ -1,86 +1,220 @@
-//! Exact per-minute limits across two gateway processes sharing one Redis
-//! (Debian's `redis-server`, started here; scripts/test.sh installs it).
+//! The shared quota store against a real Redis (Debian's `redis-server`,
+//! started here; scripts/test.sh installs it): exact per-minute limits across
+//! two gateway processes, a password (in the URL, from a file, from the
+//! environment, wrong), TLS with a private CA, Redis stopped and restarted,
+//! and a Redis that never answers. Whenever Redis cannot be used the gateway
+//! admits the request and counts `quota_store_error`; the password never
+//! shows in its logs or metrics.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::io::Read;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const KEY: &str = "shared-quota-key-00000000000000000001";
+const PROBE_KEY: &str = "shared-quota-key-00000000000000000002";
+const PASSWORD: &str = "pw-4f1c9e0b7a2d-redis";
+const WRONG_PASSWORD: &str = "pw-0000wrong0000-redis";
 
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// A `redis-server` on loopback, restartable on the same port.
+struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    args: Vec<String>,
+}
+
+impl RedisServer {
+    /// Plain TCP, with `extra` arguments.
+    fn start(extra: &[&str]) -> Self {
+        let port = free_port();
+        let mut args: Vec<String> = ["--port", &port.to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(port, args)
     }
-}
 
-fn redis_server() -> (Killed, u16) {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("redis-server is required for this test ({e}); scripts/test.sh installs Debian's redis-server")
-        });
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "redis-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    /// TLS only (no plain port), with `extra` arguments.
+    fn start_tls(cert: &Path, key: &Path, ca: &Path, extra: &[&str]) -> Self {
+        let port = free_port();
+        let mut args: Vec<String> = vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            cert.display().to_string(),
+            "--tls-key-file".into(),
+            key.display().to_string(),
+            "--tls-ca-cert-file".into(),
+            ca.display().to_string(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(port, args)
     }
-    (Killed(child), port)
-}
 
-fn gateway_process(config: &std::path::Path, redis_port: u16) -> (Killed, u16) {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_medembed-gateway"))
-        .args(["--config-file", config.to_str().unwrap()])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--redis-url", &format!("redis://127.0.0.1:{redis_port}/0")])
-        .args(["--audit-log", "off", "--scrape-interval-ms", "0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    (Killed(child), port)
-}
+    fn spawn(port: u16, args: Vec<String>) -> Self {
+        let mut s = RedisServer {
+            child: None,
+            port,
+            args,
+        };
+        s.restart();
+        s
+    }
 
-async fn wait_ready(port: u16) {
-    let t = Instant::now();
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
-            if r.status() == 200 {
-                return;
-            }
+    /// Starts it (again) and waits until it accepts connections.
+    fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let child = Command::new("redis-server")
+            .args(&self.args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("redis-server is required for this test ({e}); scripts/test.sh installs Debian's redis-server")
+            });
+        self.child = Some(child);
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "gateway did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to it.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Kills it and waits until its port is closed.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
-#[tokio::test]
-async fn exact_limits_across_two_gateway_processes() {
-    let (_redis, redis_port) = redis_server();
-    let up = upstream("blue", Behaviour::Ok).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.yaml");
-    write_config(
-        &path,
-        &format!(
-            r#"
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A gateway process whose standard error (its log) is kept.
+struct GatewayProcess {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GatewayProcess {
+    fn start(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_medembed-gateway"))
+            .args(["--config-file", config.to_str().unwrap()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--audit-log", "off", "--scrape-interval-ms", "0"])
+            .args(["--log-format", "json"])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("MEDEMBED_LOG", "info,medembed_gateway=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                // Passed on, so a failing test shows the gateway's log.
+                eprint!("{}", String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        GatewayProcess {
+            child,
+            port,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    async fn ready(&self) {
+        let t = Instant::now();
+        loop {
+            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{}/readyz", self.port)).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "gateway did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Stops it and returns everything it logged.
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let log = self.log.lock().unwrap();
+        String::from_utf8_lossy(&log).into_owned()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One endpoint on `up`; client `radiology` (KEY) with `quota`, client
+/// `probe` (PROBE_KEY) with a large request quota.
+fn config_yaml(up: &Upstream, quota: &str) -> String {
+    format!(
+        r#"
 endpoints:
   - name: chest
     deployments: {{blue: {{workers: ["{}"]}}}}
@@ -88,32 +222,82 @@ clients:
   - name: radiology
     endpoints: [chest]
     keys: {{primarySha256: "{}"}}
-    quota: {{requestsPerMinute: 10, imagesPerMinute: 25}}
+    quota: {quota}
+  - name: probe
+    endpoints: [chest]
+    keys: {{primarySha256: "{}"}}
+    quota: {{requestsPerMinute: 100000}}
 "#,
-            up.authority(),
-            hash(KEY)
-        ),
+        up.authority(),
+        hash(KEY),
+        hash(PROBE_KEY)
+    )
+}
+
+fn write_yaml(dir: &Path, yaml: &str) -> std::path::PathBuf {
+    let path = dir.join("gateway.yaml");
+    write_config(&path, yaml);
+    path
+}
+
+async fn score(port: u16, key: &str) -> u16 {
+    client()
+        .post(format!("http://127.0.0.1:{port}/endpoints/chest/score"))
+        .bearer_auth(key)
+        .body(text_body())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Sends `n` requests one after the other, alternating over `ports`;
+/// returns (admitted, refused with 429).
+async fn burst(ports: &[u16], key: &str, n: usize) -> (usize, usize) {
+    let (mut ok, mut limited) = (0, 0);
+    for i in 0..n {
+        match score(ports[i % ports.len()], key).await {
+            200 => ok += 1,
+            429 => limited += 1,
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    (ok, limited)
+}
+
+fn store_errors(metrics: &str, client: &str) -> f64 {
+    metric(
+        metrics,
+        "medembed_gateway_rejections_total",
+        &[
+            "reason=\"quota_store_error\"",
+            &format!("client=\"{client}\""),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn exact_limits_across_two_gateway_processes() {
+    let redis = RedisServer::start(&[]);
+    let up = upstream("blue", Behaviour::Ok).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_yaml(
+        dir.path(),
+        &config_yaml(&up, "{requestsPerMinute: 10, imagesPerMinute: 25}"),
     );
-    let (_a, pa) = gateway_process(&path, redis_port);
-    let (_b, pb) = gateway_process(&path, redis_port);
-    wait_ready(pa).await;
-    wait_ready(pb).await;
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let a = GatewayProcess::start(&path, &["--redis-url", &url], &[]);
+    let b = GatewayProcess::start(&path, &["--redis-url", &url], &[]);
+    a.ready().await;
+    b.ready().await;
+    let (pa, pb) = (a.port, b.port);
 
     // 30 requests, alternating, 8 at a time: exactly 10 pass, on either side.
     let mut tasks = Vec::new();
     for i in 0..30 {
         let port = if i % 2 == 0 { pa } else { pb };
-        tasks.push(tokio::spawn(async move {
-            client()
-                .post(format!("http://127.0.0.1:{port}/endpoints/chest/score"))
-                .bearer_auth(KEY)
-                .body(text_body())
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }));
+        tasks.push(tokio::spawn(async move { score(port, KEY).await }));
         if i % 8 == 7 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -130,38 +314,24 @@ clients:
     // 10 per minute is one every 6 s: the run takes well under that.
     assert_eq!((ok, limited), (10, 20));
     assert_eq!(up.count(), 10);
+    assert_eq!(store_errors(&a.metrics().await, "radiology"), 0.0);
+    assert_eq!(store_errors(&b.metrics().await, "radiology"), 0.0);
 }
 
 #[tokio::test]
 async fn exact_image_limits_across_two_gateway_processes() {
-    let (_redis, redis_port) = redis_server();
+    let redis = RedisServer::start(&[]);
     let up = upstream("blue", Behaviour::Ok).await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.yaml");
-    write_config(
-        &path,
-        &format!(
-            r#"
-endpoints:
-  - name: chest
-    deployments: {{blue: {{workers: ["{}"]}}}}
-clients:
-  - name: radiology
-    endpoints: [chest]
-    keys: {{primarySha256: "{}"}}
-    quota: {{imagesPerMinute: 12}}
-"#,
-            up.authority(),
-            hash(KEY)
-        ),
-    );
-    let (_a, pa) = gateway_process(&path, redis_port);
-    let (_b, pb) = gateway_process(&path, redis_port);
-    wait_ready(pa).await;
-    wait_ready(pb).await;
+    let path = write_yaml(dir.path(), &config_yaml(&up, "{imagesPerMinute: 12}"));
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let a = GatewayProcess::start(&path, &["--redis-url", &url], &[]);
+    let b = GatewayProcess::start(&path, &["--redis-url", &url], &[]);
+    a.ready().await;
+    b.ready().await;
     let mut images_ok = 0;
     for i in 0..12 {
-        let port = if i % 2 == 0 { pa } else { pb };
+        let port = if i % 2 == 0 { a.port } else { b.port };
         let r = client()
             .post(format!("http://127.0.0.1:{port}/endpoints/chest/score"))
             .bearer_auth(KEY)
@@ -177,4 +347,342 @@ clients:
         }
     }
     assert_eq!(images_ok, 12);
+}
+
+/// A password in the URL works; a wrong one fails open and is counted; the
+/// password (right or wrong) shows neither in the log nor in the metrics.
+#[tokio::test]
+async fn password_in_the_url_and_a_wrong_one() {
+    let redis = RedisServer::start(&["--requirepass", PASSWORD]);
+    let up = upstream("blue", Behaviour::Ok).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_yaml(dir.path(), &config_yaml(&up, "{requestsPerMinute: 3}"));
+    let good = format!("redis://default:{PASSWORD}@127.0.0.1:{}/0", redis.port);
+    let bad = format!(
+        "redis://default:{WRONG_PASSWORD}@127.0.0.1:{}/0",
+        redis.port
+    );
+    let a = GatewayProcess::start(&path, &["--redis-url", &good], &[]);
+    // The URL from the environment, as the chart passes it from a Secret.
+    let b = GatewayProcess::start(&path, &[], &[("MEDEMBED_GATEWAY_REDIS_URL", &bad)]);
+    a.ready().await;
+    b.ready().await;
+
+    assert_eq!(burst(&[a.port], KEY, 5).await, (3, 2));
+    // Refused credentials: every request admitted, each one counted.
+    assert_eq!(burst(&[b.port], KEY, 5).await, (5, 0));
+    let (ma, mb) = (a.metrics().await, b.metrics().await);
+    assert_eq!(store_errors(&ma, "radiology"), 0.0);
+    assert_eq!(store_errors(&mb, "radiology"), 5.0);
+
+    let (la, lb) = (a.stop(), b.stop());
+    assert!(
+        lb.contains("Redis refused the credentials"),
+        "the log names the cause"
+    );
+    for text in [&la, &lb, &ma, &mb] {
+        assert!(!text.contains(PASSWORD) && !text.contains(WRONG_PASSWORD));
+        assert!(!text.contains("default:"), "no URL with its user");
+    }
+}
+
+/// The password from a file or from the environment, the URL without one;
+/// both gateways share one limit.
+#[tokio::test]
+async fn password_from_a_file_or_the_environment() {
+    let redis = RedisServer::start(&["--requirepass", PASSWORD]);
+    let up = upstream("blue", Behaviour::Ok).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_yaml(dir.path(), &config_yaml(&up, "{requestsPerMinute: 4}"));
+    let pw_file = dir.path().join("redis-password");
+    std::fs::write(&pw_file, format!("{PASSWORD}\n")).unwrap();
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let a = GatewayProcess::start(
+        &path,
+        &[
+            "--redis-url",
+            &url,
+            "--redis-password-file",
+            pw_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let b = GatewayProcess::start(
+        &path,
+        &["--redis-url", &url],
+        &[("MEDEMBED_GATEWAY_REDIS_PASSWORD", PASSWORD)],
+    );
+    a.ready().await;
+    b.ready().await;
+    assert_eq!(burst(&[a.port, b.port], KEY, 8).await, (4, 4));
+    assert_eq!(store_errors(&a.metrics().await, "radiology"), 0.0);
+    assert_eq!(store_errors(&b.metrics().await, "radiology"), 0.0);
+    for log in [a.stop(), b.stop()] {
+        assert!(!log.contains(PASSWORD));
+    }
+}
+
+/// Redis stopped: requests are admitted and counted, none waits long.
+/// Restarted on the same port: the connection manager reconnects and limits
+/// are exact again.
+#[tokio::test]
+async fn redis_stopped_then_restarted() {
+    let mut redis = RedisServer::start(&[]);
+    let up = upstream("blue", Behaviour::Ok).await;
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let gw = gateway_with(&config_yaml(&up, "{requestsPerMinute: 3}"), |cfg| {
+        cfg.redis_url = Some(url.into());
+        cfg.redis_timeout_ms = 300;
+    })
+    .await;
+    let port = gw.addr().port();
+    assert_eq!(burst(&[port], KEY, 4).await, (3, 1));
+
+    redis.stop();
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert_eq!(score(port, KEY).await, 200, "fails open");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+    assert_eq!(store_errors(&gw.metrics().await, "radiology"), 5.0);
+
+    // Back, empty (no persistence): wait until a probe goes through Redis.
+    redis.restart();
+    let t = Instant::now();
+    loop {
+        let before = store_errors(&gw.metrics().await, "probe");
+        assert_eq!(score(port, PROBE_KEY).await, 200);
+        if store_errors(&gw.metrics().await, "probe") == before {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no reconnection to Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(burst(&[port], KEY, 4).await, (3, 1));
+    assert_eq!(store_errors(&gw.metrics().await, "radiology"), 5.0);
+}
+
+/// Refused credentials are not retried by the connection manager; the
+/// connection is rebuilt instead (at most every 5 s), reading the password
+/// file again, so a rotated Secret is picked up without a restart.
+#[tokio::test]
+async fn a_rotated_password_file_is_picked_up() {
+    let redis = RedisServer::start(&["--requirepass", PASSWORD]);
+    let up = upstream("blue", Behaviour::Ok).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw_file = dir.path().join("redis-password");
+    std::fs::write(&pw_file, WRONG_PASSWORD).unwrap();
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let file = pw_file.clone();
+    let gw = gateway_with(&config_yaml(&up, "{requestsPerMinute: 3}"), |cfg| {
+        cfg.redis_url = Some(url.into());
+        cfg.redis_password_file = Some(file);
+    })
+    .await;
+    let port = gw.addr().port();
+    assert_eq!(burst(&[port], KEY, 4).await, (4, 0), "fails open");
+    assert_eq!(store_errors(&gw.metrics().await, "radiology"), 4.0);
+
+    // The Secret is corrected (a mounted Secret is replaced atomically).
+    let tmp = dir.path().join("redis-password.new");
+    std::fs::write(&tmp, PASSWORD).unwrap();
+    std::fs::rename(&tmp, &pw_file).unwrap();
+    let t = Instant::now();
+    loop {
+        let before = store_errors(&gw.metrics().await, "probe");
+        assert_eq!(score(port, PROBE_KEY).await, 200);
+        if store_errors(&gw.metrics().await, "probe") == before {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the new password was not used"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(burst(&[port], KEY, 4).await, (3, 1));
+    assert_eq!(store_errors(&gw.metrics().await, "radiology"), 4.0);
+}
+
+/// A frozen Redis (SIGSTOP: its connections stay open, nothing answers)
+/// delays each request by at most the timeout; the requests are admitted and
+/// counted. Once it resumes, Redis decides again.
+#[tokio::test]
+async fn a_frozen_redis_costs_at_most_the_timeout() {
+    let redis = RedisServer::start(&[]);
+    let up = upstream("blue", Behaviour::Ok).await;
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let gw = gateway_with(&config_yaml(&up, "{requestsPerMinute: 3}"), |cfg| {
+        cfg.redis_url = Some(url.into());
+        cfg.redis_timeout_ms = 300;
+    })
+    .await;
+    let port = gw.addr().port();
+    assert_eq!(burst(&[port], KEY, 4).await, (3, 1));
+
+    redis.signal("STOP");
+    for _ in 0..3 {
+        let t = Instant::now();
+        assert_eq!(score(port, KEY).await, 200, "fails open");
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    assert_eq!(store_errors(&gw.metrics().await, "radiology"), 3.0);
+
+    redis.signal("CONT");
+    let t = Instant::now();
+    loop {
+        let before = store_errors(&gw.metrics().await, "probe");
+        assert_eq!(score(port, PROBE_KEY).await, 200);
+        if store_errors(&gw.metrics().await, "probe") == before {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "Redis not used again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The quota is still spent.
+    assert_eq!(score(port, KEY).await, 429);
+    assert_eq!(store_errors(&gw.metrics().await, "radiology"), 3.0);
+}
+
+/// A Redis that accepts connections and never answers delays each request
+/// by at most the timeout; the requests are admitted and counted.
+#[tokio::test]
+async fn a_silent_redis_costs_at_most_the_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redis_port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let up = upstream("blue", Behaviour::Ok).await;
+    let gw = gateway_with(&config_yaml(&up, "{requestsPerMinute: 1}"), |cfg| {
+        cfg.redis_url = Some(format!("redis://127.0.0.1:{redis_port}/0").into());
+        cfg.redis_timeout_ms = 250;
+    })
+    .await;
+    let port = gw.addr().port();
+    for _ in 0..3 {
+        let t = Instant::now();
+        assert_eq!(score(port, KEY).await, 200);
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    assert_eq!(store_errors(&gw.metrics().await, "radiology"), 3.0);
+    held.abort();
+}
+
+/// `rediss://` to a redis-server whose certificate a private CA signed: with
+/// that CA trusted the limits are exact; trusting only the system's CAs the
+/// handshake fails, and the gateway fails open and says why.
+#[tokio::test]
+async fn tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = write_test_pki(dir.path());
+    let redis = RedisServer::start_tls(&cert, &key, &ca, &["--requirepass", PASSWORD]);
+    let up = upstream("blue", Behaviour::Ok).await;
+    let path = write_yaml(dir.path(), &config_yaml(&up, "{requestsPerMinute: 3}"));
+    let pw_file = dir.path().join("redis-password");
+    std::fs::write(&pw_file, PASSWORD).unwrap();
+    let pw_file = pw_file.to_str().unwrap();
+
+    let url = format!("rediss://localhost:{}/0", redis.port);
+    let a = GatewayProcess::start(
+        &path,
+        &[
+            "--redis-url",
+            &url,
+            "--redis-password-file",
+            pw_file,
+            "--redis-ca-file",
+            ca.to_str().unwrap(),
+        ],
+        &[],
+    );
+    // The certificate names 127.0.0.1 too.
+    let url_ip = format!("rediss://127.0.0.1:{}/0", redis.port);
+    let b = GatewayProcess::start(
+        &path,
+        &[
+            "--redis-url",
+            &url_ip,
+            "--redis-password-file",
+            pw_file,
+            "--redis-ca-file",
+            ca.to_str().unwrap(),
+        ],
+        &[],
+    );
+    // No CA given: only the system's are trusted.
+    let c = GatewayProcess::start(
+        &path,
+        &["--redis-url", &url, "--redis-password-file", pw_file],
+        &[],
+    );
+    a.ready().await;
+    b.ready().await;
+    c.ready().await;
+
+    assert_eq!(burst(&[a.port, b.port], KEY, 5).await, (3, 2));
+    assert_eq!(store_errors(&a.metrics().await, "radiology"), 0.0);
+    assert_eq!(store_errors(&b.metrics().await, "radiology"), 0.0);
+
+    assert_eq!(burst(&[c.port], PROBE_KEY, 2).await, (2, 0));
+    assert_eq!(store_errors(&c.metrics().await, "probe"), 2.0);
+    let lc = c.stop();
+    assert!(
+        lc.contains("invalid peer certificate"),
+        "the log says the certificate was not trusted"
+    );
+    for log in [a.stop(), b.stop(), lc] {
+        assert!(!log.contains(PASSWORD));
+    }
+}
+
+/// A CA and a server certificate for `localhost` and 127.0.0.1 it signed,
+/// written as PEM files: (CA, certificate, key).
+fn write_test_pki(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "medembed test Redis CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+
+    let server_key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let cert = params.signed_by(&server_key, &ca).unwrap();
+
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("redis.pem"),
+        dir.join("redis.key"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, server_key.serialize_pem()).unwrap();
+    (paths.0, paths.1, paths.2)
 }
