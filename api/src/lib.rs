@@ -4,12 +4,17 @@
 //! clients written for it work against an on-prem cluster. Both the worker and
 //! the gateway parse requests with [`score::parse_request`], so they agree on
 //! what is valid and on the wording of every error.
+//!
+//! With the `server` feature, [`serve`] is the accept loop every medembed
+//! server shares: connection limits, timeouts and graceful shutdown.
 
 #[cfg(feature = "k8s")]
 pub mod crd;
 pub mod error;
 pub mod request_id;
 pub mod score;
+#[cfg(feature = "server")]
+pub mod serve;
 pub mod workers;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

@@ -2,13 +2,44 @@
 //! endpoint's scoring API, in front of every embedding endpoint's workers.
 //!
 //! It routes by host name (as the managed service does) or path prefix,
-//! authenticates clients by key or token ([`auth`]), enforces per-client
-//! quotas ([`quota`]), splits traffic across deployments by weight with
-//! pinning and mirroring ([`server`]), balances across workers by power of
-//! two choices ([`balance`]) with one safe retry ([`proxy`]), terminates TLS
-//! ([`tls`]), and reports what it does ([`metrics`], [`audit`], [`trace`]).
-//! What to route comes from a static file ([`file`]) or from Kubernetes
+//! authenticates clients by key or token, enforces per-client quotas,
+//! splits traffic across deployments by weight with pinning and mirroring,
+//! balances across workers by power of two choices with one safe retry,
+//! terminates TLS, and reports what it does (metrics, audit log, traces).
+//! What to route comes from a static file ([`file`](mod@file)) or from Kubernetes
 //! ([`discovery`]), into one routing model ([`table`]).
+//!
+//! # The request path
+//!
+//! One request goes through these stages, composed in [`stages`] (read its
+//! `mod.rs` top to bottom); each refusal is a [`GatewayError`] ([`error`]),
+//! answered in the API's JSON error shape:
+//!
+//! ```text
+//! connection   medembed_api::serve (via server)  cap, TLS, header-read/idle timeouts
+//! routing      stages::route                     /livez /readyz /metrics; endpoint by host or path
+//! auth         stages::auth  -> auth             key or token -> client and its quota
+//! concurrency  stages::admit -> quota            requests in flight per client
+//! body         stages::body                      size limits, deadline
+//! parse        stages::parse                     rows, images, row cap
+//! quota        stages::quota -> quota, redis     per-minute rates, 429 headers
+//! choose       stages::choose                    pin header, traffic weights, mirror
+//! forward      stages::forward -> balance, proxy one worker, one retry on another
+//! respond      stages::respond -> metrics, audit headers, counters, audit line
+//! ```
+//!
+//! # Modules
+//!
+//! - [`server`]: the shared state ([`server::Gateway`]) and the listeners.
+//! - [`stages`]: the request path, one module per stage; [`error`]: its
+//!   one error type.
+//! - [`auth`]: key and token verification; [`quota`] and [`redis`]: rate
+//!   and concurrency state; [`balance`]: picking a worker; [`proxy`]: the
+//!   upstream client.
+//! - [`table`], [`file`](mod@file), [`discovery`]: what to route and where it comes
+//!   from.
+//! - [`metrics`], [`audit`], [`trace`]: what the gateway reports; [`tls`]:
+//!   certificates; [`config`]: the command line.
 //!
 //! The library exposes [`start`] (bind on the configured address, possibly
 //! port 0, and serve in the background) and [`run`] (serve until a shutdown
@@ -19,37 +50,32 @@ pub mod auth;
 pub mod balance;
 pub mod config;
 pub mod discovery;
+pub mod error;
 pub mod file;
 pub mod metrics;
 pub mod proxy;
 pub mod quota;
 pub mod redis_client;
 pub mod server;
+pub mod stages;
 pub mod table;
 pub mod tls;
 pub mod trace;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 
 pub use config::GatewayConfig;
+pub use error::GatewayError;
 
-use crate::audit::AuditLog;
-use crate::auth::JwksCache;
 use crate::balance::Registry;
-use crate::metrics::Metrics;
-use crate::quota::{Concurrency, LocalStore, RedisSettings, RedisStore, Store};
 use crate::server::Gateway;
 use crate::table::Tables;
-
-/// Most mirrored requests in flight at once; beyond, copies are skipped.
-const MIRROR_SLOTS: usize = 256;
 
 /// A gateway serving in the background.
 #[derive(Debug)]
@@ -114,31 +140,10 @@ fn spawn_scraper(gw: Arc<Gateway>, every: Duration) -> tokio::task::JoinHandle<(
 
 /// Binds, loads the configuration and serves in the background.
 pub async fn start(cfg: GatewayConfig) -> anyhow::Result<RunningGateway> {
-    let metrics = Metrics::new().context("metrics")?;
-    let audit = AuditLog::open(&cfg.audit_log, metrics.clone()).context("audit log")?;
-    let http = proxy::http_client(Duration::from_millis(cfg.connect_timeout_ms));
     let tables = Arc::new(Tables::default());
     let registry = Arc::new(Registry::default());
     let reload = Duration::from_millis(cfg.reload_interval_ms.max(10));
-    let quota = match RedisSettings::from_config(&cfg) {
-        Some(settings) => {
-            Store::Redis(RedisStore::with_settings(settings).context("shared quota store")?)
-        }
-        None => Store::Local(LocalStore::default()),
-    };
-    let gw = Arc::new(Gateway {
-        config: cfg.clone(),
-        tables: tables.clone(),
-        registry: registry.clone(),
-        http: http.clone(),
-        metrics,
-        audit,
-        jwks: JwksCache::new(http, reload),
-        quota,
-        concurrency: Concurrency::default(),
-        mirror_slots: Arc::new(Semaphore::new(MIRROR_SLOTS)),
-        draining: AtomicBool::new(false),
-    });
+    let gw = Arc::new(Gateway::new(cfg.clone(), tables.clone(), registry.clone())?);
     let mut background = Vec::new();
     match &cfg.config_file {
         Some(path) => background.push(
@@ -164,10 +169,11 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<RunningGateway> {
         (Some(c), Some(k)) => {
             let cert = tls::ReloadingCert::new(c.clone(), k.clone()).context("TLS certificate")?;
             background.push(cert.watch(reload));
-            Some(cert.acceptor()?)
+            Some(tls::TlsHandshake(cert.acceptor()?))
         }
         _ => None,
     };
+    let serve_config = server::serve_config(&cfg);
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -179,25 +185,24 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<RunningGateway> {
             .await
             .with_context(|| format!("cannot listen on {a}"))?;
         admin_addr = Some(admin.local_addr()?);
-        let gw2 = gw.clone();
-        background.push(tokio::spawn(async move {
-            server::serve(gw2, admin, None, std::future::pending(), Duration::ZERO).await;
-        }));
+        // Serves until the gateway is dropped (its task is aborted).
+        background.push(tokio::spawn(server::serve(
+            gw.clone(),
+            admin,
+            None,
+            serve_config,
+            std::future::pending(),
+        )));
     }
-    let grace = Duration::from_secs(cfg.shutdown_grace_seconds);
-    let gw2 = gw.clone();
-    let task = tokio::spawn(async move {
-        server::serve(
-            gw2,
-            listener,
-            tls,
-            async {
-                let _ = stop_rx.await;
-            },
-            grace,
-        )
-        .await;
-    });
+    let task = tokio::spawn(server::serve(
+        gw.clone(),
+        listener,
+        tls,
+        serve_config,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
     tracing::info!(%addr, "gateway listening");
     Ok(RunningGateway {
         addr,

@@ -1,31 +1,16 @@
-//! Calling workers: the upstream HTTP client, one request with its deadline,
-//! the single retry, and the response body that keeps its guards alive.
-//!
-//! A request goes to the worker [`crate::balance::pick`] chooses. It is
-//! retried once, on another worker, when the first gave no answer to use:
-//! the connection was refused (or timed out opening), the worker answered
-//! 503 (a medembed worker answers 503 only while loading or draining, before
-//! any inference), or the connection broke before a response came (the
-//! worker was killed or crashed mid-request). Scoring is a pure function of
-//! the request, so running it a second time is safe; it costs at most one
-//! more inference, and one retry in all bounds what a request that somehow
-//! kills workers can take down. Nothing is retried once response headers
-//! have arrived, nor after the deadline. Workers that answer 429/503, refuse
-//! a connection or break one are penalised. The time left of the endpoint's budget goes to
-//! the worker in [`medembed_api::TIMEOUT_HEADER`], and the gateway stops
-//! waiting at the same deadline (408).
-//!
-//! Dropping the future of a request (the client went away) drops the
-//! upstream request, which closes its connection: the worker sees the
-//! cancellation and drops the work before it costs GPU time.
+//! The upstream side's plumbing: the HTTP client for workers (and for key
+//! sets and worker metrics), what a request carries upstream
+//! ([`Outgoing`]), a worker's answer ([`Answer`]), and the response body
+//! that keeps a request's guards alive until it has been sent
+//! ([`Guarded`]). Which worker is called, and the retry, are the forward
+//! stage's ([`crate::stages::forward`]).
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -33,11 +18,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
-use medembed_api::{ErrorCode, ResponseFormat};
+use medembed_api::ResponseFormat;
 
-use crate::balance::{self, Worker};
-use crate::metrics::Metrics;
-use crate::table::Deployment;
+use crate::balance;
 
 /// The HTTP/1.1 client used for workers (plain HTTP inside the cluster).
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -63,38 +46,8 @@ pub async fn get_text(client: &HttpClient, url: &str, timeout: Duration) -> anyh
     Ok(String::from_utf8(body.to_bytes().to_vec())?)
 }
 
-/// Why no worker response could be had.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum UpstreamError {
-    /// The deployment has no workers.
-    #[error("no worker is available for this deployment")]
-    NoWorkers,
-    /// Every attempt failed to connect.
-    #[error("no worker could be reached")]
-    Unreachable,
-    /// The worker closed the connection or broke the protocol.
-    #[error("the worker failed to answer")]
-    Broken,
-    /// The endpoint's time budget ran out.
-    #[error("the request timed out")]
-    Timeout,
-}
-
-impl UpstreamError {
-    /// Stable code for the error body and reason label; its status is the
-    /// client's.
-    pub fn code(self) -> ErrorCode {
-        match self {
-            UpstreamError::NoWorkers => ErrorCode::NoWorkers,
-            UpstreamError::Unreachable => ErrorCode::UpstreamUnreachable,
-            UpstreamError::Broken => ErrorCode::UpstreamFailed,
-            UpstreamError::Timeout => ErrorCode::Timeout,
-        }
-    }
-}
-
 /// What a request carries upstream besides its body.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Outgoing {
     /// The body, as received.
     pub body: Bytes,
@@ -110,6 +63,20 @@ pub struct Outgoing {
     pub deadline: Instant,
 }
 
+impl std::fmt::Debug for Outgoing {
+    // The body is patient data: its size only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("body_bytes", &self.body.len())
+            .field("content_type", &self.content_type)
+            .field("traceparent", &self.traceparent)
+            .field("request_id", &self.request_id)
+            .field("response_format", &self.response_format)
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
 /// A worker's response, with the worker that gave it.
 #[derive(Debug)]
 pub struct Answer {
@@ -117,102 +84,6 @@ pub struct Answer {
     pub response: Response<Incoming>,
     /// The worker's in-flight guard: keep it until the body is read.
     pub in_flight: balance::InFlight,
-}
-
-fn build(
-    worker: &Worker,
-    out: &Outgoing,
-    now: Instant,
-) -> Result<Request<Full<Bytes>>, UpstreamError> {
-    let left = out.deadline.saturating_duration_since(now);
-    if left.is_zero() {
-        return Err(UpstreamError::Timeout);
-    }
-    let mut req = Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://{}/score", worker.authority))
-        .header(
-            medembed_api::TIMEOUT_HEADER,
-            left.as_millis().max(1).to_string(),
-        )
-        .header("traceparent", &out.traceparent)
-        .header(medembed_api::REQUEST_ID_HEADER, &out.request_id)
-        .header(
-            medembed_api::RESPONSE_FORMAT_HEADER,
-            out.response_format.as_str(),
-        );
-    if let Some(ct) = &out.content_type {
-        req = req.header(header::CONTENT_TYPE, ct);
-    }
-    req.body(Full::new(out.body.clone()))
-        .map_err(|_| UpstreamError::Broken)
-}
-
-/// Sends a request to one worker of `deployment`, retrying once on another
-/// worker when the first gave no usable answer (see the module's doc).
-pub async fn call(
-    client: &HttpClient,
-    metrics: &Metrics,
-    endpoint: &str,
-    deployment: &Deployment,
-    out: &Outgoing,
-    penalty: Duration,
-) -> Result<Answer, UpstreamError> {
-    let mut failed: Option<Arc<Worker>> = None;
-    let mut last_err = UpstreamError::NoWorkers;
-    for attempt in 0..2 {
-        let Some(worker) = balance::pick(&deployment.workers, failed.as_ref()) else {
-            return Err(last_err);
-        };
-        let in_flight = worker.begin();
-        let req = build(&worker, out, Instant::now())?;
-        let result = tokio::time::timeout_at(out.deadline, client.request(req)).await;
-        let cause = match result {
-            Err(_) => return Err(UpstreamError::Timeout),
-            Ok(Ok(response)) => {
-                let status = response.status();
-                if status == StatusCode::TOO_MANY_REQUESTS
-                    || status == StatusCode::SERVICE_UNAVAILABLE
-                {
-                    worker.penalize(penalty);
-                }
-                if status != StatusCode::SERVICE_UNAVAILABLE || attempt == 1 {
-                    return Ok(Answer {
-                        response,
-                        in_flight,
-                    });
-                }
-                // Is there another worker to try? If not, answer this 503.
-                if balance::pick(&deployment.workers, Some(&worker)).is_none() {
-                    return Ok(Answer {
-                        response,
-                        in_flight,
-                    });
-                }
-                last_err = UpstreamError::Unreachable;
-                "unavailable"
-            }
-            Ok(Err(e)) if e.is_connect() => {
-                worker.penalize(penalty);
-                last_err = UpstreamError::Unreachable;
-                "connect"
-            }
-            Ok(Err(_)) => {
-                worker.penalize(penalty);
-                last_err = UpstreamError::Broken;
-                "reset"
-            }
-        };
-        drop(in_flight);
-        if attempt == 0 {
-            metrics
-                .retries
-                .with_label_values(&[endpoint, &deployment.name, cause])
-                .inc();
-        }
-        failed = Some(worker);
-    }
-    Err(last_err)
 }
 
 /// A response body that holds guards (in-flight counts, a concurrency slot)
@@ -249,5 +120,57 @@ impl<B: Body + Unpin> Body for Guarded<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    struct Counted(Arc<AtomicUsize>);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn guards_live_as_long_as_the_body() {
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let body = Guarded::new(
+            Full::new(Bytes::from_static(b"abc")),
+            Box::new(Counted(dropped.clone())),
+        );
+        assert_eq!(body.size_hint().exact(), Some(3));
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"abc");
+        // Collected, hence dropped: the guard went with it.
+        assert_eq!(dropped.load(Ordering::SeqCst), 1);
+        let unsent = Guarded::new(
+            Full::new(Bytes::from_static(b"abc")),
+            Box::new(Counted(dropped.clone())),
+        );
+        assert_eq!(dropped.load(Ordering::SeqCst), 1);
+        drop(unsent);
+        assert_eq!(dropped.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn debug_shows_no_body() {
+        let out = Outgoing {
+            body: Bytes::from_static(b"iVBORw0KGgo patient"),
+            content_type: None,
+            traceparent: "00-x".into(),
+            request_id: HeaderValue::from_static("r"),
+            response_format: ResponseFormat::default(),
+            deadline: Instant::now(),
+        };
+        let d = format!("{out:?}");
+        assert!(!d.contains("iVBOR") && !d.contains("patient"), "{d}");
+        assert!(d.contains("body_bytes: 19"), "{d}");
     }
 }

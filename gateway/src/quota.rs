@@ -424,6 +424,27 @@ pub enum Store {
     Redis(RedisStore),
 }
 
+impl Store {
+    /// Whether every replica shares this state (per-minute limits are then
+    /// exact, not divided across replicas).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Redis(_))
+    }
+
+    /// Checks and, when admitted, commits a request's cost.
+    pub async fn check(
+        &self,
+        key: &str,
+        rates: &Rates,
+        cost: &Cost,
+    ) -> Result<Decision, RedisError> {
+        match self {
+            Store::Local(s) => Ok(s.check(key, rates, cost)),
+            Store::Redis(s) => s.check(key, rates, cost).await,
+        }
+    }
+}
+
 /// Concurrency counters per client (always per replica).
 #[derive(Debug, Default)]
 pub struct Concurrency {

@@ -2,17 +2,21 @@
 //! files (a mounted Kubernetes TLS Secret is such a pair of files, updated in
 //! place by the kubelet) and are reloaded when either file changes, without
 //! dropping connections: each new handshake uses the current certificate.
+//! [`TlsHandshake`] plugs the acceptor into the shared accept loop
+//! ([`medembed_api::serve`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use tokio::net::TcpStream;
 use tokio_rustls::rustls::crypto::ring::sign::any_supported_type;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 /// Serves whatever certificate was loaded last.
@@ -101,5 +105,26 @@ impl ResolvesServerCert for ReloadingCert {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
         )
+    }
+}
+
+/// The TLS handshake of the scoring API's listener.
+#[derive(Clone)]
+pub struct TlsHandshake(pub TlsAcceptor);
+
+impl std::fmt::Debug for TlsHandshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsHandshake")
+    }
+}
+
+impl medembed_api::serve::Handshake for TlsHandshake {
+    type Io = TlsStream<TcpStream>;
+
+    fn handshake(
+        &self,
+        tcp: TcpStream,
+    ) -> impl std::future::Future<Output = std::io::Result<Self::Io>> + Send {
+        self.0.accept(tcp)
     }
 }

@@ -607,3 +607,95 @@ async fn the_endpoints_response_format_goes_to_the_worker() {
         assert_eq!(*up.seen.last_response_format.lock().unwrap(), want, "{set}");
     }
 }
+
+#[tokio::test]
+async fn own_paths_on_both_listeners_and_readyz_turns_503_while_draining() {
+    let up = upstream("slow", Behaviour::Slow(Duration::from_millis(800))).await;
+    let mut gw = gateway_with(
+        &config(
+            &format!("      blue: {{workers: [\"{}\"]}}", up.authority()),
+            "",
+        ),
+        |c| c.admin_listen = Some("127.0.0.1:0".parse().unwrap()),
+    )
+    .await;
+    let admin = gw.gw.as_ref().unwrap().admin_addr.unwrap();
+    for base in [format!("http://{}", gw.addr()), format!("http://{admin}")] {
+        for path in ["/livez", "/readyz", "/metrics"] {
+            let r = client().get(format!("{base}{path}")).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{base}{path}");
+            // Every answer carries a request id.
+            assert_eq!(r.headers()[medembed_api::REQUEST_ID_HEADER].len(), 36);
+        }
+    }
+    let pending = {
+        let url = gw.url("/endpoints/chest/score");
+        tokio::spawn(async move { post(&url, None, None).await.status() })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stop = tokio::spawn(gw.gw.take().unwrap().shutdown());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = client()
+        .get(format!("http://{admin}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.text().await.unwrap(), "draining");
+    assert_eq!(pending.await.unwrap(), 200);
+    stop.await.unwrap();
+}
+
+#[tokio::test]
+async fn refusals_before_any_worker_carry_their_headers_and_the_ids() {
+    let up = upstream("blue", Behaviour::Ok).await;
+    let gw = gateway(&config(
+        &format!("      blue: {{workers: [\"{}\"]}}", up.authority()),
+        "",
+    ))
+    .await;
+    let send = |method: reqwest::Method, path: &str| {
+        client()
+            .request(method, gw.url(path))
+            .bearer_auth(KEY)
+            .header(medembed_api::REQUEST_ID_HEADER, "mine-1")
+            .header(medembed_api::CLIENT_REQUEST_ID_HEADER, "sdk-7")
+            .body(text_body())
+            .send()
+    };
+    // No route: 404, not counted against any endpoint.
+    let r = send(reqwest::Method::POST, "/endpoints/nope/score")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()[medembed_api::REQUEST_ID_HEADER], "mine-1");
+    assert_eq!(r.headers()[medembed_api::CLIENT_REQUEST_ID_HEADER], "sdk-7");
+    // Wrong method: 405 with Allow.
+    let r = send(reqwest::Method::PUT, "/endpoints/chest/score")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    assert_eq!(r.headers()[medembed_api::REQUEST_ID_HEADER], "mine-1");
+    assert_eq!(r.headers()[medembed_api::CLIENT_REQUEST_ID_HEADER], "sdk-7");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    assert_eq!(up.count(), 0);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "medembed_gateway_rejections_total",
+            &["reason=\"method_not_allowed\"", "endpoint=\"chest\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "medembed_gateway_rejections_total",
+            &["reason=\"not_found\""]
+        ),
+        0.0
+    );
+}

@@ -1,0 +1,129 @@
+//! The request path, composed in one place: [`Gateway::handle`] and the
+//! functions below it read top to bottom as the stages a request goes
+//! through. Each stage is a small function in its own module, returning
+//! `Result<_, GatewayError>`; the first refusal ends the path, and
+//! [`respond::finish`] answers it ([`crate::error`] decides how).
+//!
+//! ```text
+//! connection   medembed_api::serve     connection cap, TLS handshake, header-read
+//!                                      and idle timeouts, HTTP/2 streams
+//! ids          respond::RequestIds     x-request-id, x-ms-client-request-id
+//! own paths    route::admin            /livez /readyz /metrics
+//! routing      route::endpoint         host or path prefix -> endpoint    404
+//!              route::require_post                                        405
+//! auth         auth::caller            key or token -> client, quota      401 403
+//! concurrency  admit::slot             client's requests in flight        429
+//! body         body::read              size (declared, streamed), time    413 408
+//! parse        parse::count            rows and images, row cap           400
+//! quota        quota::check            per-minute rates                   429
+//! choose       choose::deployment      pin header, else traffic weights   404 503
+//!              choose::mirror          background copy to the mirror
+//! forward      forward::forward        one worker, one retry on another   502 503 408
+//! respond      respond::relay/finish   headers, metrics, audit line
+//! ```
+//!
+//! Dry run: the concurrency and quota stages return [`Admitted`] values; a
+//! refusal they waived is counted (`Gateway::waive`) and the request goes
+//! on.
+
+pub mod admit;
+pub mod auth;
+pub mod body;
+pub mod choose;
+pub mod forward;
+pub mod parse;
+pub mod quota;
+pub mod respond;
+pub mod route;
+#[cfg(test)]
+pub(crate) mod testing;
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::error::{Admitted, GatewayError};
+use crate::quota::Cost;
+use crate::server::{Body, Gateway};
+use crate::table::{Endpoint, Table};
+use respond::{Facts, InFlight, RequestIds};
+
+impl Gateway {
+    /// Answers one request: the service of every connection.
+    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let ids = RequestIds::of(req.headers());
+        let resp = match route::admin(self, &req) {
+            Some(own) => own,
+            None => self.score(req, &ids).await,
+        };
+        ids.stamp(resp)
+    }
+
+    /// A request for an endpoint: routed, then admitted and forwarded,
+    /// counted and audited either way.
+    async fn score(self: &Arc<Self>, req: Request<Incoming>, ids: &RequestIds) -> Response<Body> {
+        let table = self.tables.get();
+        let endpoint = match route::endpoint(&table, &req) {
+            Ok(e) => e,
+            // No endpoint: nothing to count it against, nothing to audit.
+            Err(e) => return e.to_response(),
+        };
+        let mut facts = Facts::new(&endpoint, req.headers(), ids);
+        let in_flight = InFlight::enter(&self.metrics, &endpoint.id);
+        let outcome = self
+            .admit_and_forward(&table, &endpoint, req, &mut facts, in_flight)
+            .await;
+        respond::finish(&self.metrics, &self.audit, &facts, outcome)
+    }
+
+    /// The stages from authentication to the worker's answer.
+    async fn admit_and_forward(
+        self: &Arc<Self>,
+        table: &Table,
+        endpoint: &Arc<Endpoint>,
+        req: Request<Incoming>,
+        facts: &mut Facts,
+        in_flight: InFlight,
+    ) -> Result<Response<Body>, GatewayError> {
+        let (head, body) = req.into_parts();
+        route::require_post(&head)?;
+
+        let dry_run_all = self.config.quota_dry_run;
+        let caller = auth::caller(&self.jwks, table, endpoint, &head.headers, dry_run_all).await?;
+        facts.client = caller.id.clone();
+
+        let replicas = self.config.replicas;
+        let slot = self.waive(facts, admit::slot(&self.concurrency, &caller, replicas)?);
+
+        let deadline = facts.arrived + endpoint.timeout;
+        let limits = body::BodyLimits::new(endpoint, &caller.quota, deadline);
+        let body = body::read(body, &head.headers, &limits).await?;
+        facts.bytes = body.len() as u64;
+
+        let counts = parse::count(&body, parse::row_cap(endpoint, &caller.quota)).await?;
+        (facts.rows, facts.images) = (counts.rows, counts.images);
+
+        let cost = Cost::new(counts.images as u64, facts.bytes);
+        let admitted = quota::check(&self.quota, &caller, replicas, &cost).await?;
+        self.waive(facts, admitted);
+        respond::count_admitted(&self.metrics, facts);
+
+        let pinned = choose::pinned(&head.headers);
+        let deployment = choose::deployment(endpoint, pinned.as_deref())?;
+        facts.deployment = deployment.name.clone();
+        let out = forward::outgoing(&head, body, facts, endpoint, deadline);
+        let mirror = choose::mirror(self, endpoint, &out, pinned.as_deref());
+
+        let answer = forward::forward(self, endpoint, &deployment, &out, mirror).await?;
+        Ok(respond::relay(answer, &deployment.name, (slot, in_flight)))
+    }
+
+    /// Lets a request through a check, counting the refusal it waived.
+    fn waive<T>(&self, facts: &Facts, admitted: Admitted<T>) -> T {
+        if let Some(e) = &admitted.waived {
+            respond::count_waived(&self.metrics, facts, e);
+        }
+        admitted.value
+    }
+}

@@ -1,0 +1,194 @@
+//! Quota: the caller's per-minute limits (requests, images, body bytes).
+//!
+//! The arithmetic and the state live in [`crate::quota`]; this stage decides
+//! what a verdict means for the request. The rates are the quota's, divided
+//! across replicas unless the store is shared ([`Store::is_shared`]). A
+//! refusal is a 429 carrying `Retry-After`, `RateLimit-Policy` and
+//! `RateLimit` ([`GatewayError::Quota`]); in dry run it is only counted. A
+//! shared store that cannot be reached admits the request (fails open) and
+//! counts [`GatewayError::QuotaStoreUnavailable`].
+
+use crate::error::{Admitted, GatewayError};
+use crate::quota::{Cost, Decision, Rates, Store};
+use crate::stages::auth::Caller;
+
+/// The caller's rates on this replica.
+pub fn rates(store: &Store, caller: &Caller, replicas: u32) -> Rates {
+    let share = if store.is_shared() { 1 } else { replicas };
+    Rates::from_quota(&caller.quota, share)
+}
+
+/// Checks and, when admitted, commits the request's `cost`.
+pub async fn check(
+    store: &Store,
+    caller: &Caller,
+    replicas: u32,
+    cost: &Cost,
+) -> Result<Admitted<()>, GatewayError> {
+    let rates = rates(store, caller, replicas);
+    match store.check(&caller.quota_key, &rates, cost).await {
+        Ok(decision) => verdict(decision, caller.dry_run),
+        Err(e) => {
+            tracing::warn!(error = %e, "quota store unavailable; admitting");
+            Ok(Admitted::waiving((), GatewayError::QuotaStoreUnavailable))
+        }
+    }
+}
+
+/// What a store's decision means for the request.
+pub fn verdict(decision: Decision, dry_run: bool) -> Result<Admitted<()>, GatewayError> {
+    if decision.allowed {
+        return Ok(Admitted::clean(()));
+    }
+    let refusal = GatewayError::Quota(Box::new(decision));
+    if dry_run {
+        Ok(Admitted::waiving((), refusal))
+    } else {
+        Err(refusal)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    use std::time::Duration;
+
+    use crate::quota::{Dimension, LocalStore};
+    use crate::table::Quota;
+
+    fn caller(quota: Quota, dry_run: bool) -> Caller {
+        Caller {
+            id: "c".into(),
+            quota,
+            dry_run,
+            quota_key: "c".into(),
+        }
+    }
+
+    fn header(e: &GatewayError, name: &str) -> String {
+        e.headers()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn local_rates_are_divided_across_replicas() {
+        let c = caller(
+            Quota {
+                requests_per_minute: Some(100),
+                ..Default::default()
+            },
+            false,
+        );
+        let local = Store::Local(LocalStore::default());
+        assert_eq!(rates(&local, &c, 3).per_minute, [Some(34), None, None]);
+        assert_eq!(rates(&local, &c, 1).per_minute, [Some(100), None, None]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_per_minute_then_429_with_headers() {
+        let store = Store::Local(LocalStore::default());
+        let c = caller(
+            Quota {
+                requests_per_minute: Some(3),
+                ..Default::default()
+            },
+            false,
+        );
+        for _ in 0..3 {
+            let a = check(&store, &c, 1, &Cost::new(0, 10)).await.unwrap();
+            assert!(a.waived.is_none());
+        }
+        let e = check(&store, &c, 1, &Cost::new(0, 10)).await.unwrap_err();
+        assert_eq!(e.status(), 429);
+        assert_eq!(e.reason(), "requests_per_minute");
+        assert_eq!(header(&e, "retry-after"), "20");
+        assert_eq!(header(&e, "ratelimit-policy"), "\"requests\";q=3;w=60");
+        assert!(header(&e, "ratelimit").starts_with("\"requests\";r=0;t="));
+        // Time refills it.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(check(&store, &c, 1, &Cost::new(0, 10)).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn images_and_bytes_name_their_dimension() {
+        let store = Store::Local(LocalStore::default());
+        let c = caller(
+            Quota {
+                images_per_minute: Some(10),
+                bytes_per_minute: Some(1000),
+                ..Default::default()
+            },
+            false,
+        );
+        assert!(check(&store, &c, 1, &Cost::new(8, 100)).await.is_ok());
+        let e = check(&store, &c, 1, &Cost::new(4, 100)).await.unwrap_err();
+        assert_eq!(e.reason(), "images_per_minute");
+        assert!(header(&e, "ratelimit").starts_with("\"images\";r=2;"));
+        let e = check(&store, &c, 1, &Cost::new(0, 950)).await.unwrap_err();
+        assert_eq!(e.reason(), "bytes_per_minute");
+        assert!(header(&e, "ratelimit-policy").contains("\"bytes\";q=1000;w=60"));
+    }
+
+    #[test]
+    fn dry_run_admits_and_names_the_waived_refusal() {
+        let refused = Decision {
+            allowed: false,
+            refused_by: Some(Dimension::Images),
+            retry_after: Duration::from_secs(3),
+            policies: Vec::new(),
+        };
+        let a = verdict(refused.clone(), true).unwrap();
+        assert_eq!(a.waived.unwrap().reason(), "images_per_minute");
+        assert!(verdict(refused, false).is_err());
+        let allowed = Decision {
+            allowed: true,
+            refused_by: None,
+            retry_after: Duration::ZERO,
+            policies: Vec::new(),
+        };
+        assert!(verdict(allowed, false).unwrap().waived.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_shared_store_fails_open_and_is_counted() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store = Store::Redis(
+            crate::quota::RedisStore::new(&format!("redis://127.0.0.1:{port}")).unwrap(),
+        );
+        let c = caller(
+            Quota {
+                requests_per_minute: Some(1),
+                ..Default::default()
+            },
+            false,
+        );
+        // Shared: the full rate on every replica.
+        assert_eq!(rates(&store, &c, 3).per_minute, [Some(1), None, None]);
+        for _ in 0..3 {
+            let a = check(&store, &c, 3, &Cost::new(0, 10)).await.unwrap();
+            assert_eq!(a.waived, Some(GatewayError::QuotaStoreUnavailable));
+        }
+    }
+
+    #[tokio::test]
+    async fn no_limits_admit_everything() {
+        let store = Store::Local(LocalStore::default());
+        let c = caller(Quota::default(), false);
+        for _ in 0..1000 {
+            assert!(check(&store, &c, 1, &Cost::new(100, 1 << 20))
+                .await
+                .unwrap()
+                .waived
+                .is_none());
+        }
+    }
+}
