@@ -22,7 +22,7 @@
 //! concurrency  stages::admit -> quota            requests in flight per client
 //! body         stages::body                      size limits, deadline
 //! parse        stages::parse                     rows, images, row cap
-//! quota        stages::quota -> quota, redis     per-minute rates, 429 headers
+//! quota        stages::quota -> quota, redis_client per-minute rates, 429 headers
 //! choose       stages::choose                    pin header, traffic weights, mirror
 //! forward      stages::forward -> balance, proxy one worker, one retry on another
 //! respond      stages::respond -> metrics, audit headers, counters, audit line
@@ -33,7 +33,7 @@
 //! - [`server`]: the shared state ([`server::Gateway`]) and the listeners.
 //! - [`stages`]: the request path, one module per stage; [`error`]: its
 //!   one error type.
-//! - [`auth`]: key and token verification; [`quota`] and [`redis`]: rate
+//! - [`auth`]: key and token verification; [`quota`] and [`redis_client`]: rate
 //!   and concurrency state; [`balance`]: picking a worker; [`proxy`]: the
 //!   upstream client.
 //! - [`table`], [`file`](mod@file), [`discovery`]: what to route and where it comes

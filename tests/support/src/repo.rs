@@ -58,6 +58,8 @@ pub fn cargo_bins(repo: &Path) -> Result<HashMap<String, PathBuf>> {
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["reason"] == "compiler-artifact")
+        // Not a binary's own unit-test harness (also of kind "bin").
+        .filter(|v| v["profile"]["test"] != true)
         .filter(|v| {
             v["target"]["kind"]
                 .as_array()
