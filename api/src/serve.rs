@@ -32,6 +32,10 @@
 //!
 //! The defaults are the behaviour of a bare `hyper_util` auto builder: no
 //! connection cap, no header or idle timeout, hyper's stream limit.
+//!
+//! Every medembed program also starts the same way: [`init_logging`] (JSON
+//! or text lines on standard error, filtered by `MEDEMBED_LOG`) and
+//! [`shutdown_signal`] (SIGTERM, as Kubernetes sends, or Ctrl-C).
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -83,6 +87,50 @@ impl Default for ServeConfig {
             http2_max_concurrent_streams: None,
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum LogFormat {
+    /// One JSON object per line, for log pipelines.
+    #[default]
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Sets up logging for the process: lines in `format` on standard error
+/// (standard output is left to data, such as the gateway's audit log),
+/// filtered by the `MEDEMBED_LOG` environment variable (`tracing`'s
+/// `EnvFilter` syntax), else by `default_filter`.
+pub fn init_logging(format: LogFormat, default_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("MEDEMBED_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Resolves on SIGTERM (what Kubernetes sends a pod it stops) or Ctrl-C.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

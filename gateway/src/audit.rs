@@ -9,7 +9,7 @@
 //! graceful shutdown waits until every queued line is written.
 
 use std::io::Write;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -47,28 +47,14 @@ pub struct AuditRecord {
     pub reason: Option<&'static str>,
 }
 
-/// Formats a system time as RFC 3339 UTC with milliseconds.
+/// Formats a system time as RFC 3339 UTC with milliseconds
+/// (`2025-12-01T11:30:00.123Z`).
 pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    match jiff::Timestamp::try_from(t) {
+        Ok(ts) => ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        // Outside jiff's range (years -9999 to 9999): not a clock reading.
+        Err(_) => "1970-01-01T00:00:00.000Z".to_string(),
+    }
 }
 
 /// How long the writer gathers lines before writing them. Under load it
@@ -207,6 +193,7 @@ impl AuditLog {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn record(i: usize) -> AuditRecord {
         AuditRecord {

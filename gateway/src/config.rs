@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+pub use medembed_api::serve::LogFormat;
 
 /// A configuration value that must not be shown: a URL with a password, a
 /// password. `Debug` prints `<redacted>`; [`Secret::expose`] gives the value
@@ -36,15 +37,6 @@ impl From<&str> for Secret {
     fn from(s: &str) -> Self {
         Secret(s.to_string())
     }
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// Human-readable text.
-    Text,
 }
 
 /// One API-compatible entry point in front of medembed's workers: auth, per-client

@@ -45,8 +45,8 @@ use serde::Deserialize;
 
 use crate::balance::Registry;
 use crate::table::{
-    AuthMode, Client, ClientToken, Deployment, Endpoint, JwksSource, KeySlot, Quota, Table, Tables,
-    TokenSettings,
+    AuthMode, Client, ClientQuota, ClientToken, Deployment, Endpoint, JwksSource, KeySlot, Table,
+    Tables, TokenSettings,
 };
 
 /// The file's root.
@@ -87,7 +87,7 @@ pub struct FileEndpoint {
     pub request_settings: RequestSettings,
     /// Quota of clients without their own.
     #[serde(default)]
-    pub default_client_quota: Option<Quota>,
+    pub default_client_quota: Option<ClientQuota>,
     /// The JSON shape of successful answers: `PerRow` (default, as the
     /// managed endpoint answers) or `Documented` (as its documentation shows).
     #[serde(default)]
@@ -152,7 +152,7 @@ pub struct FileClient {
     pub token: Option<FileClientToken>,
     /// Quota.
     #[serde(default)]
-    pub quota: Option<Quota>,
+    pub quota: Option<ClientQuota>,
     /// Count, do not enforce, quota violations.
     #[serde(default)]
     pub dry_run: bool,

@@ -39,7 +39,7 @@ use tokio::time::Instant;
 pub use crate::redis_client::{RedisError, RedisSettings};
 
 use crate::redis_client::RedisClient;
-use crate::table::Quota;
+use crate::table::ClientQuota;
 
 /// The window every rate is expressed over.
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -76,7 +76,7 @@ pub struct Rates {
 
 impl Rates {
     /// The rates of a quota, divided across `replicas` (rounded up).
-    pub fn from_quota(q: &Quota, replicas: u32) -> Self {
+    pub fn from_quota(q: &ClientQuota, replicas: u32) -> Self {
         let div = |v: Option<u64>| v.map(|v| v.div_ceil(u64::from(replicas.max(1))).max(1));
         Rates {
             per_minute: [
@@ -558,7 +558,7 @@ mod tests {
 
     #[test]
     fn replicas_divide_limits() {
-        let q = Quota {
+        let q = ClientQuota {
             requests_per_minute: Some(100),
             images_per_minute: Some(1),
             ..Default::default()

@@ -20,7 +20,7 @@ use crate::balance::Worker;
 
 /// A client's limits and an endpoint's auth mode are the custom resources'
 /// own types, in both configuration modes.
-pub use medembed_api::crd::{AuthMode, ClientQuota as Quota};
+pub use medembed_api::crd::{AuthMode, ClientQuota};
 
 /// Where the signing keys of a token issuer come from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -81,7 +81,7 @@ pub struct Endpoint {
     /// Most rows per request.
     pub max_rows: u32,
     /// Quota of clients that declare none.
-    pub default_quota: Option<Quota>,
+    pub default_quota: Option<ClientQuota>,
     /// The JSON shape of successful answers, passed to the workers.
     pub response_format: ResponseFormat,
     /// Deployments by name.
@@ -127,7 +127,7 @@ pub struct Client {
     /// Its token identity.
     pub token: Option<ClientToken>,
     /// Its own quota (else the endpoint's default).
-    pub quota: Option<Quota>,
+    pub quota: Option<ClientQuota>,
     /// Count quota violations without rejecting.
     pub dry_run: bool,
 }

@@ -4,16 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// Human-readable text.
-    Text,
-}
+use clap::Parser;
+pub use medembed_api::serve::LogFormat;
 
 /// Reconciles EmbeddingEndpoints and EmbeddingDeployments into running workers.
 #[derive(Debug, Clone, Parser)]

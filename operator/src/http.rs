@@ -3,7 +3,6 @@
 //! and `/metrics` (Prometheus text).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -11,8 +10,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use medembed_api::serve::{PlainTcp, ServeConfig};
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
@@ -58,35 +56,17 @@ async fn handle(
     })
 }
 
-/// Serves the endpoints on `listener` until `shutdown` resolves.
+/// Serves the endpoints on `listener` until `shutdown` resolves (through the
+/// shared accept loop, `medembed_api::serve`).
 pub async fn serve(
     health: Arc<Health>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer): (_, SocketAddr) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let health = health.clone();
-                let svc = service_fn(move |req| handle(health.clone(), req));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            _ = &mut shutdown => break,
-        }
-    }
+    let config = ServeConfig {
+        shutdown_grace: std::time::Duration::from_secs(5),
+        ..ServeConfig::default()
+    };
+    let svc = service_fn(move |req| handle(health.clone(), req));
+    medembed_api::serve::serve(listener, config, PlainTcp, svc, shutdown).await;
 }

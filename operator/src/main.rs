@@ -4,9 +4,8 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use medembed_operator::config::LogFormat;
+use medembed_api::serve::{init_logging, shutdown_signal};
 use medembed_operator::OperatorConfig;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "medembed-operator", version, about)]
@@ -41,32 +40,6 @@ enum Command {
     },
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("MEDEMBED_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -88,7 +61,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::FetchModel { url, sha256, dest }) => {
-            init_logging(cli.config.log_format);
+            init_logging(cli.config.log_format, "info");
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -101,7 +74,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            init_logging(cli.config.log_format);
+            init_logging(cli.config.log_format, "info");
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generates the DICOM test fixtures for `worker/src/dicom.rs`.
+"""Generates the DICOM test fixtures for `worker/src/dicom/`.
 
 Writes small (64x48) DICOM Part 10 files to `worker/tests/fixtures/dicom/`
 (or the directory given as the first argument) plus `expected.json`, which

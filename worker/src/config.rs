@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+pub use medembed_api::serve::LogFormat;
 use medembed_api::workers::env;
 pub use medembed_api::ExecutionProvider;
 use medembed_api::{ResponseFormat, WorkerSettings};
@@ -21,15 +22,6 @@ pub enum StandardizeMode {
     On,
     /// Never (full detail).
     Off,
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line, for log pipelines.
-    Json,
-    /// Human-readable text.
-    Text,
 }
 
 /// Serves a MedImageInsight-style embedding model over the managed endpoint's scoring API.

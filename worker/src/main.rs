@@ -2,43 +2,8 @@
 //! worker until SIGTERM or SIGINT (see the library for everything else).
 
 use clap::Parser;
-use medembed_worker::config::LogFormat;
+use medembed_api::serve::{init_logging, shutdown_signal};
 use medembed_worker::WorkerConfig;
-use tracing_subscriber::EnvFilter;
-
-fn init_logging(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_env("MEDEMBED_LOG").unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = tokio::signal::ctrl_c() => {},
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
 
 /// Arenas of glibc's allocator. By default glibc gives each thread that
 /// allocates concurrently an arena of its own (up to 8 per core) and an arena
@@ -70,7 +35,7 @@ fn limit_malloc_arenas() {}
 fn main() {
     limit_malloc_arenas();
     let cfg = WorkerConfig::parse();
-    init_logging(cfg.log_format);
+    init_logging(cfg.log_format, "info,ort=warn");
     // Large JSON bodies are parsed and serialised on blocking threads, at
     // most one per core at a time. A small pool keeps that work on a few
     // threads: every thread that allocates gets its own allocator arena,

@@ -20,7 +20,6 @@
 //! dropped (bounded) before the 413 goes out, so clients read the answer.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -30,9 +29,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use medembed_api::serve::{PlainTcp, ServeConfig};
 use medembed_api::{
     ErrorCode, RequestLimits, ResponseFormat, CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER,
     RESPONSE_FORMAT_HEADER, TIMEOUT_HEADER,
@@ -364,49 +361,28 @@ async fn discard(mut body: Incoming) {
     let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
 }
 
-/// Accepts connections until `shutdown` resolves, then stops accepting and
-/// lets in-flight requests finish within `grace`.
+/// Accepts connections until `shutdown` resolves (through the shared accept
+/// loop, `medembed_api::serve`), then turns not ready (`/readyz` 503, so the
+/// Service stops routing here), stops accepting, and lets in-flight requests
+/// finish within `grace`.
 pub async fn serve(
     state: Arc<AppState>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
     grace: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer): (_, SocketAddr) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                let svc = service_fn(move |req| handle(state.clone(), req));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            _ = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    state.draining.store(true, Ordering::Release);
-    state.metrics.ready.set(0);
-    tracing::info!("shutting down: finishing accepted requests");
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
-        _ = tokio::time::sleep(grace) => tracing::warn!(grace_s = grace.as_secs(), "grace period over; closing remaining connections"),
-    }
+    let config = ServeConfig {
+        shutdown_grace: grace,
+        ..ServeConfig::default()
+    };
+    let draining = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        draining.draining.store(true, Ordering::Release);
+        draining.metrics.ready.set(0);
+        tracing::info!("shutting down: finishing accepted requests");
+    };
+    let svc = service_fn(move |req| handle(state.clone(), req));
+    medembed_api::serve::serve(listener, config, PlainTcp, svc, shutdown).await;
+    tracing::info!("connections closed");
 }

@@ -11,10 +11,10 @@
 use crate::error::{Admitted, GatewayError};
 use crate::quota::{Concurrency, Slot};
 use crate::stages::auth::Caller;
-use crate::table::Quota;
+use crate::table::ClientQuota;
 
 /// The concurrency limit on this replica, if any.
-pub fn limit(quota: &Quota, replicas: u32) -> Option<u32> {
+pub fn limit(quota: &ClientQuota, replicas: u32) -> Option<u32> {
     quota
         .concurrent_requests
         .map(|c| c.div_ceil(replicas.max(1)).max(1))
@@ -51,7 +51,7 @@ mod tests {
     fn caller(limit: Option<u32>, dry_run: bool) -> Caller {
         Caller {
             id: "c".into(),
-            quota: Quota {
+            quota: ClientQuota {
                 concurrent_requests: limit,
                 ..Default::default()
             },
@@ -62,7 +62,7 @@ mod tests {
 
     #[test]
     fn limits_are_divided_across_replicas() {
-        let q = |c| Quota {
+        let q = |c| ClientQuota {
             concurrent_requests: Some(c),
             ..Default::default()
         };
@@ -70,7 +70,7 @@ mod tests {
         assert_eq!(limit(&q(10), 3), Some(4));
         assert_eq!(limit(&q(1), 3), Some(1));
         assert_eq!(limit(&q(5), 0), Some(5));
-        assert_eq!(limit(&Quota::default(), 3), None);
+        assert_eq!(limit(&ClientQuota::default(), 3), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use http::{header, HeaderMap};
 
 use crate::auth::{self, JwksCache, Principal};
 use crate::error::GatewayError;
-use crate::table::{Endpoint, Quota, Table};
+use crate::table::{ClientQuota, Endpoint, Table};
 
 /// The authenticated caller of one request, as the later stages need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +21,7 @@ pub struct Caller {
     /// unauthenticated endpoint). Never a credential.
     pub id: String,
     /// The quota in force.
-    pub quota: Quota,
+    pub quota: ClientQuota,
     /// Count quota refusals without enforcing them.
     pub dry_run: bool,
     /// Where the client's quota state is kept: the client's own quota is
@@ -89,8 +89,8 @@ mod tests {
         h
     }
 
-    fn quota(rpm: u64) -> Quota {
-        Quota {
+    fn quota(rpm: u64) -> ClientQuota {
+        ClientQuota {
             requests_per_minute: Some(rpm),
             ..Default::default()
         }
@@ -160,7 +160,7 @@ mod tests {
         assert!(c.dry_run);
         // Neither: no limits.
         let c = call(&t, &j, "brain", &bearer(KEY)).await.unwrap();
-        assert_eq!(c.quota, Quota::default());
+        assert_eq!(c.quota, ClientQuota::default());
         assert_eq!(c.quota_key, "shared@brain");
         // Unauthenticated endpoint: anonymous, whatever is sent.
         let c = call(&t, &j, "open", &bearer("anything")).await.unwrap();

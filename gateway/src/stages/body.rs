@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use crate::error::GatewayError;
-use crate::table::{Endpoint, Quota};
+use crate::table::{ClientQuota, Endpoint};
 
 /// Largest buffer reserved up front from a declared length; a larger body
 /// grows the buffer as it arrives.
@@ -32,7 +32,7 @@ pub struct BodyLimits {
 impl BodyLimits {
     /// The limits of a request to `endpoint` under `quota`, due by
     /// `deadline`.
-    pub fn new(endpoint: &Endpoint, quota: &Quota, deadline: Instant) -> Self {
+    pub fn new(endpoint: &Endpoint, quota: &ClientQuota, deadline: Instant) -> Self {
         BodyLimits {
             max_bytes: quota
                 .max_body_bytes
@@ -130,7 +130,7 @@ mod tests {
     fn the_quota_can_only_lower_the_endpoints_limit() {
         let e = testing::endpoint("e", |e| e.max_body_bytes = 1000);
         let at = Instant::now();
-        let q = |m| Quota {
+        let q = |m| ClientQuota {
             max_body_bytes: m,
             ..Default::default()
         };

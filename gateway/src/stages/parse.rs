@@ -12,7 +12,7 @@ use bytes::Bytes;
 use medembed_api::RequestLimits;
 
 use crate::error::GatewayError;
-use crate::table::{Endpoint, Quota};
+use crate::table::{ClientQuota, Endpoint};
 
 /// Bodies larger than this are parsed on the blocking pool.
 const PARSE_INLINE_MAX: usize = 256 * 1024;
@@ -27,7 +27,7 @@ pub struct Counts {
 }
 
 /// Most rows per request: the endpoint's limit, lowered by the quota.
-pub fn row_cap(endpoint: &Endpoint, quota: &Quota) -> usize {
+pub fn row_cap(endpoint: &Endpoint, quota: &ClientQuota) -> usize {
     quota
         .max_rows_per_request
         .map_or(endpoint.max_rows, |q| q.min(endpoint.max_rows)) as usize
@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn the_quota_can_only_lower_the_row_cap() {
         let e = testing::endpoint("e", |e| e.max_rows = 16);
-        let q = |m| Quota {
+        let q = |m| ClientQuota {
             max_rows_per_request: m,
             ..Default::default()
         };

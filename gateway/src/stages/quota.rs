@@ -8,6 +8,10 @@
 //! shared store that cannot be reached admits the request (fails open) and
 //! counts [`GatewayError::QuotaStoreUnavailable`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use crate::error::{Admitted, GatewayError};
 use crate::quota::{Cost, Decision, Rates, Store};
 use crate::stages::auth::Caller;
@@ -29,9 +33,45 @@ pub async fn check(
     match store.check(&caller.quota_key, &rates, cost).await {
         Ok(decision) => verdict(decision, caller.dry_run),
         Err(e) => {
-            tracing::warn!(error = %e, "quota store unavailable; admitting");
+            STORE_DOWN.warn(&e);
             Ok(Admitted::waiving((), GatewayError::QuotaStoreUnavailable))
         }
+    }
+}
+
+/// At most one warning per [`WARN_EVERY`] while the shared store is
+/// unreachable: during an outage every request fails open, and one line per
+/// request would flood the log (the metric counts each).
+static STORE_DOWN: Throttled = Throttled::new();
+
+/// The least time between two "quota store unavailable" warnings.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// A warning logged at most once per [`WARN_EVERY`], with the count of those
+/// left out since the last.
+struct Throttled {
+    last: Mutex<Option<Instant>>,
+    skipped: AtomicU64,
+}
+
+impl Throttled {
+    const fn new() -> Self {
+        Throttled {
+            last: Mutex::new(None),
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    fn warn(&self, e: &dyn std::fmt::Display) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < WARN_EVERY) {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        *last = Some(now);
+        let skipped = self.skipped.swap(0, Ordering::Relaxed);
+        tracing::warn!(error = %e, skipped, "quota store unavailable; admitting (fails open)");
     }
 }
 
@@ -56,9 +96,9 @@ mod tests {
     use std::time::Duration;
 
     use crate::quota::{Dimension, LocalStore};
-    use crate::table::Quota;
+    use crate::table::ClientQuota;
 
-    fn caller(quota: Quota, dry_run: bool) -> Caller {
+    fn caller(quota: ClientQuota, dry_run: bool) -> Caller {
         Caller {
             id: "c".into(),
             quota,
@@ -78,7 +118,7 @@ mod tests {
     #[test]
     fn local_rates_are_divided_across_replicas() {
         let c = caller(
-            Quota {
+            ClientQuota {
                 requests_per_minute: Some(100),
                 ..Default::default()
             },
@@ -93,7 +133,7 @@ mod tests {
     async fn requests_per_minute_then_429_with_headers() {
         let store = Store::Local(LocalStore::default());
         let c = caller(
-            Quota {
+            ClientQuota {
                 requests_per_minute: Some(3),
                 ..Default::default()
             },
@@ -118,7 +158,7 @@ mod tests {
     async fn images_and_bytes_name_their_dimension() {
         let store = Store::Local(LocalStore::default());
         let c = caller(
-            Quota {
+            ClientQuota {
                 images_per_minute: Some(10),
                 bytes_per_minute: Some(1000),
                 ..Default::default()
@@ -165,7 +205,7 @@ mod tests {
             crate::quota::RedisStore::new(&format!("redis://127.0.0.1:{port}")).unwrap(),
         );
         let c = caller(
-            Quota {
+            ClientQuota {
                 requests_per_minute: Some(1),
                 ..Default::default()
             },
@@ -182,7 +222,7 @@ mod tests {
     #[tokio::test]
     async fn no_limits_admit_everything() {
         let store = Store::Local(LocalStore::default());
-        let c = caller(Quota::default(), false);
+        let c = caller(ClientQuota::default(), false);
         for _ in 0..1000 {
             assert!(check(&store, &c, 1, &Cost::new(100, 1 << 20))
                 .await
@@ -190,5 +230,14 @@ mod tests {
                 .waived
                 .is_none());
         }
+    }
+
+    #[test]
+    fn store_outage_warnings_are_throttled() {
+        let t = Throttled::new();
+        for _ in 0..3 {
+            t.warn(&"connection refused");
+        }
+        assert_eq!(t.skipped.load(Ordering::Relaxed), 2);
     }
 }

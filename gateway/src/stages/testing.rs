@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::balance::{Registry, Worker};
 use crate::proxy::Outgoing;
 use crate::server::Gateway;
-use crate::table::{AuthMode, Client, Deployment, Endpoint, KeySlot, Quota, Tables};
+use crate::table::{AuthMode, Client, ClientQuota, Deployment, Endpoint, KeySlot, Tables};
 use crate::GatewayConfig;
 
 /// A gateway's shared state, serving nothing.
@@ -62,7 +62,7 @@ pub fn deployment(name: &str, workers: Vec<Arc<Worker>>) -> Arc<Deployment> {
 }
 
 /// A client with one key, allowed on `endpoints`.
-pub fn client(id: &str, key: &str, endpoints: &[&str], quota: Option<Quota>) -> Client {
+pub fn client(id: &str, key: &str, endpoints: &[&str], quota: Option<ClientQuota>) -> Client {
     Client {
         id: id.into(),
         endpoints: endpoints
