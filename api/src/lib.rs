@@ -11,6 +11,8 @@
 #[cfg(feature = "k8s")]
 pub mod crd;
 pub mod error;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod request_id;
 pub mod score;
 #[cfg(feature = "server")]

@@ -142,21 +142,12 @@ impl std::str::FromStr for ResponseFormat {
 
 /// One row's vectors: the image's when the row had an image, the text's when
 /// it had a text.
-#[derive(Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RowEmbeddings {
     /// The image's unit vector.
     pub image: Option<Vec<f32>>,
     /// The text's unit vector.
     pub text: Option<Vec<f32>>,
-}
-
-impl std::fmt::Debug for RowEmbeddings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RowEmbeddings")
-            .field("image_dim", &self.image.as_ref().map(Vec::len))
-            .field("text_dim", &self.text.as_ref().map(Vec::len))
-            .finish()
-    }
 }
 
 /// The answer to one scoring request, before it takes a JSON shape.
@@ -243,15 +234,17 @@ impl Embeddings {
     }
 }
 
-/// The documented response shape, for clients reading it
-/// ([`ResponseFormat::Documented`]). Absent fields are omitted, as the
-/// managed service does.
+/// An answer object's fields, for clients reading answers: in the documented
+/// shape ([`ResponseFormat::Documented`]) the whole answer, one vector per
+/// image and per text; in the live shape ([`ResponseFormat::PerRow`]) each
+/// row's object ([`RowResponse`]), a list of one vector per field. Absent
+/// fields are omitted, as the managed service does.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, Default)]
 pub struct ScoreResponse {
-    /// One vector per submitted image, in row order; present when any row had an image.
+    /// Image vectors, in row order; present when any row (the row) had an image.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub image_features: Option<Vec<Vec<f32>>>,
-    /// One vector per submitted text, in row order; present when any row had a text.
+    /// Text vectors, in row order; present when any row (the row) had a text.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub text_features: Option<Vec<Vec<f32>>>,
     /// The model's raw learned `logit_scale`; the temperature is `exp(scaling_factor)`.
@@ -259,20 +252,8 @@ pub struct ScoreResponse {
     pub scaling_factor: Option<f32>,
 }
 
-/// One row's object of the live response shape, for clients reading it
-/// ([`ResponseFormat::PerRow`]); the answer is a list of these.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, Default)]
-pub struct RowResponse {
-    /// The row's image vector, as a list of one vector.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub image_features: Option<Vec<Vec<f32>>>,
-    /// The row's text vector, as a list of one vector.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub text_features: Option<Vec<Vec<f32>>>,
-    /// The model's raw learned `logit_scale`.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub scaling_factor: Option<f32>,
-}
+/// One row's object of the live response shape; the answer is a list of these.
+pub type RowResponse = ScoreResponse;
 
 impl ScoreResponse {
     /// Gathers a per-row answer into the documented shape: the vectors of

@@ -438,7 +438,7 @@ where
     S::Error: Send + 'static,
     B: Body + Unpin,
 {
-    type Response = Response<TrackedBody<B>>;
+    type Response = Response<Guarded<B, Busy>>;
     type Error = S::Error;
     type Future = BoxFuture<Result<Self::Response, S::Error>>;
 
@@ -447,18 +447,29 @@ where
         let answer = self.inner.call(req);
         Box::pin(async move {
             let resp = answer.await?;
-            Ok(resp.map(|inner| TrackedBody { inner, _busy: busy }))
+            Ok(resp.map(|inner| Guarded::new(inner, busy)))
         })
     }
 }
 
-/// A response body that keeps its request counted as in flight.
-struct TrackedBody<B> {
+/// A response body that keeps a value alive (a guard: a request counted as
+/// in flight, a concurrency slot) until the body has been sent or dropped.
+pub struct Guarded<B, G> {
     inner: B,
-    _busy: Busy,
+    _guard: G,
 }
 
-impl<B: Body + Unpin> Body for TrackedBody<B> {
+impl<B, G> Guarded<B, G> {
+    /// Wraps `inner`, keeping `guard` alive with it.
+    pub fn new(inner: B, guard: G) -> Self {
+        Guarded {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B: Body + Unpin, G: Unpin> Body for Guarded<B, G> {
     type Data = B::Data;
     type Error = B::Error;
 

@@ -124,6 +124,27 @@ pub struct WorkerSettings {
     pub json_logs: bool,
 }
 
+impl Default for WorkerSettings {
+    /// The worker's own defaults (what it runs with when no variable is set;
+    /// a worker test checks they agree with its flags).
+    fn default() -> Self {
+        WorkerSettings {
+            execution_provider: ExecutionProvider::Cpu,
+            sessions: 1,
+            max_batch_images: 16,
+            max_batch_texts: 64,
+            max_queue_delay_ms: 5,
+            max_concurrent_requests: 256,
+            request_timeout_ms: 60_000,
+            max_body_bytes: 32 * 1024 * 1024,
+            max_rows: 1024,
+            response_format: ResponseFormat::PerRow,
+            trt_cache_dir: "/var/cache/medembed/tensorrt".into(),
+            json_logs: true,
+        }
+    }
+}
+
 impl WorkerSettings {
     /// The settings as environment variables ([`env`]), in name order.
     pub fn to_env(&self) -> BTreeMap<String, String> {
@@ -162,17 +183,8 @@ mod tests {
     fn every_setting_has_its_own_variable() {
         let s = WorkerSettings {
             execution_provider: ExecutionProvider::Tensorrt,
-            sessions: 2,
-            max_batch_images: 32,
-            max_batch_texts: 128,
-            max_queue_delay_ms: 7,
-            max_concurrent_requests: 99,
-            request_timeout_ms: 9000,
-            max_body_bytes: 1 << 20,
-            max_rows: 10,
             response_format: ResponseFormat::Documented,
-            trt_cache_dir: "/cache/trt".into(),
-            json_logs: true,
+            ..WorkerSettings::default()
         };
         let env = s.to_env();
         assert_eq!(env.len(), 12);

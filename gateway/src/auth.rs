@@ -169,16 +169,12 @@ struct CachedSet {
 }
 
 /// Signing keys of token issuers, by source, loaded on demand and refreshed.
+#[derive(derive_more::Debug)]
+#[debug("JwksCache")]
 pub struct JwksCache {
     http: HttpClient,
     sets: Mutex<HashMap<JwksSource, CachedSet>>,
     file_check: Duration,
-}
-
-impl std::fmt::Debug for JwksCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("JwksCache")
-    }
 }
 
 fn parse_alg(s: &str) -> Option<Algorithm> {

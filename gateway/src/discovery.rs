@@ -636,15 +636,7 @@ fn build(state: &State, host_template: Option<&str>, registry: &Registry) -> Tab
             dry_run: spec.dry_run,
         });
     }
-    let table = Table::new(endpoints, clients);
-    let keep: HashSet<String> = table
-        .endpoints
-        .iter()
-        .flat_map(|e| e.deployments.values())
-        .flat_map(|d| d.workers.iter().map(|w| w.authority.clone()))
-        .collect();
-    registry.retain(&keep);
-    table
+    Table::new(endpoints, clients).pruning(registry)
 }
 
 #[cfg(test)]

@@ -314,15 +314,7 @@ pub fn build(cfg: FileConfig, registry: &Registry) -> anyhow::Result<Table> {
             dry_run: c.dry_run,
         });
     }
-    let table = Table::new(endpoints, clients);
-    let keep: HashSet<String> = table
-        .endpoints
-        .iter()
-        .flat_map(|e| e.deployments.values())
-        .flat_map(|d| d.workers.iter().map(|w| w.authority.clone()))
-        .collect();
-    registry.retain(&keep);
-    Ok(table)
+    Ok(Table::new(endpoints, clients).pruning(registry))
 }
 
 /// Parses the file's text. A field the gateway does not know (a typo, or a

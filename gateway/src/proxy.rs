@@ -5,14 +5,12 @@
 //! ([`Guarded`]). Which worker is called, and the retry, are the forward
 //! stage's ([`crate::stages::forward`]).
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -88,40 +86,7 @@ pub struct Answer {
 
 /// A response body that holds guards (in-flight counts, a concurrency slot)
 /// until it has been sent or dropped.
-pub struct Guarded<B> {
-    inner: B,
-    _guards: Box<dyn Send + Sync>,
-}
-
-impl<B> Guarded<B> {
-    /// Wraps `inner`, keeping `guards` alive with it.
-    pub fn new(inner: B, guards: Box<dyn Send + Sync>) -> Self {
-        Guarded {
-            inner,
-            _guards: guards,
-        }
-    }
-}
-
-impl<B: Body + Unpin> Body for Guarded<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+pub type Guarded<B> = medembed_api::serve::Guarded<B, Box<dyn Send + Sync>>;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -130,6 +95,8 @@ mod tests {
 
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+
+    use hyper::body::Body;
 
     struct Counted(Arc<AtomicUsize>);
     impl Drop for Counted {

@@ -326,18 +326,12 @@ return out
 "#;
 
 /// Rate state in a shared Redis: exact across replicas.
+#[derive(derive_more::Debug)]
 pub struct RedisStore {
     client: RedisClient,
+    #[debug(skip)]
     script: redis::Script,
     prefix: String,
-}
-
-impl std::fmt::Debug for RedisStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore")
-            .field("client", &self.client)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RedisStore {

@@ -44,6 +44,8 @@ pub(crate) fn full(b: impl Into<Bytes>) -> Body {
 }
 
 /// Shared state of one gateway.
+#[derive(derive_more::Debug)]
+#[debug("Gateway {{ .. }}")]
 pub struct Gateway {
     /// Configuration.
     pub config: GatewayConfig,
@@ -67,12 +69,6 @@ pub struct Gateway {
     pub mirror_slots: Arc<Semaphore>,
     /// Set once shutdown begins (`/readyz` turns 503).
     pub draining: AtomicBool,
-}
-
-impl std::fmt::Debug for Gateway {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").finish_non_exhaustive()
-    }
 }
 
 impl Gateway {

@@ -173,6 +173,19 @@ pub fn normalize_host(host: &str) -> String {
 }
 
 impl Table {
+    /// Forgets, in `registry`, the workers no deployment of this table has
+    /// (their per-worker state goes with them); returns the table.
+    pub fn pruning(self, registry: &crate::balance::Registry) -> Self {
+        let keep: HashSet<String> = self
+            .endpoints
+            .iter()
+            .flat_map(|e| e.deployments.values())
+            .flat_map(|d| d.workers.iter().map(|w| w.authority.clone()))
+            .collect();
+        registry.retain(&keep);
+        self
+    }
+
     /// Builds the indexes. A host or key claimed twice keeps its first owner.
     pub fn new(endpoints: Vec<Endpoint>, clients: Vec<Client>) -> Self {
         let endpoints: Vec<Arc<Endpoint>> = endpoints.into_iter().map(Arc::new).collect();

@@ -18,21 +18,15 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
 /// One replica's view of the Lease.
-#[derive(Clone)]
+#[derive(Clone, derive_more::Debug)]
 pub struct LeaderElector {
+    #[debug(skip)]
     api: Api<Lease>,
+    #[debug("{name:?}")]
     name: String,
     identity: String,
+    #[debug(skip)]
     duration: Duration,
-}
-
-impl std::fmt::Debug for LeaderElector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeaderElector")
-            .field("lease", &self.name)
-            .field("identity", &self.identity)
-            .finish()
-    }
 }
 
 /// Whether a lease held by someone else has expired at `now`.

@@ -3,12 +3,14 @@
 
 use std::time::Duration;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use medembed_api::metrics::Families;
+use prometheus::{HistogramVec, IntCounterVec, IntGauge};
 
 /// The operator's metric families.
-#[derive(Clone)]
+#[derive(Clone, derive_more::Debug)]
+#[debug("Metrics")]
 pub struct Metrics {
-    registry: Registry,
+    families: Families,
     /// Reconciles by controller.
     pub reconciles: IntCounterVec,
     /// Failed reconciles by controller and reason.
@@ -19,54 +21,35 @@ pub struct Metrics {
     pub leader: IntGauge,
 }
 
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Metrics")
-    }
-}
-
 impl Metrics {
     /// Creates and registers the families.
     pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
-        let reconciles = IntCounterVec::new(
-            Opts::new(
+        let f = Families::new();
+        let controller = &["controller"];
+        Ok(Metrics {
+            reconciles: f.counter(
                 "medembed_operator_reconciles_total",
                 "Reconciles run, by controller.",
-            ),
-            &["controller"],
-        )?;
-        let errors = IntCounterVec::new(
-            Opts::new(
+                controller,
+            )?,
+            errors: f.counter(
                 "medembed_operator_reconcile_errors_total",
                 "Reconciles that failed, by controller and reason.",
-            ),
-            &["controller", "reason"],
-        )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
+                &["controller", "reason"],
+            )?,
+            duration: f.histograms(
                 "medembed_operator_reconcile_duration_seconds",
                 "Time one reconcile took, in seconds.",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-            &["controller"],
-        )?;
-        let leader = IntGauge::new(
-            "medembed_operator_leader",
-            "1 while this replica holds the leader Lease, else 0.",
-        )?;
-        registry.register(Box::new(reconciles.clone()))?;
-        registry.register(Box::new(errors.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
-        registry.register(Box::new(leader.clone()))?;
-        Ok(Metrics {
-            registry,
-            reconciles,
-            errors,
-            duration,
-            leader,
+                &[
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+                controller,
+            )?,
+            leader: f.gauge(
+                "medembed_operator_leader",
+                "1 while this replica holds the leader Lease, else 0.",
+            )?,
+            families: f,
         })
     }
 
@@ -83,11 +66,6 @@ impl Metrics {
 
     /// The text exposition of every family.
     pub fn render(&self) -> String {
-        let mut buf = String::new();
-        let enc = prometheus::TextEncoder::new();
-        if enc.encode_utf8(&self.registry.gather(), &mut buf).is_err() {
-            buf.clear();
-        }
-        buf
+        String::from_utf8_lossy(&self.families.render()).into_owned()
     }
 }

@@ -180,17 +180,16 @@ fn check_outlet(outlets: &[ort::value::Outlet], kind: &str, e: &Expect<'_>) -> R
         ));
     }
     let dims: Vec<i64> = shape.iter().copied().collect();
-    let want_rank = e.dims.len() + 1;
-    if dims.len() != want_rank {
-        return Err(format!(
+    let wrong_shape = || {
+        let want: Vec<String> = e.dims.iter().map(i64::to_string).collect();
+        format!(
             "{kind} {:?} has shape {dims:?}, expected [batch, {}]",
             e.name,
-            e.dims
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+            want.join(", ")
+        )
+    };
+    if dims.len() != e.dims.len() + 1 {
+        return Err(wrong_shape());
     }
     if dims[0] > 0 {
         return Err(format!(
@@ -199,15 +198,7 @@ fn check_outlet(outlets: &[ort::value::Outlet], kind: &str, e: &Expect<'_>) -> R
         ));
     }
     if dims[1..] != e.dims[..] {
-        return Err(format!(
-            "{kind} {:?} has shape {dims:?}, expected [batch, {}]",
-            e.name,
-            e.dims
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        return Err(wrong_shape());
     }
     Ok(())
 }

@@ -64,7 +64,10 @@ pub trait Backend: Send + 'static {
     fn embed(&mut self, batch: Self::Batch) -> Result<Vec<Vec<f32>>, InferenceError>;
 }
 
-/// A batch for the image tower.
+/// A batch for the image tower. Debug output of batches and jobs shows
+/// sizes, never content: pixels, base64 and token ids are patient data.
+#[derive(derive_more::Debug)]
+#[debug("ImageBatch({n} images)")]
 pub struct ImageBatch {
     /// `n` preprocessed images, each `3 * size * size` floats (CHW), one after
     /// the other.
@@ -74,6 +77,8 @@ pub struct ImageBatch {
 }
 
 /// A batch for the text tower.
+#[derive(derive_more::Debug)]
+#[debug("TextBatch({n} texts)")]
 pub struct TextBatch {
     /// `n` rows of `context_length` token ids, one after the other.
     pub ids: Vec<i64>,
@@ -81,21 +86,6 @@ pub struct TextBatch {
     pub mask: Vec<i64>,
     /// Texts in the batch.
     pub n: usize,
-}
-
-// Debug output of batches and items shows sizes, never content: pixels,
-// base64 and token ids are patient data.
-
-impl std::fmt::Debug for ImageBatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ImageBatch({} images)", self.n)
-    }
-}
-
-impl std::fmt::Debug for TextBatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TextBatch({} texts)", self.n)
-    }
 }
 
 /// Why one item got no embedding.
@@ -134,6 +124,8 @@ impl JobMeta {
 }
 
 /// An image still encoded, as received.
+#[derive(derive_more::Debug)]
+#[debug("ImageJob({} base64 bytes)", base64.len())]
 pub struct ImageJob {
     /// Base64 text from the request.
     pub base64: String,
@@ -150,6 +142,8 @@ struct ReadyImage {
 }
 
 /// A tokenized text.
+#[derive(derive_more::Debug)]
+#[debug("TextJob({} tokens)", ids.len())]
 pub struct TextJob {
     /// `context_length` ids.
     pub ids: Vec<i64>,
@@ -157,18 +151,6 @@ pub struct TextJob {
     pub mask: Vec<i64>,
     /// Bookkeeping.
     pub meta: JobMeta,
-}
-
-impl std::fmt::Debug for ImageJob {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ImageJob({} base64 bytes)", self.base64.len())
-    }
-}
-
-impl std::fmt::Debug for TextJob {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TextJob({} tokens)", self.ids.len())
-    }
 }
 
 /// A counting admission gate: at most `capacity` units held at once, mirrored

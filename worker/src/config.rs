@@ -254,9 +254,12 @@ mod tests {
 
     /// What the operator renders ([`WorkerSettings::to_env`]) is what the
     /// worker reads: every variable is one of the worker's flags, and
-    /// parsing them gives the same settings back.
+    /// parsing them gives the same settings back; with none, the worker's
+    /// defaults are [`WorkerSettings::default`].
     #[test]
     fn the_operators_settings_round_trip() {
+        let defaults = WorkerConfig::try_parse_from(["medembed-worker", "--model-dir=."]).unwrap();
+        assert_eq!(defaults.settings(), WorkerSettings::default());
         let want = WorkerSettings {
             execution_provider: ExecutionProvider::Cuda,
             sessions: 2,
@@ -268,7 +271,7 @@ mod tests {
             max_body_bytes: 1 << 20,
             max_rows: 10,
             response_format: ResponseFormat::Documented,
-            trt_cache_dir: "/var/cache/medembed/tensorrt".into(),
+            trt_cache_dir: "/cache/trt".into(),
             json_logs: false,
         };
         let cmd = WorkerConfig::command();

@@ -67,8 +67,10 @@ impl Channels {
     }
 }
 
-/// A decoded 8-bit image, row-major, channels interleaved.
-#[derive(Clone, PartialEq, Eq)]
+/// A decoded 8-bit image, row-major, channels interleaved. Its Debug never
+/// dumps pixels.
+#[derive(Clone, PartialEq, Eq, derive_more::Debug)]
+#[debug("Image8({width}x{height} {channels:?})")]
 pub struct Image8 {
     /// Width in pixels.
     pub width: u32,
@@ -78,17 +80,6 @@ pub struct Image8 {
     pub channels: Channels,
     /// `width * height * channels.count()` samples.
     pub data: Vec<u8>,
-}
-
-impl std::fmt::Debug for Image8 {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never dump pixels.
-        write!(
-            f,
-            "Image8({}x{} {:?})",
-            self.width, self.height, self.channels
-        )
-    }
 }
 
 /// Why an image could not be decoded. Messages describe, never quote.

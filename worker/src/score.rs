@@ -25,6 +25,7 @@ const INLINE_TOKENIZE: usize = 16;
 type Encoded = (usize, Vec<i64>, Vec<i64>);
 
 /// What scoring needs from the loaded model.
+#[derive(Debug)]
 pub struct Scorer {
     /// The batching pipeline.
     pub pipeline: Pipeline,
@@ -32,12 +33,6 @@ pub struct Scorer {
     pub tokenizer: Arc<TextTokenizer>,
     /// The raw logit scale returned as `scaling_factor`.
     pub logit_scale: f32,
-}
-
-impl std::fmt::Debug for Scorer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scorer").finish_non_exhaustive()
-    }
 }
 
 fn item_error(row: usize, e: ItemError, budget_ms: u64) -> ApiError {

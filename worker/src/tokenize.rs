@@ -44,17 +44,11 @@ pub enum TokenizeError {
 }
 
 /// A loaded tokenizer with fixed truncation and padding.
+#[derive(derive_more::Debug)]
 pub struct TextTokenizer {
+    #[debug(skip)]
     inner: Tokenizer,
     context_length: usize,
-}
-
-impl std::fmt::Debug for TextTokenizer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TextTokenizer")
-            .field("context_length", &self.context_length)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Token ids and attention masks of a batch, row-major `[n, context_length]`.
