@@ -24,7 +24,7 @@ use kube::api::{
 };
 use kube::{Api, Client};
 use medembed_testsupport::{
-    repo, wait, AgentConfig, ControlPlane, NodeAgent, NodeSpec, TestNamespace,
+    command, repo, wait, AgentConfig, ControlPlane, NodeAgent, NodeSpec, TestNamespace,
 };
 use serde_json::{json, Value};
 
@@ -61,19 +61,7 @@ pub fn paths() -> &'static Paths {
 
 /// Runs helm with `args`, returning stdout; panics with stderr on failure.
 pub async fn helm(cp: &ControlPlane, args: &[&str]) -> String {
-    let bin = cp.helm().await.expect("helm binary");
-    let out = tokio::process::Command::new(&bin)
-        .args(args)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run helm");
-    assert!(
-        out.status.success(),
-        "helm {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    command::output(&cp.helm().await.expect("helm binary"), args).await
 }
 
 /// A control plane, a release namespace, a namespace for the user's specs and
@@ -279,6 +267,21 @@ pub async fn apply(api: &Api<DynamicObject>, name: &str, kind: &str, spec: Value
     .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
 }
 
+/// Applies the endpoint `chest` with `spec`, as a user would with kubectl.
+pub async fn apply_endpoint(env: &Env, spec: Value) {
+    let endpoints = dynamic_api(env, "EmbeddingEndpoint", "embeddingendpoints");
+    apply(&endpoints, "chest", "EmbeddingEndpoint", spec).await;
+}
+
+/// The endpoint `chest` in key mode with `traffic` (deployment, percent).
+pub fn key_endpoint(traffic: &[(&str, i64)]) -> Value {
+    let traffic: serde_json::Map<String, Value> = traffic
+        .iter()
+        .map(|(d, p)| (d.to_string(), json!(p)))
+        .collect();
+    json!({"auth": {"mode": "Key"}, "traffic": traffic})
+}
+
 pub fn deployment_spec(env: &Env, model_path: &str) -> Value {
     json!({
         "endpoint": "chest",
@@ -434,13 +437,7 @@ impl Env {
         let endpoints = dynamic_api(self, "EmbeddingEndpoint", "embeddingendpoints");
         let deployments = dynamic_api(self, "EmbeddingDeployment", "embeddingdeployments");
         let clients = dynamic_api(self, "EmbeddingClient", "embeddingclients");
-        apply(
-            &endpoints,
-            "chest",
-            "EmbeddingEndpoint",
-            json!({"auth": {"mode": "Key"}, "traffic": {"blue": 100}}),
-        )
-        .await;
+        apply_endpoint(self, key_endpoint(&[("blue", 100)])).await;
         apply(
             &deployments,
             "blue",

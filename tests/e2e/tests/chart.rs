@@ -228,6 +228,32 @@ where
     ok
 }
 
+/// How many objects `api` lists with `lp`; None when the listing fails.
+async fn count<K>(api: &Api<K>, lp: &ListParams) -> Option<usize>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.list(lp).await.ok().map(|l| l.items.len())
+}
+
+/// Whether the EmbeddingDeployment `name` reports `n` ready replicas.
+async fn ready_replicas(deployments: &Api<DynamicObject>, name: &str, n: i64) -> bool {
+    let Ok(d) = deployments.get(name).await else {
+        return false;
+    };
+    d.data["status"]["readyReplicas"].as_i64() == Some(n)
+}
+
+/// Sets the endpoint's `traffic` split and waits until its status shows it
+/// (`what`).
+async fn split(env: &Env, what: &str, traffic: &[(&str, i64)]) {
+    apply_endpoint(env, key_endpoint(traffic)).await;
+    eventually(env, what, Duration::from_secs(60), || {
+        endpoint_ready(env, traffic)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn helm_install_serve_blue_green_and_uninstall() {
     let started = Instant::now();
@@ -359,13 +385,9 @@ async fn helm_install_serve_blue_green_and_uninstall() {
         "scaling_factor": rows[0]["scaling_factor"],
     });
     for (format, want) in [("Documented", &documented), ("PerRow", &via_gateway)] {
-        apply(
-            &endpoints,
-            "chest",
-            "EmbeddingEndpoint",
-            json!({"auth": {"mode": "Key"}, "traffic": {"blue": 100}, "responseFormat": format}),
-        )
-        .await;
+        let mut spec = key_endpoint(&[("blue", 100)]);
+        spec["responseFormat"] = json!(format);
+        apply_endpoint(&env, spec).await;
         eventually(
             &env,
             &format!("the {format} shape through the gateway"),
@@ -416,38 +438,15 @@ async fn helm_install_serve_blue_green_and_uninstall() {
             deployment_spec(&env, &model_path),
         )
         .await;
-        eventually(&env, "green ready", Duration::from_secs(180), || async {
-            let Ok(d) = deployments.get("green").await else {
-                return false;
-            };
-            d.data["status"]["readyReplicas"].as_i64() == Some(2)
+        eventually(&env, "green ready", Duration::from_secs(180), || {
+            ready_replicas(&deployments, "green", 2)
         })
         .await;
-        apply(
-            &endpoints,
-            "chest",
-            "EmbeddingEndpoint",
-            json!({"auth": {"mode": "Key"}, "traffic": {"blue": 90, "green": 10}}),
-        )
-        .await;
-        eventually(&env, "traffic 90/10", Duration::from_secs(60), || {
-            endpoint_ready(&env, &[("blue", 90), ("green", 10)])
-        })
-        .await;
+        split(&env, "traffic 90/10", &[("blue", 90), ("green", 10)]).await;
     })
     .await;
     let answered = under_load(&url, &key, "traffic 0/100", || async {
-        apply(
-            &endpoints,
-            "chest",
-            "EmbeddingEndpoint",
-            json!({"auth": {"mode": "Key"}, "traffic": {"blue": 0, "green": 100}}),
-        )
-        .await;
-        eventually(&env, "traffic 0/100", Duration::from_secs(60), || {
-            endpoint_ready(&env, &[("blue", 0), ("green", 100)])
-        })
-        .await;
+        split(&env, "traffic 0/100", &[("blue", 0), ("green", 100)]).await;
         // Give the gateway time to switch before blue goes away.
         tokio::time::sleep(Duration::from_secs(2)).await;
     })
@@ -470,13 +469,7 @@ async fn helm_install_serve_blue_green_and_uninstall() {
             },
         )
         .await;
-        apply(
-            &endpoints,
-            "chest",
-            "EmbeddingEndpoint",
-            json!({"auth": {"mode": "Key"}, "traffic": {"green": 100}}),
-        )
-        .await;
+        apply_endpoint(&env, key_endpoint(&[("green", 100)])).await;
     })
     .await;
 
@@ -498,12 +491,7 @@ async fn helm_install_serve_blue_green_and_uninstall() {
             &env,
             "green back to 2 ready",
             Duration::from_secs(120),
-            || async {
-                let Ok(d) = deployments.get("green").await else {
-                    return false;
-                };
-                d.data["status"]["readyReplicas"].as_i64() == Some(2)
-            },
+            || ready_replicas(&deployments, "green", 2),
         )
         .await;
     })
@@ -536,31 +524,14 @@ async fn helm_install_serve_blue_green_and_uninstall() {
         Duration::from_secs(60),
         || async {
             let sel = ListParams::default().labels("app.kubernetes.io/part-of=medembed");
-            let deps = env
-                .release_ns
-                .api::<Deployment>()
-                .list(&sel)
-                .await
-                .map(|l| l.items.len());
-            let svcs = env
-                .release_ns
-                .api::<Service>()
-                .list(&sel)
-                .await
-                .map(|l| l.items.len());
-            let pods = env
-                .release_ns
-                .api::<Pod>()
-                .list(&ListParams::default())
-                .await
-                .map(|l| l.items.len());
-            let workers = env
-                .ns
-                .api::<Deployment>()
-                .list(&ListParams::default())
-                .await
-                .map(|l| l.items.len());
-            matches!((deps, svcs, pods, workers), (Ok(0), Ok(0), Ok(0), Ok(0)))
+            let all = ListParams::default();
+            let left = [
+                count(&env.release_ns.api::<Deployment>(), &sel).await,
+                count(&env.release_ns.api::<Service>(), &sel).await,
+                count(&env.release_ns.api::<Pod>(), &all).await,
+                count(&env.ns.api::<Deployment>(), &all).await,
+            ];
+            left == [Some(0); 4]
         },
     )
     .await;

@@ -1,9 +1,9 @@
 //! Test support for medembed. For every crate's tests, [`repo`]: the
 //! repository's setup (ONNX Runtime, the Python environment, the TEST MODEL)
-//! and its binaries, found or built once per test process. With the
-//! `cluster` feature (default): a **real** Kubernetes control plane on this
-//! machine, and a node agent that stands in for the kubelet by running pods
-//! as local processes.
+//! and its binaries, found or built once per test process; [`metrics`]: a
+//! metric's value in a `/metrics` text. With the `cluster` feature
+//! (default): a **real** Kubernetes control plane on this machine, and a node
+//! agent that stands in for the kubelet by running pods as local processes.
 //!
 //! - [`ControlPlane`] starts etcd, kube-apiserver, kube-controller-manager and
 //!   kube-scheduler (built from their Go modules by `scripts/cluster-build.sh`,
@@ -12,7 +12,8 @@
 //! - [`NodeAgent`] registers fake GPU nodes and runs every pod bound to them as
 //!   local processes on its own loopback pod IP (127.x.y.z), reporting pod
 //!   status, readiness and restarts back to the API server.
-//! - [`wait`] bounds every wait with a timeout.
+//! - [`wait`] bounds every wait with a timeout; [`command`] runs a program
+//!   to its end.
 //!
 //! Everything stays on 127.0.0.0/8. See `tests/cluster/README.md`.
 //!
@@ -30,9 +31,12 @@
 
 #[cfg(feature = "cluster")]
 mod cluster;
+#[cfg(feature = "cluster")]
+pub mod command;
 mod error;
 #[cfg(feature = "cluster")]
 pub mod http;
+pub mod metrics;
 #[cfg(feature = "cluster")]
 pub mod node;
 pub mod repo;

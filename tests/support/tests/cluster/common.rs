@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use medembed_testsupport::node::AGENT_LABEL;
-use medembed_testsupport::{http, AgentConfig, ControlPlane, NodeAgent, NodeSpec, TestNamespace};
+use medembed_testsupport::{
+    http, wait, AgentConfig, ControlPlane, NodeAgent, NodeSpec, TestNamespace,
+};
 use serde_json::{json, Value};
 
 /// The image name the agent maps to the `test-http` binary.
@@ -69,6 +71,21 @@ impl Env {
         self.agent.shutdown().await;
         drop(self.cp);
     }
+}
+
+/// Runs the test `what` on a fresh [`setup`] (`prefix`): its `body` within
+/// `limit` (past it, the namespace's state is printed and the test fails),
+/// then the teardown, then how long it all took.
+pub async fn run(prefix: &str, what: &str, limit: Duration, body: impl AsyncFnOnce(&Env)) {
+    let started = std::time::Instant::now();
+    let env = setup(prefix).await;
+    let result = wait::within(what, limit, body(&env)).await;
+    if result.is_err() {
+        eprintln!("{}", env.ns.describe().await);
+    }
+    result.unwrap_or_else(|e| panic!("{what} did not finish in time: {e}"));
+    env.teardown().await;
+    eprintln!("{what} took {:?}", started.elapsed());
 }
 
 /// The pod's IP, once reported.

@@ -97,9 +97,9 @@ async fn endpoints_ready(env: &crate::common::Env, ips: &BTreeSet<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_lifecycle() {
-    let started = std::time::Instant::now();
-    let env = crate::common::setup("deploy").await;
-    wait::within("deployment test", Duration::from_secs(240), async {
+    let limit = Duration::from_secs(240);
+    crate::common::run("deploy", "deployment_lifecycle", limit, async |env| {
+        let started = std::time::Instant::now();
         let ns = env.ns.name();
         let services = env.ns.api::<Service>();
         let svc = serde_json::from_value(json!({
@@ -122,11 +122,11 @@ async fn deployment_lifecycle() {
         deployments.create(&PostParams::default(), &dep).await.expect("create deployment");
 
         // Two processes, each on its own loopback pod IP.
-        let two = serving(&env, 2).await;
+        let two = serving(env, 2).await;
         let ips: BTreeSet<String> = two.iter().map(|(_, ip, _)| ip.to_string()).collect();
         assert_eq!(ips.len(), 2, "distinct pod IPs: {two:?}");
-        endpoints_ready(&env, &ips).await;
-        eprintln!("2 replicas serving and in the EndpointSlice after {:?}", started.elapsed());
+        endpoints_ready(env, &ips).await;
+        eprintln!("2 replicas serving and in the EndpointSlice {:?} after the set-up", started.elapsed());
 
         // Scale to 3.
         let patch = json!({"spec": {"replicas": 3}});
@@ -134,9 +134,9 @@ async fn deployment_lifecycle() {
             .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .expect("scale");
-        let three = serving(&env, 3).await;
+        let three = serving(env, 3).await;
         let ips: BTreeSet<String> = three.iter().map(|(_, ip, _)| ip.to_string()).collect();
-        endpoints_ready(&env, &ips).await;
+        endpoints_ready(env, &ips).await;
 
         // Delete one pod: its process stops and a replacement starts.
         let (victim, victim_ip, victim_pid) = three[0].clone();
@@ -146,7 +146,7 @@ async fn deployment_lifecycle() {
             .await
             .expect("delete pod");
         let replaced = wait::until("pod replaced", LIMIT, STEP, || async {
-            let now = serving(&env, 3).await;
+            let now = serving(env, 3).await;
             let ok = !alive(victim_pid) && now.iter().all(|(name, _, _)| *name != victim);
             Ok::<_, String>(ok.then_some(now))
         })
@@ -154,7 +154,7 @@ async fn deployment_lifecycle() {
         .expect("replacement");
         assert!(get(victim_ip, "/").await.is_none(), "deleted pod's IP still answers");
         let ips: BTreeSet<String> = replaced.iter().map(|(_, ip, _)| ip.to_string()).collect();
-        endpoints_ready(&env, &ips).await;
+        endpoints_ready(env, &ips).await;
 
         // Delete the Deployment: every process stops, every pod goes away.
         deployments
@@ -171,8 +171,5 @@ async fn deployment_lifecycle() {
         .await
         .expect("everything stopped");
     })
-    .await
-    .expect("deployment test finishes in time");
-    env.teardown().await;
-    eprintln!("deployment_lifecycle took {:?}", started.elapsed());
+    .await;
 }

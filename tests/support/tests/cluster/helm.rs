@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use medembed_testsupport::wait;
+use medembed_testsupport::{command, wait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_installs_a_chart() {
@@ -24,44 +24,28 @@ async fn helm_installs_a_chart() {
     )
     .expect("template");
     let helm = env.cp.helm().await.expect("helm binary");
-    let run = |args: Vec<String>| {
-        let helm = helm.clone();
-        async move {
-            let out = tokio::process::Command::new(&helm)
-                .args(&args)
-                .kill_on_drop(true)
-                .output()
-                .await
-                .expect("run helm");
-            assert!(
-                out.status.success(),
-                "helm {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        }
-    };
     let kubeconfig = env.cp.kubeconfig().display().to_string();
     let chart_dir = chart.path().display().to_string();
-    let lint = run(vec!["lint".into(), chart_dir.clone()]).await;
+    let lint = command::output(&helm, &["lint", &chart_dir]).await;
     assert!(lint.contains("0 chart(s) failed"), "{lint}");
+    let install = [
+        "install",
+        "demo",
+        chart_dir.as_str(),
+        "--kubeconfig",
+        kubeconfig.as_str(),
+        "--namespace",
+        env.ns.name(),
+        "--set",
+        "greeting=hi",
+        "--wait",
+        "--timeout",
+        "30s",
+    ];
     wait::within(
         "helm install",
         Duration::from_secs(60),
-        run(vec![
-            "install".into(),
-            "demo".into(),
-            chart_dir,
-            "--kubeconfig".into(),
-            kubeconfig,
-            "--namespace".into(),
-            env.ns.name().into(),
-            "--set".into(),
-            "greeting=hi".into(),
-            "--wait".into(),
-            "--timeout".into(),
-            "30s".into(),
-        ]),
+        command::output(&helm, &install),
     )
     .await
     .expect("helm install in time");

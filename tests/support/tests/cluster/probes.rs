@@ -24,9 +24,8 @@ fn pod(env: &crate::common::Env, name: &str, vars: &[(&str, &str)]) -> Pod {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_and_restarts() {
-    let started = std::time::Instant::now();
-    let env = crate::common::setup("probes").await;
-    let result = wait::within("probe test", Duration::from_secs(180), async {
+    let limit = Duration::from_secs(180);
+    crate::common::run("probes", "readiness_and_restarts", limit, async |env| {
         let pods = env.ns.api::<Pod>();
         let pp = PostParams::default();
         let svc = serde_json::from_value(json!({
@@ -39,10 +38,10 @@ async fn readiness_and_restarts() {
             .create(&pp, &svc)
             .await
             .expect("service");
-        pods.create(&pp, &pod(&env, "unready", &[("FAIL_READINESS", "1")]))
+        pods.create(&pp, &pod(env, "unready", &[("FAIL_READINESS", "1")]))
             .await
             .expect("unready pod");
-        pods.create(&pp, &pod(&env, "crasher", &[("EXIT_AFTER_MS", "300")]))
+        pods.create(&pp, &pod(env, "crasher", &[("EXIT_AFTER_MS", "300")]))
             .await
             .expect("crasher pod");
 
@@ -134,10 +133,4 @@ async fn readiness_and_restarts() {
         );
     })
     .await;
-    if result.is_err() {
-        eprintln!("{}", env.ns.describe().await);
-    }
-    result.expect("probe test finishes in time");
-    env.teardown().await;
-    eprintln!("readiness_and_restarts took {:?}", started.elapsed());
 }

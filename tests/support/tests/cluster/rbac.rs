@@ -24,10 +24,9 @@ fn status_code(e: &kube::Error) -> Option<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbac_is_enforced() {
-    let started = std::time::Instant::now();
-    let env = crate::common::setup("rbac").await;
-    let ns = env.ns.name().to_string();
-    let result = wait::within("rbac test", Duration::from_secs(120), async {
+    let limit = Duration::from_secs(120);
+    crate::common::run("rbac", "rbac_is_enforced", limit, async |env| {
+        let ns = env.ns.name().to_string();
         let pp = PostParams::default();
         let sas = env.ns.api::<ServiceAccount>();
         let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "nobody"}})).expect("sa");
@@ -119,10 +118,4 @@ async fn rbac_is_enforced() {
         assert!(std::path::Path::new(&kubeconfig).exists());
     })
     .await;
-    if result.is_err() {
-        eprintln!("{}", env.ns.describe().await);
-    }
-    result.expect("rbac test finishes in time");
-    env.teardown().await;
-    eprintln!("rbac_is_enforced took {:?}", started.elapsed());
 }

@@ -19,15 +19,15 @@ fn gpu_pod(env: &crate::common::Env, name: &str, gpus: u32) -> Pod {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gpu_requests_are_scheduled_by_capacity() {
-    let started = std::time::Instant::now();
-    let env = crate::common::setup("gpu").await;
-    let result = wait::within("scheduling test", Duration::from_secs(120), async {
+    let limit = Duration::from_secs(120);
+    let what = "gpu_requests_are_scheduled_by_capacity";
+    crate::common::run("gpu", what, limit, async |env| {
         let pods = env.ns.api::<Pod>();
         let pp = PostParams::default();
-        pods.create(&pp, &gpu_pod(&env, "one-gpu", 1))
+        pods.create(&pp, &gpu_pod(env, "one-gpu", 1))
             .await
             .expect("one-gpu pod");
-        pods.create(&pp, &gpu_pod(&env, "eight-gpus", 8))
+        pods.create(&pp, &gpu_pod(env, "eight-gpus", 8))
             .await
             .expect("eight-gpus pod");
 
@@ -75,13 +75,4 @@ async fn gpu_requests_are_scheduled_by_capacity() {
         assert_eq!(env.agent.processes(Some(env.ns.name())).len(), 1);
     })
     .await;
-    if result.is_err() {
-        eprintln!("{}", env.ns.describe().await);
-    }
-    result.expect("scheduling test finishes in time");
-    env.teardown().await;
-    eprintln!(
-        "gpu_requests_are_scheduled_by_capacity took {:?}",
-        started.elapsed()
-    );
 }

@@ -8,11 +8,9 @@
 //! autoscaling adds an HPA, turning it off prunes it -> delete -> children
 //! garbage-collected.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{create, STEP};
+use crate::common::{create, until_deployment, LIMIT, STEP};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
@@ -22,8 +20,6 @@ use kube::Api;
 use medembed_api::crd::{find_condition, EmbeddingDeployment, EmbeddingEndpoint};
 use medembed_testsupport::wait;
 use serde_json::json;
-
-const LIMIT: Duration = Duration::from_secs(90);
 
 fn ready_reason(d: &EmbeddingDeployment) -> Option<(String, String)> {
     let st = d.status.as_ref()?;
@@ -68,29 +64,23 @@ fn gpu_request(p: &Pod) -> Option<String> {
 /// Waits until the deployment reports Ready with `n` ready replicas on the
 /// current generation.
 async fn until_ready(deps: &Api<EmbeddingDeployment>, name: &str, n: i32) -> EmbeddingDeployment {
-    wait::until(
-        &format!("{name} Ready with {n} workers"),
-        LIMIT,
-        STEP,
-        || async {
-            let d = deps.get(name).await?;
-            let st = d.status.clone().unwrap_or_default();
-            let ok = ready_reason(&d).is_some_and(|(s, _)| s == "True")
-                && st.ready_replicas == n
-                && st.updated_replicas == n
-                && st.observed_generation == d.metadata.generation
-                && find_condition(&st.conditions, "Progressing").is_some_and(|c| !c.is_true());
-            Ok::<_, kube::Error>(ok.then_some(d))
-        },
-    )
+    let what = format!("{name} Ready with {n} workers");
+    until_deployment(deps, name, &what, |d, st| {
+        ready_reason(d).is_some_and(|(s, _)| s == "True")
+            && st.ready_replicas == n
+            && st.updated_replicas == n
+            && st.observed_generation == d.metadata.generation
+            && find_condition(&st.conditions, "Progressing").is_some_and(|c| !c.is_true())
+    })
     .await
     .expect("deployment becomes ready")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deployment_lifecycle() {
+    let _heavy = crate::common::exclusive().await;
     let started = Instant::now();
-    let env = common::setup("op-life", &[("gpu-0", 2), ("gpu-1", 2)]).await;
+    let env = crate::common::setup("op-life", &[("gpu-0", 2), ("gpu-1", 2)]).await;
     let op = env.start_operator("op-a").await;
     let result = wait::within("lifecycle", Duration::from_secs(600), async {
         env.model_claim("models").await;
@@ -116,7 +106,7 @@ async fn deployment_lifecycle() {
         let owner = &d.metadata.owner_references.clone().expect("owner")[0];
         assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("EmbeddingDeployment", "blue", Some(true)));
         let c = &ds.template.spec.clone().expect("pod spec").containers[0];
-        assert_eq!(c.image.as_deref(), Some(common::WORKER_IMAGE));
+        assert_eq!(c.image.as_deref(), Some(crate::common::WORKER_IMAGE));
         let probe = c.readiness_probe.clone().expect("readiness probe");
         assert_eq!(probe.http_get.expect("http").path.as_deref(), Some("/readyz"));
         let svc = env.ns.api::<Service>().get("blue-worker").await.expect("service");
@@ -243,11 +233,6 @@ async fn deployment_lifecycle() {
         assert!(metrics.contains("medembed_operator_reconciles_total{controller=\"deployment\"}"), "{metrics}");
     })
     .await;
-    if result.is_err() {
-        eprintln!("{}", env.ns.describe().await);
-    }
     op.shutdown().await.expect("operator stops");
-    result.expect("lifecycle finishes in time");
-    env.teardown().await;
-    eprintln!("deployment_lifecycle took {:?}", started.elapsed());
+    env.finish(result, "deployment_lifecycle", started).await;
 }

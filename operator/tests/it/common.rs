@@ -11,14 +11,16 @@
 
 use std::path::Path;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
+use medembed_api::crd::{EmbeddingDeployment, EmbeddingDeploymentStatus};
 use medembed_operator::{crdgen, OperatorConfig, RunningOperator};
 use medembed_testsupport::node::AGENT_LABEL;
 use medembed_testsupport::{
@@ -27,8 +29,22 @@ use medembed_testsupport::{
 use serde_json::{json, Value};
 
 pub const STEP: Duration = Duration::from_millis(200);
+/// How long the operator may take to bring an object where a test wants it.
+pub const LIMIT: Duration = Duration::from_secs(90);
+const CRD_LIMIT: Duration = Duration::from_secs(30);
 pub const WORKER_IMAGE: &str = "medembed/worker:test";
 pub const CRASH_IMAGE: &str = "medembed/crasher:test";
+
+/// Held for the whole run by every test that starts a control plane: on a
+/// small machine their time limits assume the machine is theirs. Light tests
+/// run beside them.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits until no other heavy test runs; holds the others off until the
+/// guard drops.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().await
+}
 
 pub struct Env {
     pub agent: NodeAgent,
@@ -42,7 +58,7 @@ pub struct Env {
     pub cp: ControlPlane,
 }
 
-pub fn init_tracing() {
+fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -53,11 +69,20 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// A control plane with the CRDs, the operator's RBAC and a node agent with
-/// `nodes` (name suffix, GPUs).
-pub async fn setup(prefix: &str, nodes: &[(&str, u32)]) -> Env {
+/// A control plane with the CRDs, a namespace for the test's objects and
+/// one for the operator.
+pub struct Cluster {
+    pub ns: TestNamespace,
+    /// The operator's namespace (its service account and Lease).
+    pub op_ns: String,
+    pub admin: Client,
+    pub cp: ControlPlane,
+}
+
+/// A control plane with the CRDs, the namespace `prefix-...` and the
+/// operator's.
+pub async fn cluster(prefix: &str) -> Cluster {
     init_tracing();
-    let setup = repo::setup();
     let t = std::time::Instant::now();
     let cp = ControlPlane::start().await.expect("control plane starts");
     eprintln!("control plane ready in {:?}", t.elapsed());
@@ -70,6 +95,24 @@ pub async fn setup(prefix: &str, nodes: &[(&str, u32)]) -> Env {
         .expect("operator namespace")
         .name()
         .to_string();
+    Cluster {
+        ns,
+        op_ns,
+        admin,
+        cp,
+    }
+}
+
+/// A [`cluster`], the operator's RBAC and a node agent with `nodes` (name
+/// suffix, GPUs).
+pub async fn setup(prefix: &str, nodes: &[(&str, u32)]) -> Env {
+    let Cluster {
+        ns,
+        op_ns,
+        admin,
+        cp,
+    } = cluster(prefix).await;
+    let setup = repo::setup();
     let op_client = operator_client(&cp, &admin, &op_ns).await;
 
     let mut config = AgentConfig::new(ns.name().to_string())
@@ -134,21 +177,11 @@ pub async fn install_crds(admin: &Client) {
         )
         .await
         .expect("apply CRD");
-        wait::until(
-            &format!("CRD {name} established"),
-            Duration::from_secs(30),
-            STEP,
-            || async {
-                let c = api.get(&name).await?;
-                let ok = c.status.and_then(|s| s.conditions).is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                });
-                Ok::<_, kube::Error>(ok.then_some(()))
-            },
-        )
-        .await
-        .expect("CRD established");
+        let established = await_condition(api.clone(), &name, conditions::is_crd_established());
+        wait::within(&format!("CRD {name} established"), CRD_LIMIT, established)
+            .await
+            .expect("CRD established in time")
+            .expect("CRD established");
     }
 }
 
@@ -324,6 +357,23 @@ impl Env {
         self.agent.shutdown().await;
         drop(self.cp);
     }
+
+    /// Ends the test `what`, whose body ran under [`wait::within`]: when it
+    /// ran out of time, prints the namespace's state and fails; else stops
+    /// everything and prints how long the test took since `started`.
+    pub async fn finish(
+        self,
+        result: medembed_testsupport::Result<()>,
+        what: &str,
+        started: Instant,
+    ) {
+        if result.is_err() {
+            eprintln!("{}", self.ns.describe().await);
+        }
+        result.unwrap_or_else(|e| panic!("{what} did not finish in time: {e}"));
+        self.teardown().await;
+        eprintln!("{what} took {:?}", started.elapsed());
+    }
 }
 
 /// Creates an object of kind `kind` from `spec` with the admin client.
@@ -336,6 +386,22 @@ where
     api.create(&PostParams::default(), &obj)
         .await
         .unwrap_or_else(|e| panic!("creating {name}: {e}"));
+}
+
+/// Waits until the EmbeddingDeployment `name` and its status satisfy `ok`;
+/// returns it, or the timeout, which names `what`.
+pub async fn until_deployment(
+    deps: &Api<EmbeddingDeployment>,
+    name: &str,
+    what: &str,
+    ok: impl Fn(&EmbeddingDeployment, &EmbeddingDeploymentStatus) -> bool,
+) -> medembed_testsupport::Result<EmbeddingDeployment> {
+    wait::until(what, LIMIT, STEP, || async {
+        let d = deps.get(name).await?;
+        let st = d.status.clone().unwrap_or_default();
+        Ok::<_, kube::Error>(ok(&d, &st).then_some(d))
+    })
+    .await
 }
 
 /// Deletes the namespace-less helper objects of a test (nothing for now).

@@ -5,41 +5,31 @@
 
 #![allow(dead_code, missing_docs)]
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use base64::Engine;
 use medembed_testsupport::repo;
 use medembed_worker::{RunningWorker, WorkerConfig};
 
-pub struct TestEnv {
-    pub ort_library: PathBuf,
-    pub python: PathBuf,
-    pub model_dir: PathBuf,
-    pub repo: PathBuf,
+pub use medembed_testsupport::metrics::metric;
+
+/// Held for the whole run by every test that serves the real architecture's
+/// export: on a small machine their time limits assume the machine is
+/// theirs. Light tests run beside them.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits until no other heavy test runs; holds the others off until the
+/// guard drops.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().await
 }
 
-/// The repository's setup (ONNX Runtime, the Python environment and the
-/// test model: built once, cached outside the repo).
-pub fn env() -> &'static TestEnv {
-    static ENV: OnceLock<TestEnv> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let s = repo::setup();
-        TestEnv {
-            ort_library: s.ort_library.clone(),
-            python: s.python.clone(),
-            model_dir: s.model_dir.clone(),
-            repo: repo::root().to_path_buf(),
-        }
-    })
-}
-
+/// A worker's configuration on the TEST MODEL (`repo::setup`).
 pub fn config() -> WorkerConfig {
-    let e = env();
-    let mut cfg = WorkerConfig::for_model(&e.model_dir);
-    cfg.ort_library = Some(e.ort_library.clone());
+    let setup = repo::setup();
+    let mut cfg = WorkerConfig::for_model(&setup.model_dir);
+    cfg.ort_library = Some(setup.ort_library.clone());
     cfg.shutdown_grace_seconds = 10;
     cfg
 }
@@ -80,9 +70,8 @@ pub fn b64(bytes: &[u8]) -> String {
 /// Runs the independent Python reference with `args`, feeding `stdin`.
 pub fn reference(args: &[&str], stdin: Option<&str>) -> serde_json::Value {
     use std::io::Write;
-    let e = env();
-    let mut child = Command::new(&e.python)
-        .arg(e.repo.join("tests/reference/reference.py"))
+    let mut child = Command::new(&repo::setup().python)
+        .arg(repo::root().join("tests/reference/reference.py"))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -127,19 +116,6 @@ pub fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 
 pub fn norm(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
-}
-
-/// A metric's value summed over series whose labels contain every `label`.
-pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            let (series, _) = l.rsplit_once(' ').unwrap_or((l, ""));
-            let base = series.split('{').next().unwrap_or("");
-            base == name && labels.iter().all(|lab| series.contains(lab))
-        })
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
 }
 
 /// Checks that `v` is the live response shape for `rows` rows (a list with

@@ -4,11 +4,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const PRIMARY: &str = "primary-key-for-tests-000000000001";
 const SECONDARY: &str = "secondary-key-for-tests-0000000002";
@@ -71,16 +69,14 @@ async fn key_matrix_and_rotation_without_restart() {
     let r = call(&gw, "keyed", None).await;
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "unauthorized");
+    assert_eq!(error_code(r).await, "unauthorized");
     assert_eq!(status(&gw, "keyed", Some("not-a-key")).await, 401);
     assert_eq!(status(&gw, "keyed", Some(PRIMARY)).await, 200);
     assert_eq!(status(&gw, "keyed", Some(SECONDARY)).await, 200);
     // A valid key of a client not allowed on this endpoint: 403.
     let r = call(&gw, "keyed", Some(OTHER)).await;
     assert_eq!(r.status(), 403);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "forbidden");
+    assert_eq!(error_code(r).await, "forbidden");
     assert_eq!(status(&gw, "other", Some(OTHER)).await, 200);
     // Unauthenticated endpoint.
     assert_eq!(status(&gw, "open", None).await, 200);
@@ -108,22 +104,8 @@ async fn key_matrix_and_rotation_without_restart() {
         assert!(!m.contains(secret));
         assert!(!m.contains(&hash(secret)));
     }
-    assert_eq!(
-        metric(
-            &m,
-            "medembed_gateway_rejections_total",
-            &["reason=\"missing_credentials\""]
-        ),
-        2.0
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "medembed_gateway_rejections_total",
-            &["reason=\"forbidden\""]
-        ),
-        1.0
-    );
+    assert_eq!(rejections(&m, &["reason=\"missing_credentials\""]), 2.0);
+    assert_eq!(rejections(&m, &["reason=\"forbidden\""]), 1.0);
 }
 
 #[tokio::test]
@@ -136,40 +118,22 @@ async fn token_matrix_with_a_mounted_key_set() {
     let r = call(&gw, "tokened", Some(&good)).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(status(&gw, "tokened", None).await, 401);
-    // Expired (beyond the 30 s leeway).
-    assert_eq!(
-        status(
-            &gw,
-            "tokened",
-            Some(&token("svc-radiology", "medembed", iss, now() - 120))
-        )
-        .await,
-        401
-    );
-    // Wrong audience, wrong issuer.
-    assert_eq!(
-        status(
-            &gw,
-            "tokened",
-            Some(&token("svc-radiology", "other-api", iss, now() + 300))
-        )
-        .await,
-        401
-    );
-    assert_eq!(
-        status(
-            &gw,
-            "tokened",
-            Some(&token(
-                "svc-radiology",
-                "medembed",
-                "https://evil",
-                now() + 300
-            ))
-        )
-        .await,
-        401
-    );
+    let soon = now() + 300;
+    for (sub, aud, issuer, exp, want) in [
+        // Expired (beyond the 30 s leeway).
+        ("svc-radiology", "medembed", iss, now() - 120, 401),
+        // Wrong audience, wrong issuer.
+        ("svc-radiology", "other-api", iss, soon, 401),
+        ("svc-radiology", "medembed", "https://evil", soon, 401),
+        // Valid, but its client may not call this endpoint; or no client
+        // has this identity.
+        ("svc-pathology", "medembed", iss, soon, 403),
+        ("nobody", "medembed", iss, soon, 403),
+    ] {
+        let t = token(sub, aud, issuer, exp);
+        let got = status(&gw, "tokened", Some(&t)).await;
+        assert_eq!(got, want, "{sub} for {aud} from {issuer}");
+    }
     // Forged: the payload changed after signing.
     let mut parts: Vec<String> = good.split('.').map(str::to_string).collect();
     let forged_claims = serde_json::json!({"sub": "svc-radiology", "aud": "medembed", "iss": iss, "exp": now() + 99999});
@@ -178,46 +142,15 @@ async fn token_matrix_with_a_mounted_key_set() {
     assert_eq!(status(&gw, "tokened", Some(&parts.join("."))).await, 401);
     // A key on a token endpoint is not a token.
     assert_eq!(status(&gw, "tokened", Some(PRIMARY)).await, 401);
-    // Valid token, but its client may not call this endpoint; or no client has this identity.
-    assert_eq!(
-        status(
-            &gw,
-            "tokened",
-            Some(&token("svc-pathology", "medembed", iss, now() + 300))
-        )
-        .await,
-        403
-    );
-    assert_eq!(
-        status(
-            &gw,
-            "tokened",
-            Some(&token("nobody", "medembed", iss, now() + 300))
-        )
-        .await,
-        403
-    );
     let m = gw.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "medembed_gateway_requests_total",
-            &[
-                "endpoint=\"tokened\"",
-                "client=\"radiology\"",
-                "status=\"200\""
-            ]
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "medembed_gateway_rejections_total",
-            &["endpoint=\"tokened\"", "reason=\"invalid_token\""]
-        ),
-        5.0
-    );
+    let served = [
+        "endpoint=\"tokened\"",
+        "client=\"radiology\"",
+        "status=\"200\"",
+    ];
+    assert_eq!(metric(&m, "medembed_gateway_requests_total", &served), 1.0);
+    let invalid = ["endpoint=\"tokened\"", "reason=\"invalid_token\""];
+    assert_eq!(rejections(&m, &invalid), 5.0);
 }
 
 /// Serves the test key set over HTTP, as an in-cluster identity provider would.
@@ -253,23 +186,9 @@ async fn token_keys_from_a_url() {
     let jwks = format!("jwksUri: \"http://{addr}/jwks\"");
     let gw = gateway(&config(&up.authority(), PRIMARY, &jwks)).await;
     let iss = "https://idp.example.org";
-    assert_eq!(
-        status(
-            &gw,
-            "tokened",
-            Some(&token("svc-radiology", "medembed", iss, now() + 300))
-        )
-        .await,
-        200
-    );
-    assert_eq!(
-        status(
-            &gw,
-            "tokened",
-            Some(&token("svc-radiology", "medembed", iss, now() - 300))
-        )
-        .await,
-        401
-    );
+    for (exp, want) in [(now() + 300, 200), (now() - 300, 401)] {
+        let t = token("svc-radiology", "medembed", iss, exp);
+        assert_eq!(status(&gw, "tokened", Some(&t)).await, want);
+    }
     tokio::time::sleep(Duration::from_millis(10)).await;
 }

@@ -9,13 +9,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use std::path::PathBuf;
-
+use medembed_testsupport::repo;
 use tokio::process::Command;
 
-use common::*;
+use crate::common::*;
 
 const KEY: &str = "clients-test-key-00000000000000000000001";
 
@@ -45,10 +42,8 @@ clients:
 /// Runs the Python client tests against `url` (and `documented`), with `key`
 /// (asynchronously: the gateway under test runs on this test's runtime).
 async fn run_clients(label: &str, url: &str, documented: &str, key: Option<&str>) {
-    let e = worker_env();
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/test_managed_clients.py");
-    let mut cmd = Command::new(&e.python);
+    let script = repo::root().join("tests/clients/test_managed_clients.py");
+    let mut cmd = Command::new(&repo::setup().python);
     cmd.arg(&script)
         .env("MEDEMBED_SCORE_URL", url)
         .env("MEDEMBED_DOCUMENTED_URL", documented)
@@ -71,6 +66,7 @@ async fn run_clients(label: &str, url: &str, documented: &str, key: Option<&str>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_managed_endpoints_clients_work_unchanged() {
+    let _heavy = crate::common::exclusive().await;
     let per_row = start_worker().await;
     let documented = start_worker_with(&[("MEDEMBED_RESPONSE_FORMAT", "Documented")]).await;
 

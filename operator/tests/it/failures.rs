@@ -8,19 +8,15 @@
 //! a deployment in another namespace is left alone. Clients whose key Secret
 //! or endpoints are missing or wrong say so in their `Ready` condition.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{create, STEP};
+use crate::common::{create, until_deployment, LIMIT, STEP};
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, PostParams};
 use medembed_api::crd::{find_condition, EmbeddingClient, EmbeddingDeployment, EmbeddingEndpoint};
 use medembed_testsupport::wait;
 use serde_json::{json, Value};
-
-const LIMIT: Duration = Duration::from_secs(90);
 
 async fn refused<K>(api: &kube::Api<K>, name: &str, spec: Value, message: &str)
 where
@@ -49,20 +45,14 @@ async fn until_reason(
     name: &str,
     reason: &str,
 ) -> EmbeddingDeployment {
-    wait::until(
-        &format!("{name} Degraded with {reason}"),
-        LIMIT,
-        STEP,
-        || async {
-            let d = deps.get(name).await?;
-            let st = d.status.clone().unwrap_or_default();
-            let deg = find_condition(&st.conditions, "Degraded")
-                .is_some_and(|c| c.is_true() && c.reason == reason);
-            let not_ready = find_condition(&st.conditions, "Ready")
-                .is_some_and(|c| !c.is_true() && c.reason == reason);
-            Ok::<_, kube::Error>((deg && not_ready).then_some(d))
-        },
-    )
+    let what = format!("{name} Degraded with {reason}");
+    until_deployment(deps, name, &what, |_, st| {
+        let deg = find_condition(&st.conditions, "Degraded")
+            .is_some_and(|c| c.is_true() && c.reason == reason);
+        let not_ready = find_condition(&st.conditions, "Ready")
+            .is_some_and(|c| !c.is_true() && c.reason == reason);
+        deg && not_ready
+    })
     .await
     .unwrap_or_else(|e| {
         let st = futures::executor::block_on(deps.get(name))
@@ -74,8 +64,9 @@ async fn until_reason(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn invalid_specs_and_failing_workers() {
+    let _heavy = crate::common::exclusive().await;
     let started = Instant::now();
-    let env = common::setup("op-fail", &[("gpu-0", 2)]).await;
+    let env = crate::common::setup("op-fail", &[("gpu-0", 2)]).await;
     let op = env.start_namespaced_operator("op-a").await;
     let result = wait::within("failures", Duration::from_secs(400), async {
         env.model_claim("models").await;
@@ -83,77 +74,66 @@ async fn invalid_specs_and_failing_workers() {
         let deps = env.ns.api::<EmbeddingDeployment>();
 
         // Refused by the API server, with the rule's message.
-        refused(
-            &eps,
-            "bad-sum",
-            json!({"traffic": {"a": 60, "b": 30}}),
-            "traffic weights must sum to 100",
-        )
-        .await;
-        refused(
-            &eps,
-            "bad-mirror",
-            json!({"traffic": {"a": 100}, "mirrorTraffic": {"deployment": "a", "percent": 10}}),
-            "the mirror deployment must take no live traffic",
-        )
-        .await;
-        refused(
-            &eps,
-            "bad-mirror-pct",
-            json!({"traffic": {"a": 100}, "mirrorTraffic": {"deployment": "b", "percent": 60}}),
-            "should be less than or equal to 50",
-        )
-        .await;
-        refused(
-            &eps,
-            "bad-host",
-            json!({"hosts": ["Chest_Example"], "auth": {"mode": "Unauthenticated"}}),
-            "each host must be a lowercase DNS name",
-        )
-        .await;
-        refused(
-            &eps,
-            "bad-token",
-            json!({"auth": {"mode": "Token"}}),
-            "auth.token is required in Token mode",
-        )
-        .await;
+        for (name, spec, message) in [
+            (
+                "bad-sum",
+                json!({"traffic": {"a": 60, "b": 30}}),
+                "traffic weights must sum to 100",
+            ),
+            (
+                "bad-mirror",
+                json!({"traffic": {"a": 100}, "mirrorTraffic": {"deployment": "a", "percent": 10}}),
+                "the mirror deployment must take no live traffic",
+            ),
+            (
+                "bad-mirror-pct",
+                json!({"traffic": {"a": 100}, "mirrorTraffic": {"deployment": "b", "percent": 60}}),
+                "should be less than or equal to 50",
+            ),
+            (
+                "bad-host",
+                json!({"hosts": ["Chest_Example"], "auth": {"mode": "Unauthenticated"}}),
+                "each host must be a lowercase DNS name",
+            ),
+            (
+                "bad-token",
+                json!({"auth": {"mode": "Token"}}),
+                "auth.token is required in Token mode",
+            ),
+        ] {
+            refused(&eps, name, spec, message).await;
+        }
         let base = env.deployment_spec("ep", "models", "v1");
-        let mut two_sources = base.clone();
-        two_sources["model"]["url"] =
-            json!({"url": "https://models.example/m.tar", "sha256": "0".repeat(64)});
-        refused(
-            &deps,
-            "bad-sources",
-            two_sources,
-            "exactly one model source",
-        )
-        .await;
-        let mut no_source = base.clone();
-        no_source["model"] = json!({});
-        refused(&deps, "bad-nosource", no_source, "exactly one model source").await;
-        let mut bad_sha = base.clone();
-        bad_sha["model"] = json!({"url": {"url": "https://models.example/m.tar", "sha256": "XYZ"}});
-        refused(
-            &deps,
-            "bad-sha",
-            bad_sha,
-            "sha256 must be 64 lowercase hex digits",
-        )
-        .await;
-        let mut bad_scale = base.clone();
-        bad_scale["instanceCount"] = Value::Null;
-        bad_scale["autoscale"] = json!({"minReplicas": 3, "maxReplicas": 2});
-        refused(&deps, "bad-scale", bad_scale, "minReplicas must not exceed").await;
-        let mut both_scale = base.clone();
-        both_scale["autoscale"] = json!({"minReplicas": 1, "maxReplicas": 2});
-        refused(
-            &deps,
-            "bad-both",
-            both_scale,
-            "set either instanceCount or autoscale",
-        )
-        .await;
+        let tar = "https://models.example/m.tar";
+        for (name, patch, message) in [
+            (
+                "bad-sources",
+                json!({"model": {"url": {"url": tar, "sha256": "0".repeat(64)}}}),
+                "exactly one model source",
+            ),
+            (
+                "bad-nosource",
+                json!({"model": {"pvc": null}}),
+                "exactly one model source",
+            ),
+            (
+                "bad-sha",
+                json!({"model": {"pvc": null, "url": {"url": tar, "sha256": "XYZ"}}}),
+                "sha256 must be 64 lowercase hex digits",
+            ),
+            (
+                "bad-scale",
+                json!({"instanceCount": null, "autoscale": {"minReplicas": 3, "maxReplicas": 2}}),
+                "minReplicas must not exceed",
+            ),
+            (
+                "bad-both",
+                json!({"autoscale": {"minReplicas": 1, "maxReplicas": 2}}),
+                "set either instanceCount or autoscale",
+            ),
+        ] {
+            refused(&deps, name, merged(&base, patch), message).await;
+        }
         // Outside the watched namespace: never touched.
         let other = env.cp.namespace("op-other").await.expect("namespace");
         create(
@@ -167,9 +147,8 @@ async fn invalid_specs_and_failing_workers() {
         create(&eps, "ep", json!({"auth": {"mode": "Unauthenticated"}})).await;
 
         // More GPUs than any node has: InsufficientGPU, no pod runs.
-        let mut greedy = base.clone();
-        greedy["resources"] = json!({"gpu": {"count": 4}});
-        create(&deps, "greedy", greedy).await;
+        let greedy = json!({"resources": {"gpu": {"count": 4}}});
+        create(&deps, "greedy", merged(&base, greedy)).await;
         // The model directory holds no model: the worker exits with code 3.
         create(
             &deps,
@@ -178,9 +157,8 @@ async fn invalid_specs_and_failing_workers() {
         )
         .await;
         // A worker that exits at once, again and again.
-        let mut crasher = base.clone();
-        crasher["image"] = json!(common::CRASH_IMAGE);
-        create(&deps, "crasher", crasher).await;
+        let crasher = json!({"image": crate::common::CRASH_IMAGE});
+        create(&deps, "crasher", merged(&base, crasher)).await;
         // A claim that does not exist.
         create(&deps, "noclaim", env.deployment_spec("ep", "missing", "v1")).await;
 
@@ -260,16 +238,31 @@ async fn invalid_specs_and_failing_workers() {
             .is_none());
     })
     .await;
-    if result.is_err() {
-        eprintln!("{}", env.ns.describe().await);
-    }
     op.shutdown().await.expect("operator stops");
-    result.expect("failures test finishes in time");
-    env.teardown().await;
-    eprintln!(
-        "invalid_specs_and_failing_workers took {:?}",
-        started.elapsed()
-    );
+    env.finish(result, "invalid_specs_and_failing_workers", started)
+        .await;
+}
+
+/// `base` with the JSON merge patch `patch` applied (RFC 7386: a null
+/// removes the field).
+fn merged(base: &Value, patch: Value) -> Value {
+    fn merge(target: &mut Value, patch: Value) {
+        match (target, patch) {
+            (Value::Object(t), Value::Object(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(&k);
+                    } else {
+                        merge(t.entry(k).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            (t, p) => *t = p,
+        }
+    }
+    let mut out = base.clone();
+    merge(&mut out, patch);
+    out
 }
 
 const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
@@ -308,7 +301,7 @@ async fn secret(api: &kube::Api<Secret>, name: &str, entries: Value) {
 
 /// Tenants declared with kubectl learn from `kubectl get embeddingclients`
 /// what is wrong with them, and the status follows fixes.
-async fn clients_report_what_keeps_them_from_calling(env: &common::Env) {
+async fn clients_report_what_keeps_them_from_calling(env: &crate::common::Env) {
     let clients = env.ns.api::<EmbeddingClient>();
     let secrets = env.ns.api::<Secret>();
     let eps = env.ns.api::<EmbeddingEndpoint>();

@@ -2,26 +2,28 @@
 //! dies (no release) the other takes over after the Lease expires, and an
 //! operator restarted in the middle of changes loses none of them.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{create, STEP};
+use crate::common::{create, LIMIT, STEP};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
 use medembed_api::crd::{find_condition, EmbeddingDeployment, EmbeddingEndpoint};
 use medembed_operator::RunningOperator;
-use medembed_testsupport::wait;
+use medembed_testsupport::metrics::metric;
+use medembed_testsupport::{http, wait};
 use serde_json::json;
 
-const LIMIT: Duration = Duration::from_secs(90);
+fn reconciles(op: &RunningOperator) -> f64 {
+    metric(
+        &op.metrics_text(),
+        "medembed_operator_reconciles_total",
+        &[],
+    )
+}
 
-fn reconciles(op: &RunningOperator) -> u64 {
-    op.metrics_text()
-        .lines()
-        .filter(|l| l.starts_with("medembed_operator_reconciles_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+/// GET `path` from the operator's own listener.
+async fn get(op: &RunningOperator, path: &str) -> std::io::Result<http::Response> {
+    http::get(op.local_addr(), path, Duration::from_secs(2)).await
 }
 
 async fn all_ready(deps: &kube::Api<EmbeddingDeployment>, names: &[&str], replicas: i32) {
@@ -44,8 +46,9 @@ async fn all_ready(deps: &kube::Api<EmbeddingDeployment>, names: &[&str], replic
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_the_leader_reconciles_and_restarts_lose_nothing() {
+    let _heavy = crate::common::exclusive().await;
     let started = Instant::now();
-    let env = common::setup("op-lead", &[("gpu-0", 8)]).await;
+    let env = crate::common::setup("op-lead", &[("gpu-0", 8)]).await;
     let result = wait::within("leader election", Duration::from_secs(400), async {
         env.model_claim("models").await;
         let a = env.start_operator("op-a").await;
@@ -57,9 +60,7 @@ async fn only_the_leader_reconciles_and_restarts_lose_nothing() {
         let b = env.start_operator("op-b").await;
         let ready_b = format!("http://{}/readyz", b.local_addr());
         wait::until("op-b ready as a standby", LIMIT, STEP, || async {
-            let r =
-                medembed_testsupport::http::get(b.local_addr(), "/readyz", Duration::from_secs(2))
-                    .await;
+            let r = get(&b, "/readyz").await;
             Ok::<_, String>(r.ok().filter(|r| r.status == 200).map(|_| ()))
         })
         .await
@@ -67,28 +68,13 @@ async fn only_the_leader_reconciles_and_restarts_lose_nothing() {
 
         // The process endpoints: alive, ready (as a standby too), metrics.
         for op in [&a, &b] {
-            let h = medembed_testsupport::http::get(
-                op.local_addr(),
-                "/healthz",
-                Duration::from_secs(2),
-            )
-            .await
-            .expect("GET /healthz");
+            let h = get(op, "/healthz").await.expect("GET /healthz");
             assert_eq!(h.status, 200);
-            let m = medembed_testsupport::http::get(
-                op.local_addr(),
-                "/metrics",
-                Duration::from_secs(2),
-            )
-            .await
-            .expect("GET /metrics");
+            let m = get(op, "/metrics").await.expect("GET /metrics");
             assert_eq!(m.status, 200);
             assert!(m.body.contains("medembed_operator_leader"), "{}", m.body);
         }
-        let lm =
-            medembed_testsupport::http::get(a.local_addr(), "/metrics", Duration::from_secs(2))
-                .await
-                .expect("GET /metrics");
+        let lm = get(&a, "/metrics").await.expect("GET /metrics");
         assert!(
             lm.body.contains("medembed_operator_leader 1"),
             "{}",
@@ -103,8 +89,8 @@ async fn only_the_leader_reconciles_and_restarts_lose_nothing() {
         }
         all_ready(&deps, &["d1", "d2", "d3"], 1).await;
         assert!(a.is_leader() && !b.is_leader());
-        assert!(reconciles(&a) > 0);
-        assert_eq!(reconciles(&b), 0, "the standby reconciled");
+        assert!(reconciles(&a) > 0.0);
+        assert_eq!(reconciles(&b), 0.0, "the standby reconciled");
 
         // The leader dies in the middle of changes (no Lease release).
         for n in ["d4", "d5"] {
@@ -127,7 +113,7 @@ async fn only_the_leader_reconciles_and_restarts_lose_nothing() {
         );
         all_ready(&deps, &["d2", "d3", "d4", "d5"], 1).await;
         all_ready(&deps, &["d1"], 2).await;
-        assert!(reconciles(&b) > 0);
+        assert!(reconciles(&b) > 0.0);
 
         // A clean restart: op-b stops (releasing the Lease), changes land
         // while no operator runs, op-c starts and applies them.
@@ -168,13 +154,6 @@ async fn only_the_leader_reconciles_and_restarts_lose_nothing() {
         c.shutdown().await.expect("op-c stops");
     })
     .await;
-    if result.is_err() {
-        eprintln!("{}", env.ns.describe().await);
-    }
-    result.expect("leader test finishes in time");
-    env.teardown().await;
-    eprintln!(
-        "only_the_leader_reconciles_and_restarts_lose_nothing took {:?}",
-        started.elapsed()
-    );
+    let what = "only_the_leader_reconciles_and_restarts_lose_nothing";
+    env.finish(result, what, started).await;
 }

@@ -9,13 +9,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use common::*;
+use crate::common::*;
+use medembed_testsupport::repo;
 use serde_json::{json, Value};
 
 const MIN_COSINE: f64 = 0.9999;
@@ -28,7 +27,7 @@ fn reduced_model(dtype: &str) -> PathBuf {
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let script = env().repo.join("scripts/arch-model.sh");
+    let script = repo::root().join("scripts/arch-model.sh");
     let out = Command::new("bash")
         .arg(&script)
         .args(["--reduced", "--dtype", dtype])
@@ -44,15 +43,15 @@ fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&bytes).expect("json")
 }
 
+/// The cosine of the angle between `a` and `b`, summed in f64.
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let na = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    let nb = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
+    let dot = |x: &[f32], y: &[f32]| -> f64 {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| f64::from(*p) * f64::from(*q))
+            .sum()
+    };
+    dot(a, b) / (dot(a, a) * dot(b, b)).sqrt()
 }
 
 async fn serves_the_export(dtype: &str) {
@@ -148,10 +147,12 @@ async fn serves_the_export(dtype: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_serves_the_reduced_architecture_export_fp32() {
+    let _heavy = crate::common::exclusive().await;
     serves_the_export("fp32").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_serves_the_reduced_architecture_export_fp16() {
+    let _heavy = crate::common::exclusive().await;
     serves_the_export("fp16").await;
 }

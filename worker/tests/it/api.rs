@@ -5,12 +5,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::io::Cursor;
 
-use common::*;
+use crate::common::*;
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgb, Rgba};
+use medembed_testsupport::repo;
 use serde_json::{json, Value};
 
 const BRIEF_TEXT_ONLY: &str = r#"{
@@ -351,7 +350,7 @@ async fn image_embeddings_match_the_python_reference() {
         std::fs::write(&p, bytes).unwrap();
         paths.push(p.display().to_string());
     }
-    let model = env().model_dir.display().to_string();
+    let model = repo::setup().model_dir.display().to_string();
     let mut args = vec!["images", "--model", model.as_str()];
     args.extend(paths.iter().map(String::as_str));
     let want = vectors(&reference(&args, None)["embeddings"]);
@@ -387,7 +386,7 @@ async fn tokenizer_and_text_embeddings_match_the_python_reference() {
         "dermoscopy: melanoma vs. nevus <|endoftext|> trailing",
         "病理 組織 histopathology",
     ];
-    let e = env();
+    let e = repo::setup();
     let tokenizer_dir = e.model_dir.join("clip_tokenizer").display().to_string();
     let want = reference(
         &["tokens", "--tokenizer-dir", &tokenizer_dir],
@@ -724,7 +723,7 @@ async fn graceful_shutdown_finishes_accepted_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_directory_that_does_not_match_its_graphs_is_refused() {
-    let src = &env().model_dir;
+    let src = &repo::setup().model_dir;
     let dir = tempfile::tempdir().unwrap();
     for f in [
         "image.onnx",

@@ -5,12 +5,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
+use medembed_api::{
+    CLIENT_REQUEST_ID_HEADER, DEPLOYMENT_HEADER, REQUEST_ID_HEADER, RESPONSE_FORMAT_HEADER,
+};
 
 const KEY: &str = "k-routing-0123456789";
 
@@ -33,6 +34,28 @@ clients:
     )
 }
 
+/// Deployment `blue` on the one worker `up`, as [`config`] takes it.
+fn blue(up: &Upstream) -> String {
+    deployments(&[("blue", up)])
+}
+
+/// A gateway whose deployment `blue` is one fresh upstream, `name` with
+/// `behaviour`; `extra`: more of the endpoint's settings.
+async fn on_one(name: &str, behaviour: Behaviour, extra: &str) -> (Upstream, TestGateway) {
+    let up = upstream(name, behaviour).await;
+    let gw = gateway(&config(&blue(&up), extra)).await;
+    (up, gw)
+}
+
+/// Deployments, each on its one worker, as [`config`] takes them.
+fn deployments(list: &[(&str, &Upstream)]) -> String {
+    let lines: Vec<String> = list
+        .iter()
+        .map(|(name, up)| format!("      {name}: {{workers: [\"{}\"]}}", up.authority()))
+        .collect();
+    lines.join("\n")
+}
+
 async fn post(url: &str, host: Option<&str>, pin: Option<&str>) -> reqwest::Response {
     let mut r = client()
         .post(url)
@@ -50,12 +73,7 @@ async fn post(url: &str, host: Option<&str>, pin: Option<&str>) -> reqwest::Resp
 
 #[tokio::test]
 async fn host_and_path_routing_and_unknown_routes() {
-    let up = upstream("blue", Behaviour::Ok).await;
-    let gw = gateway(&config(
-        &format!("      blue: {{workers: [\"{}\"]}}", up.authority()),
-        "",
-    ))
-    .await;
+    let (up, gw) = on_one("blue", Behaviour::Ok, "").await;
     // Host name (the managed service's style): POST /score.
     let r = post(&gw.url("/score"), Some("Chest.Example.Org:443"), None).await;
     assert_eq!(r.status(), 200);
@@ -67,8 +85,7 @@ async fn host_and_path_routing_and_unknown_routes() {
     // Unknown host and path: 404 in the API's error shape.
     let r = post(&gw.url("/score"), Some("other.example.org"), None).await;
     assert_eq!(r.status(), 404);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "not_found");
+    assert_eq!(error_code(r).await, "not_found");
     let r = post(&gw.url("/endpoints/nope/score"), None, None).await;
     assert_eq!(r.status(), 404);
     // Wrong method.
@@ -89,8 +106,7 @@ async fn host_and_path_routing_and_unknown_routes() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "invalid_json");
+    assert_eq!(error_code(r).await, "invalid_json");
     assert_eq!(up.count(), 2);
 }
 
@@ -98,15 +114,8 @@ async fn host_and_path_routing_and_unknown_routes() {
 async fn ninety_ten_split_and_pin_header() {
     let blue = upstream("blue", Behaviour::Ok).await;
     let green = upstream("green", Behaviour::Ok).await;
-    let gw = gateway(&config(
-        &format!(
-            "      blue: {{workers: [\"{}\"]}}\n      green: {{workers: [\"{}\"]}}",
-            blue.authority(),
-            green.authority()
-        ),
-        "    traffic: {blue: 90, green: 10}",
-    ))
-    .await;
+    let both = deployments(&[("blue", &blue), ("green", &green)]);
+    let gw = gateway(&config(&both, "    traffic: {blue: 90, green: 10}")).await;
     let url = gw.url("/endpoints/chest/score");
     let n = 2000;
     let mut tasks = Vec::new();
@@ -139,8 +148,7 @@ async fn ninety_ten_split_and_pin_header() {
     assert_eq!((blue.count(), green.count()), (b0, g0 + 20));
     let r = post(&url, None, Some("nosuch")).await;
     assert_eq!(r.status(), 404);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "deployment_not_found");
+    assert_eq!(error_code(r).await, "deployment_not_found");
     let m = gw.metrics().await;
     assert_eq!(
         metric(
@@ -161,11 +169,7 @@ async fn mirror_never_affects_the_live_response() {
     let live = upstream("live", Behaviour::Ok).await;
     let shadow = upstream("shadow", Behaviour::Slow(Duration::from_secs(3))).await;
     let gw = gateway(&config(
-        &format!(
-            "      live: {{workers: [\"{}\"]}}\n      shadow: {{workers: [\"{}\"]}}",
-            live.authority(),
-            shadow.authority()
-        ),
+        &deployments(&[("live", &live), ("shadow", &shadow)]),
         "    traffic: {live: 100}\n    mirrorTraffic: {deployment: shadow, percent: 50}",
     ))
     .await;
@@ -219,20 +223,14 @@ async fn mirror_never_affects_the_live_response() {
             &["shadow_status=\"503\""]
         ) > 0.0
     );
-    assert!(
-        metric(
+    for role in ["role=\"shadow\"", "role=\"live\""] {
+        let timed = metric(
             &m,
             "medembed_gateway_mirror_duration_seconds_count",
-            &["role=\"shadow\""]
-        ) > 0.0
-    );
-    assert!(
-        metric(
-            &m,
-            "medembed_gateway_mirror_duration_seconds_count",
-            &["role=\"live\""]
-        ) > 0.0
-    );
+            &[role],
+        );
+        assert!(timed > 0.0, "{role}");
+    }
 }
 
 #[tokio::test]
@@ -265,20 +263,10 @@ async fn retry_once_on_refused_connection_or_503_then_penalty() {
         assert_eq!(post(&url, None, None).await.status(), 200);
     }
     let m = gw.metrics().await;
-    assert!(
-        metric(
-            &m,
-            "medembed_gateway_upstream_retries_total",
-            &["cause=\"unavailable\""]
-        ) >= 1.0
-    );
-    assert!(
-        metric(
-            &m,
-            "medembed_gateway_upstream_retries_total",
-            &["cause=\"connect\""]
-        ) >= 1.0
-    );
+    for cause in ["cause=\"unavailable\"", "cause=\"connect\""] {
+        let retries = metric(&m, "medembed_gateway_upstream_retries_total", &[cause]);
+        assert!(retries >= 1.0, "{cause}");
+    }
 }
 
 #[tokio::test]
@@ -310,20 +298,14 @@ async fn connection_broken_mid_request_is_retried_once_on_another_worker() {
         broken.count()
     );
     let m = gw.metrics().await;
-    assert!(
-        metric(
-            &m,
-            "medembed_gateway_upstream_retries_total",
-            &["cause=\"reset\""]
-        ) >= 1.0
-    );
+    let resets = ["cause=\"reset\""];
+    assert!(metric(&m, "medembed_gateway_upstream_retries_total", &resets) >= 1.0);
     // Both workers breaking: one retry, then 502, never a third attempt.
     good.set(Behaviour::Drop);
     let before = good.count() + broken.count();
     let r = post(&url, None, None).await;
     assert_eq!(r.status(), 502);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "upstream_failed");
+    assert_eq!(error_code(r).await, "upstream_failed");
     assert_eq!(
         good.count() + broken.count() - before,
         2,
@@ -333,12 +315,7 @@ async fn connection_broken_mid_request_is_retried_once_on_another_worker() {
 
 #[tokio::test]
 async fn only_workers_answering_503_gives_503_and_429_is_passed_on() {
-    let a = upstream("a", Behaviour::Status(429)).await;
-    let gw = gateway(&config(
-        &format!("      blue: {{workers: [\"{}\"]}}", a.authority()),
-        "",
-    ))
-    .await;
+    let (a, gw) = on_one("a", Behaviour::Status(429), "").await;
     let url = gw.url("/endpoints/chest/score");
     assert_eq!(post(&url, None, None).await.status(), 429);
     a.set(Behaviour::Status(503));
@@ -347,17 +324,16 @@ async fn only_workers_answering_503_gives_503_and_429_is_passed_on() {
     let gw2 = gateway(&config("      blue: {workers: []}", "")).await;
     let r = post(&gw2.url("/endpoints/chest/score"), None, None).await;
     assert_eq!(r.status(), 503);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "no_workers");
+    assert_eq!(error_code(r).await, "no_workers");
 }
 
 #[tokio::test]
 async fn deadline_is_passed_on_and_enforced() {
-    let up = upstream("slow", Behaviour::Slow(Duration::from_secs(5))).await;
-    let gw = gateway(&config(
-        &format!("      blue: {{workers: [\"{}\"]}}", up.authority()),
+    let (up, gw) = on_one(
+        "slow",
+        Behaviour::Slow(Duration::from_secs(5)),
         "    requestSettings: {requestTimeoutMs: 700}",
-    ))
+    )
     .await;
     let t = Instant::now();
     let r = post(&gw.url("/endpoints/chest/score"), None, None).await;
@@ -376,11 +352,11 @@ async fn deadline_is_passed_on_and_enforced() {
 
 #[tokio::test]
 async fn client_disconnect_cancels_the_upstream_request() {
-    let up = upstream("slow", Behaviour::Slow(Duration::from_secs(10))).await;
-    let gw = gateway(&config(
-        &format!("      blue: {{workers: [\"{}\"]}}", up.authority()),
+    let (up, gw) = on_one(
+        "slow",
+        Behaviour::Slow(Duration::from_secs(10)),
         "    requestSettings: {requestTimeoutMs: 30000}",
-    ))
+    )
     .await;
     let c = reqwest::Client::builder()
         .timeout(Duration::from_millis(500))
@@ -407,11 +383,11 @@ async fn client_disconnect_cancels_the_upstream_request() {
 
 #[tokio::test]
 async fn body_limits_declared_and_streaming() {
-    let up = upstream("blue", Behaviour::Ok).await;
-    let gw = gateway(&config(
-        &format!("      blue: {{workers: [\"{}\"]}}", up.authority()),
+    let (up, gw) = on_one(
+        "blue",
+        Behaviour::Ok,
         "    requestSettings: {maxBodyBytes: 2048}",
-    ))
+    )
     .await;
     let url = gw.url("/endpoints/chest/score");
     // Declared too large.
@@ -423,8 +399,7 @@ async fn body_limits_declared_and_streaming() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "payload_too_large");
+    assert_eq!(error_code(r).await, "payload_too_large");
     // Streamed (chunked, no length) and too large.
     let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = (0..10)
         .map(|_| Ok(bytes::Bytes::from(vec![b' '; 512])))
@@ -448,13 +423,9 @@ async fn traceparent_and_request_id_are_continued_and_audit_lines_are_written() 
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.jsonl");
     let a2 = audit.clone();
-    let gw = gateway_with(
-        &config(
-            &format!("      blue: {{workers: [\"{}\"]}}", up.authority()),
-            "",
-        ),
-        move |c| c.audit_log = a2.to_string_lossy().into_owned(),
-    )
+    let gw = gateway_with(&config(&blue(&up), ""), move |c| {
+        c.audit_log = a2.to_string_lossy().into_owned()
+    })
     .await;
     let r = client()
         .post(gw.url("/endpoints/chest/score"))
@@ -463,8 +434,8 @@ async fn traceparent_and_request_id_are_continued_and_audit_lines_are_written() 
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         )
-        .header(medembed_api::REQUEST_ID_HEADER, "client-req-0001")
-        .header(medembed_api::CLIENT_REQUEST_ID_HEADER, "sdk-42")
+        .header(REQUEST_ID_HEADER, "client-req-0001")
+        .header(CLIENT_REQUEST_ID_HEADER, "sdk-42")
         .body(image_body(3))
         .send()
         .await
@@ -472,15 +443,9 @@ async fn traceparent_and_request_id_are_continued_and_audit_lines_are_written() 
     assert_eq!(r.status(), 200);
     // The request id reaches the worker and comes back; the SDK's id is
     // echoed; the deployment that answered is named.
-    assert_eq!(
-        r.headers()[medembed_api::REQUEST_ID_HEADER],
-        "client-req-0001"
-    );
-    assert_eq!(
-        r.headers()[medembed_api::CLIENT_REQUEST_ID_HEADER],
-        "sdk-42"
-    );
-    assert_eq!(r.headers()[medembed_api::DEPLOYMENT_HEADER], "blue");
+    assert_eq!(r.headers()[REQUEST_ID_HEADER], "client-req-0001");
+    assert_eq!(r.headers()[CLIENT_REQUEST_ID_HEADER], "sdk-42");
+    assert_eq!(r.headers()[DEPLOYMENT_HEADER], "blue");
     assert_eq!(*up.seen.last_request_id.lock().unwrap(), "client-req-0001");
     // The endpoint's response format (the default) goes to the worker.
     assert_eq!(*up.seen.last_response_format.lock().unwrap(), "PerRow");
@@ -494,20 +459,14 @@ async fn traceparent_and_request_id_are_continued_and_audit_lines_are_written() 
     let r = client()
         .post(gw.url("/endpoints/chest/score"))
         .bearer_auth("wrong")
-        .header(medembed_api::CLIENT_REQUEST_ID_HEADER, "sdk-43")
+        .header(CLIENT_REQUEST_ID_HEADER, "sdk-43")
         .body(text_body())
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(
-        r.headers()[medembed_api::CLIENT_REQUEST_ID_HEADER],
-        "sdk-43"
-    );
-    let refused_id = r.headers()[medembed_api::REQUEST_ID_HEADER]
-        .to_str()
-        .unwrap()
-        .to_string();
+    assert_eq!(r.headers()[CLIENT_REQUEST_ID_HEADER], "sdk-43");
+    let refused_id = r.headers()[REQUEST_ID_HEADER].to_str().unwrap().to_string();
     assert_eq!(refused_id.len(), 36, "{refused_id}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let text = std::fs::read_to_string(&audit).unwrap();
@@ -535,32 +494,14 @@ async fn traceparent_and_request_id_are_continued_and_audit_lines_are_written() 
     assert!(!text.contains(KEY) && !text.contains("wrong"));
     let m = gw.metrics().await;
     assert!(!m.contains(KEY));
-    assert_eq!(
-        metric(
-            &m,
-            "medembed_gateway_images_total",
-            &["client=\"radiology\""]
-        ),
-        3.0
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "medembed_gateway_rejections_total",
-            &["reason=\"invalid_key\""]
-        ),
-        1.0
-    );
+    let radiology = ["client=\"radiology\""];
+    assert_eq!(metric(&m, "medembed_gateway_images_total", &radiology), 3.0);
+    assert_eq!(rejections(&m, &["reason=\"invalid_key\""]), 1.0);
 }
 
 #[tokio::test]
 async fn graceful_shutdown_drains_in_flight_requests() {
-    let up = upstream("slow", Behaviour::Slow(Duration::from_millis(800))).await;
-    let mut gw = gateway(&config(
-        &format!("      blue: {{workers: [\"{}\"]}}", up.authority()),
-        "",
-    ))
-    .await;
+    let (_up, mut gw) = on_one("slow", Behaviour::Slow(Duration::from_millis(800)), "").await;
     let url = gw.url("/endpoints/chest/score");
     let pending: Vec<_> = (0..5)
         .map(|_| {
@@ -584,13 +525,13 @@ async fn graceful_shutdown_drains_in_flight_requests() {
 #[tokio::test]
 async fn the_endpoints_response_format_goes_to_the_worker() {
     let up = upstream("blue", Behaviour::Ok).await;
-    let deployments = format!("      blue: {{workers: [\"{}\"]}}", up.authority());
+    let deployments = blue(&up);
     let gw = gateway(&config(&deployments, "    responseFormat: Documented")).await;
     // A client cannot choose another shape than its endpoint's.
     let r = client()
         .post(gw.url("/endpoints/chest/score"))
         .bearer_auth(KEY)
-        .header(medembed_api::RESPONSE_FORMAT_HEADER, "PerRow")
+        .header(RESPONSE_FORMAT_HEADER, "PerRow")
         .body(text_body())
         .send()
         .await
@@ -611,13 +552,9 @@ async fn the_endpoints_response_format_goes_to_the_worker() {
 #[tokio::test]
 async fn own_paths_on_both_listeners_and_readyz_turns_503_while_draining() {
     let up = upstream("slow", Behaviour::Slow(Duration::from_millis(800))).await;
-    let mut gw = gateway_with(
-        &config(
-            &format!("      blue: {{workers: [\"{}\"]}}", up.authority()),
-            "",
-        ),
-        |c| c.admin_listen = Some("127.0.0.1:0".parse().unwrap()),
-    )
+    let mut gw = gateway_with(&config(&blue(&up), ""), |c| {
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap())
+    })
     .await;
     let admin = gw.gw.as_ref().unwrap().admin_addr.unwrap();
     for base in [format!("http://{}", gw.addr()), format!("http://{admin}")] {
@@ -625,7 +562,7 @@ async fn own_paths_on_both_listeners_and_readyz_turns_503_while_draining() {
             let r = client().get(format!("{base}{path}")).send().await.unwrap();
             assert_eq!(r.status(), 200, "{base}{path}");
             // Every answer carries a request id.
-            assert_eq!(r.headers()[medembed_api::REQUEST_ID_HEADER].len(), 36);
+            assert_eq!(r.headers()[REQUEST_ID_HEADER].len(), 36);
         }
     }
     let pending = {
@@ -648,18 +585,13 @@ async fn own_paths_on_both_listeners_and_readyz_turns_503_while_draining() {
 
 #[tokio::test]
 async fn refusals_before_any_worker_carry_their_headers_and_the_ids() {
-    let up = upstream("blue", Behaviour::Ok).await;
-    let gw = gateway(&config(
-        &format!("      blue: {{workers: [\"{}\"]}}", up.authority()),
-        "",
-    ))
-    .await;
+    let (up, gw) = on_one("blue", Behaviour::Ok, "").await;
     let send = |method: reqwest::Method, path: &str| {
         client()
             .request(method, gw.url(path))
             .bearer_auth(KEY)
-            .header(medembed_api::REQUEST_ID_HEADER, "mine-1")
-            .header(medembed_api::CLIENT_REQUEST_ID_HEADER, "sdk-7")
+            .header(REQUEST_ID_HEADER, "mine-1")
+            .header(CLIENT_REQUEST_ID_HEADER, "sdk-7")
             .body(text_body())
             .send()
     };
@@ -668,34 +600,20 @@ async fn refusals_before_any_worker_carry_their_headers_and_the_ids() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    assert_eq!(r.headers()[medembed_api::REQUEST_ID_HEADER], "mine-1");
-    assert_eq!(r.headers()[medembed_api::CLIENT_REQUEST_ID_HEADER], "sdk-7");
+    assert_eq!(r.headers()[REQUEST_ID_HEADER], "mine-1");
+    assert_eq!(r.headers()[CLIENT_REQUEST_ID_HEADER], "sdk-7");
     // Wrong method: 405 with Allow.
     let r = send(reqwest::Method::PUT, "/endpoints/chest/score")
         .await
         .unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "POST");
-    assert_eq!(r.headers()[medembed_api::REQUEST_ID_HEADER], "mine-1");
-    assert_eq!(r.headers()[medembed_api::CLIENT_REQUEST_ID_HEADER], "sdk-7");
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "method_not_allowed");
+    assert_eq!(r.headers()[REQUEST_ID_HEADER], "mine-1");
+    assert_eq!(r.headers()[CLIENT_REQUEST_ID_HEADER], "sdk-7");
+    assert_eq!(error_code(r).await, "method_not_allowed");
     assert_eq!(up.count(), 0);
     let m = gw.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "medembed_gateway_rejections_total",
-            &["reason=\"method_not_allowed\"", "endpoint=\"chest\""]
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "medembed_gateway_rejections_total",
-            &["reason=\"not_found\""]
-        ),
-        0.0
-    );
+    let refused = ["reason=\"method_not_allowed\"", "endpoint=\"chest\""];
+    assert_eq!(rejections(&m, &refused), 1.0);
+    assert_eq!(rejections(&m, &["reason=\"not_found\""]), 0.0);
 }

@@ -3,19 +3,15 @@
 //! nothing): answers pass through unchanged, load spreads, and workers are
 //! added and removed under load without a failed request.
 //!
-//! The worker binary: `MEDEMBED_WORKER_BIN` when set, else the test builds
-//! it with the same cargo, profile and target directory as the test itself
-//! (`cargo build -p medembed-worker`; see `common::worker_env`).
+//! The worker binary: `MEDEMBED_WORKER_BIN` when set, else the workspace's
+//! build, with the same cargo, profile and target directory as the test
+//! itself (`medembed_testsupport::repo::bin`).
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const KEY: &str = "workers-test-key-000000000000000000001";
 
@@ -40,8 +36,14 @@ clients:
     )
 }
 
+/// The image and text request through the gateway at `url`, with the key.
+async fn score(url: &str) -> reqwest::Response {
+    post_with_key(url, KEY, mixed_body()).await
+}
+
 #[tokio::test]
 async fn real_workers_answer_through_the_gateway_and_share_the_load() {
+    let _heavy = crate::common::exclusive().await;
     let (w1, w2) = (start_worker().await, start_worker().await);
     let gw = gateway_with(&config(&[&w1, &w2]), |c| c.scrape_interval_ms = 200).await;
     let direct: serde_json::Value = client()
@@ -53,13 +55,7 @@ async fn real_workers_answer_through_the_gateway_and_share_the_load() {
         .json()
         .await
         .unwrap();
-    let r = client()
-        .post(gw.url("/endpoints/chest/score"))
-        .bearer_auth(KEY)
-        .body(mixed_body())
-        .send()
-        .await
-        .unwrap();
+    let r = score(&gw.url("/endpoints/chest/score")).await;
     assert_eq!(r.status(), 200);
     let via: serde_json::Value = r.json().await.unwrap();
     // The live shape: one object per row, each vector a list of one vector.
@@ -82,14 +78,7 @@ async fn real_workers_answer_through_the_gateway_and_share_the_load() {
         let url = gw.url("/endpoints/chest/score");
         tasks.push(tokio::spawn(async move {
             for _ in 0..10 {
-                let r = client()
-                    .post(&url)
-                    .bearer_auth(KEY)
-                    .body(mixed_body())
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
+                assert_eq!(score(&url).await.status(), 200);
             }
         }));
     }
@@ -97,45 +86,17 @@ async fn real_workers_answer_through_the_gateway_and_share_the_load() {
         t.await.unwrap();
     }
     for w in [&w1, &w2] {
-        let m = reqwest::get(format!("http://{}/metrics", w.authority()))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let n = metric(&m, "medembed_worker_requests_total", &["status=\"200\""]);
+        let n = worker_requests(&w.authority()).await;
         assert!(n >= 8.0, "worker {} served only {n}", w.authority());
     }
 }
 
 #[tokio::test]
 async fn workers_added_and_removed_under_load_without_failed_requests() {
+    let _heavy = crate::common::exclusive().await;
     let (w1, w2) = (start_worker().await, start_worker().await);
     let gw = gateway(&config(&[&w1, &w2])).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
-        let (url, stop, ok) = (gw.url("/endpoints/chest/score"), stop.clone(), ok.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut failures = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let r = client()
-                    .post(&url)
-                    .bearer_auth(KEY)
-                    .body(mixed_body())
-                    .send()
-                    .await
-                    .unwrap();
-                if r.status() == 200 {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failures.push((r.status().as_u16(), r.text().await.unwrap_or_default()));
-                }
-            }
-            failures
-        }));
-    }
+    let load = Load::start(&gw.url("/endpoints/chest/score"), KEY, 4);
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Add a worker.
     let w3 = start_worker().await;
@@ -148,22 +109,8 @@ async fn workers_added_and_removed_under_load_without_failed_requests() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     gw.rewrite(&config(&[&w2, &w3])).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut failures = Vec::new();
-    for t in tasks {
-        failures.extend(t.await.unwrap());
-    }
+    let (ok, failures) = load.finish().await;
     assert!(failures.is_empty(), "failed requests: {failures:?}");
-    assert!(
-        ok.load(Ordering::Relaxed) > 20,
-        "only {} requests",
-        ok.load(Ordering::Relaxed)
-    );
-    let m = reqwest::get(format!("http://{}/metrics", w3.authority()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metric(&m, "medembed_worker_requests_total", &["status=\"200\""]) > 0.0);
+    assert!(ok > 20, "only {ok} requests");
+    assert!(worker_requests(&w3.authority()).await > 0.0);
 }

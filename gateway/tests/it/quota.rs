@@ -5,45 +5,31 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const KEY: &str = "quota-test-key-000000000000000000001";
 
 fn config(upstream: &str, quota: &str, dry_run: bool) -> String {
-    format!(
-        r#"
-endpoints:
-  - name: chest
-    deployments: {{blue: {{workers: ["{upstream}"]}}}}
-clients:
-  - name: radiology
-    endpoints: [chest]
-    keys: {{primarySha256: "{}"}}
-    quota: {quota}
-    dryRun: {dry_run}
-"#,
-        hash(KEY)
-    )
+    let settings = format!("quota: {quota}\ndryRun: {dry_run}");
+    chest_config(upstream, &[("radiology", KEY, &settings)])
+}
+
+/// A gateway on a fresh upstream (answering 200) whose client has `quota`.
+async fn with_quota(quota: &str) -> (Upstream, TestGateway) {
+    let up = upstream("blue", Behaviour::Ok).await;
+    let gw = gateway(&config(&up.authority(), quota, false)).await;
+    (up, gw)
 }
 
 async fn post(gw: &TestGateway, body: String) -> reqwest::Response {
-    client()
-        .post(gw.url("/endpoints/chest/score"))
-        .bearer_auth(KEY)
-        .body(body)
-        .send()
-        .await
-        .unwrap()
+    post_with_key(&gw.url("/endpoints/chest/score"), KEY, body).await
 }
 
 #[tokio::test]
 async fn requests_per_minute_with_headers() {
-    let up = upstream("blue", Behaviour::Ok).await;
-    let gw = gateway(&config(&up.authority(), "{requestsPerMinute: 3}", false)).await;
+    let (up, gw) = with_quota("{requestsPerMinute: 3}").await;
     for _ in 0..3 {
         assert_eq!(post(&gw, text_body()).await.status(), 200);
     }
@@ -57,24 +43,16 @@ async fn requests_per_minute_with_headers() {
         .to_str()
         .unwrap()
         .starts_with("\"requests\";r=0;t="));
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "too_many_requests");
+    assert_eq!(error_code(r).await, "too_many_requests");
     assert_eq!(up.count(), 3);
     let m = gw.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "medembed_gateway_rejections_total",
-            &["reason=\"requests_per_minute\"", "enforced=\"true\""]
-        ),
-        1.0
-    );
+    let limited = ["reason=\"requests_per_minute\"", "enforced=\"true\""];
+    assert_eq!(rejections(&m, &limited), 1.0);
 }
 
 #[tokio::test]
 async fn images_and_bytes_per_minute() {
-    let up = upstream("blue", Behaviour::Ok).await;
-    let gw = gateway(&config(&up.authority(), "{imagesPerMinute: 10}", false)).await;
+    let (up, gw) = with_quota("{imagesPerMinute: 10}").await;
     assert_eq!(post(&gw, image_body(8)).await.status(), 200);
     let r = post(&gw, image_body(4)).await;
     assert_eq!(r.status(), 429);
@@ -113,15 +91,8 @@ async fn concurrent_requests() {
             let url = url.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(100 * i)).await;
-                client()
-                    .post(&url)
-                    .bearer_auth(KEY)
-                    .body(text_body())
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
+                let r = post_with_key(&url, KEY, text_body()).await;
+                r.status().as_u16()
             })
         })
         .collect();
@@ -137,18 +108,11 @@ async fn concurrent_requests() {
 
 #[tokio::test]
 async fn rows_and_body_per_request() {
-    let up = upstream("blue", Behaviour::Ok).await;
-    let gw = gateway(&config(
-        &up.authority(),
-        "{maxRowsPerRequest: 2, maxBodyBytes: 1000}",
-        false,
-    ))
-    .await;
+    let (up, gw) = with_quota("{maxRowsPerRequest: 2, maxBodyBytes: 1000}").await;
     assert_eq!(post(&gw, image_body(2)).await.status(), 200);
     let r = post(&gw, image_body(3)).await;
     assert_eq!(r.status(), 400);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "too_many_rows");
+    assert_eq!(error_code(r).await, "too_many_rows");
     let big = format!("{}{}", text_body(), " ".repeat(1000));
     assert_eq!(post(&gw, big).await.status(), 413);
     assert_eq!(up.count(), 1);
@@ -167,20 +131,8 @@ async fn dry_run_counts_without_rejecting() {
         assert_eq!(post(&gw, image_body(1)).await.status(), 200);
     }
     let m = gw.metrics().await;
-    let counted = metric(
-        &m,
-        "medembed_gateway_rejections_total",
-        &["enforced=\"false\""],
-    );
-    assert_eq!(counted, 4.0, "{m}");
-    assert_eq!(
-        metric(
-            &m,
-            "medembed_gateway_rejections_total",
-            &["enforced=\"true\""]
-        ),
-        0.0
-    );
+    assert_eq!(rejections(&m, &["enforced=\"false\""]), 4.0, "{m}");
+    assert_eq!(rejections(&m, &["enforced=\"true\""]), 0.0);
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! Benchmark (ignored by default; run with
-//! `cargo test -p medembed-operator --release --test bench -- --ignored --nocapture`):
+//! `cargo test -p medembed-operator --release --test it bench:: -- --ignored --nocapture`):
 //! apply 200 EmbeddingDeployments against the real control plane and measure
 //! the seconds until every child exists and every status is written, and the
 //! operator process's memory and CPU. The operator runs as its own process
@@ -14,8 +14,6 @@
 //! the operator starts. The operator watches only the benchmark's namespace
 //! (`--namespace`) so the baseline's objects are not reconciled.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -27,11 +25,15 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::config::{AuthInfo, Kubeconfig, NamedAuthInfo};
 use medembed_api::crd::{EmbeddingDeployment, EmbeddingEndpoint};
 use medembed_operator::resources;
-use medembed_testsupport::{wait, ControlPlane};
+use medembed_testsupport::metrics::metric;
+use medembed_testsupport::{wait, ControlPlane, TestNamespace};
 use serde_json::json;
 
 const COUNT: usize = 200;
 const CONCURRENCY: usize = 16;
+/// How long the operator may take, and how often it is looked at meanwhile.
+const LIMIT: Duration = Duration::from_secs(900);
+const POLL: Duration = Duration::from_millis(250);
 
 fn bench_spec(i: usize) -> serde_json::Value {
     json!({
@@ -41,19 +43,22 @@ fn bench_spec(i: usize) -> serde_json::Value {
     })
 }
 
-async fn ssa<K>(api: kube::Api<K>, mut obj: K)
+/// Server-side applies `obj` in `ns`, without its owner references.
+async fn ssa<K>(ns: &TestNamespace, mut obj: K)
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    K: Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
     obj.meta_mut().owner_references = None;
     let name = obj.meta().name.clone().expect("name");
-    api.patch(
-        &name,
-        &PatchParams::apply("medembed-bench-baseline").force(),
-        &Patch::Apply(&obj),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+    ns.api::<K>()
+        .patch(
+            &name,
+            &PatchParams::apply("medembed-bench-baseline").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying {name}: {e}"));
 }
 
 /// The baseline: the same creates and applies from one client, no operator.
@@ -74,29 +79,17 @@ async fn baseline(cp: &ControlPlane) -> Duration {
             let deps = deps.clone();
             async move {
                 let name = format!("d{i:03}");
-                common::create(&deps, &name, bench_spec(i)).await;
+                crate::common::create(&deps, &name, bench_spec(i)).await;
                 let mut d = deps.get(&name).await.expect("get");
                 d.metadata.namespace = Some(ns.name().to_string());
+                ssa(ns, resources::config_map(&d, request).expect("cm")).await;
                 ssa(
-                    ns.api::<ConfigMap>(),
-                    resources::config_map(&d, request).expect("cm"),
-                )
-                .await;
-                ssa(
-                    ns.api::<Deployment>(),
+                    ns,
                     resources::deployment(&d, request, defaults).expect("deployment"),
                 )
                 .await;
-                ssa(
-                    ns.api::<Service>(),
-                    resources::service(&d, defaults).expect("svc"),
-                )
-                .await;
-                ssa(
-                    ns.api::<PodDisruptionBudget>(),
-                    resources::pdb(&d).expect("pdb"),
-                )
-                .await;
+                ssa(ns, resources::service(&d, defaults).expect("svc")).await;
+                ssa(ns, resources::pdb(&d).expect("pdb")).await;
             }
         })
         .await;
@@ -135,18 +128,14 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "benchmark: run explicitly"]
 async fn apply_200_deployments() {
-    common::init_tracing();
-    let cp = ControlPlane::start().await.expect("control plane");
-    let admin = cp.client().expect("admin");
-    common::install_crds(&admin).await;
-    let ns = cp.namespace("bench").await.expect("namespace");
-    let op_ns = cp
-        .namespace("medembed-system")
-        .await
-        .expect("op namespace")
-        .name()
-        .to_string();
-    let token = common::operator_token(&admin, &op_ns).await;
+    let _heavy = crate::common::exclusive().await;
+    let crate::common::Cluster {
+        ns,
+        op_ns,
+        admin,
+        cp,
+    } = crate::common::cluster("bench").await;
+    let token = crate::common::operator_token(&admin, &op_ns).await;
     let base = baseline(&cp).await;
 
     // A kubeconfig for the operator's service account.
@@ -195,7 +184,7 @@ async fn apply_200_deployments() {
     wait::until(
         "operator ready",
         Duration::from_secs(60),
-        common::STEP,
+        crate::common::STEP,
         || async {
             let r = medembed_testsupport::http::get(addr, "/readyz", Duration::from_secs(2)).await;
             Ok::<_, String>(r.ok().filter(|r| r.status == 200).map(|_| ()))
@@ -208,57 +197,47 @@ async fn apply_200_deployments() {
 
     let eps = ns.api::<EmbeddingEndpoint>();
     let deps = ns.api::<EmbeddingDeployment>();
-    common::create(&eps, "bench", json!({"auth": {"mode": "Unauthenticated"}})).await;
+    crate::common::create(&eps, "bench", json!({"auth": {"mode": "Unauthenticated"}})).await;
     let t0 = Instant::now();
     futures::stream::iter(0..COUNT)
         .for_each_concurrent(CONCURRENCY, |i| {
             let deps = deps.clone();
             async move {
-                common::create(&deps, &format!("d{i:03}"), bench_spec(i)).await;
+                crate::common::create(&deps, &format!("d{i:03}"), bench_spec(i)).await;
             }
         })
         .await;
     let applied = t0.elapsed();
     let peak = std::sync::atomic::AtomicU64::new(0);
-    let children = wait::until(
-        "every child exists",
-        Duration::from_secs(900),
-        Duration::from_millis(250),
-        || async {
-            peak.fetch_max(proc_stat(pid).0, std::sync::atomic::Ordering::Relaxed);
-            let n = [
-                count(&ns.api::<Deployment>()).await,
-                count(&ns.api::<Service>()).await,
-                count(&ns.api::<ConfigMap>()).await,
-                count(&ns.api::<PodDisruptionBudget>()).await,
-            ];
-            Ok::<_, String>(n.iter().all(|c| *c == COUNT).then(|| t0.elapsed()))
-        },
-    )
+    let children = wait::until("every child exists", LIMIT, POLL, || async {
+        peak.fetch_max(proc_stat(pid).0, std::sync::atomic::Ordering::Relaxed);
+        let n = [
+            count(&ns.api::<Deployment>()).await,
+            count(&ns.api::<Service>()).await,
+            count(&ns.api::<ConfigMap>()).await,
+            count(&ns.api::<PodDisruptionBudget>()).await,
+        ];
+        Ok::<_, String>(n.iter().all(|c| *c == COUNT).then(|| t0.elapsed()))
+    })
     .await
     .expect("children");
-    let statuses = wait::until(
-        "every status written",
-        Duration::from_secs(900),
-        Duration::from_millis(250),
-        || async {
-            peak.fetch_max(proc_stat(pid).0, std::sync::atomic::Ordering::Relaxed);
-            let l = deps
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            let done = l
-                .items
-                .iter()
-                .filter(|d| {
-                    d.status
-                        .as_ref()
-                        .is_some_and(|s| s.observed_generation.is_some())
-                })
-                .count();
-            Ok::<_, String>((done == COUNT).then(|| t0.elapsed()))
-        },
-    )
+    let statuses = wait::until("every status written", LIMIT, POLL, || async {
+        peak.fetch_max(proc_stat(pid).0, std::sync::atomic::Ordering::Relaxed);
+        let l = deps
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let done = l
+            .items
+            .iter()
+            .filter(|d| {
+                d.status
+                    .as_ref()
+                    .is_some_and(|s| s.observed_generation.is_some())
+            })
+            .count();
+        Ok::<_, String>((done == COUNT).then(|| t0.elapsed()))
+    })
     .await
     .expect("statuses");
     let (rss, hwm, cpu) = proc_stat(pid);
@@ -268,11 +247,7 @@ async fn apply_200_deployments() {
         .await
         .map(|r| r.body)
         .unwrap_or_default();
-    let reconciles: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("medembed_operator_reconciles_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let reconciles = metric(&metrics, "medembed_operator_reconciles_total", &[]);
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()

@@ -8,8 +8,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,6 +17,20 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use medembed_gateway::{GatewayConfig, RunningGateway};
+use medembed_testsupport::repo;
+
+pub use medembed_testsupport::metrics::metric;
+
+/// Held for the whole run by every test that starts a control plane, worker
+/// processes or gateway processes: on a small machine their time limits
+/// assume the machine is theirs. Light tests run beside them.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits until no other heavy test runs; holds the others off until the
+/// guard drops.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().await
+}
 
 /// How a fake upstream behaves.
 #[derive(Clone, Debug)]
@@ -196,6 +210,25 @@ pub fn image_body(n: usize) -> String {
     )
 }
 
+/// A configuration of endpoint `chest` (deployment `blue` on `upstream`)
+/// and its clients: (name, key, the client's further settings as YAML lines,
+/// e.g. `quota: {requestsPerMinute: 3}`).
+pub fn chest_config(upstream: &str, clients: &[(&str, &str, &str)]) -> String {
+    let mut yaml = format!(
+        "endpoints:\n  - name: chest\n    deployments: {{blue: {{workers: [\"{upstream}\"]}}}}\nclients:\n"
+    );
+    for (name, key, settings) in clients {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    endpoints: [chest]\n    keys: {{primarySha256: \"{}\"}}\n",
+            hash(key)
+        ));
+        for line in settings.lines() {
+            yaml.push_str(&format!("    {line}\n"));
+        }
+    }
+    yaml
+}
+
 pub fn hash(key: &str) -> String {
     medembed_gateway::auth::hash_key(key)
 }
@@ -263,17 +296,88 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
-/// A metric's value summed over series whose labels contain every `label`.
-pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            let (series, _) = l.rsplit_once(' ').unwrap_or((l, ""));
-            let base = series.split('{').next().unwrap_or("");
-            base == name && labels.iter().all(|lab| series.contains(lab))
-        })
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
+/// POSTs `body` to `url` with the bearer `key`.
+pub async fn post_with_key(url: &str, key: &str, body: String) -> reqwest::Response {
+    client()
+        .post(url)
+        .bearer_auth(key)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The `error.code` of an answer in the API's JSON error shape.
+pub async fn error_code(r: reqwest::Response) -> String {
+    let body: serde_json::Value = r.json().await.unwrap();
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The gateway's refusals (`medembed_gateway_rejections_total`) in the
+/// series whose labels contain every one of `labels`.
+pub fn rejections(metrics: &str, labels: &[&str]) -> f64 {
+    metric(metrics, "medembed_gateway_rejections_total", labels)
+}
+
+/// The requests a real worker at `authority` answered with 200, from its
+/// metrics.
+pub async fn worker_requests(authority: &str) -> f64 {
+    let m = reqwest::get(format!("http://{authority}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric(&m, "medembed_worker_requests_total", &["status=\"200\""])
+}
+
+/// Continuous load: `clients` loops posting the image and text request
+/// with `key` to `url` until [`Load::finish`]; counts answers and keeps
+/// every failure.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<(u16, String)>>>,
+}
+
+impl Load {
+    pub fn start(url: &str, key: &'static str, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (url, stop, ok) = (url.to_string(), stop.clone(), ok.clone());
+                tokio::spawn(async move {
+                    let mut failures = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = post_with_key(&url, key, mixed_body()).await;
+                        if r.status() == 200 {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failures
+                                .push((r.status().as_u16(), r.text().await.unwrap_or_default()));
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        Load { stop, ok, tasks }
+    }
+
+    /// Stops the load; returns (answered with 200, the failures' status
+    /// and body).
+    pub async fn finish(self) -> (usize, Vec<(u16, String)>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for t in self.tasks {
+            failures.extend(t.await.unwrap());
+        }
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
 }
 
 /// A free TCP port on loopback (bound, then released).
@@ -289,69 +393,6 @@ pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
-}
-
-fn exports(script: &Path) -> Vec<(String, String)> {
-    medembed_testsupport::repo::script_exports(script).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// How to run a real worker: its binary, ONNX Runtime's library and the
-/// TEST MODEL's directory (from the repository's scripts).
-pub struct WorkerEnv {
-    pub bin: PathBuf,
-    pub ort: String,
-    pub model: String,
-    /// The repository's Python environment (requests, numpy, Pillow).
-    pub python: String,
-}
-
-pub fn worker_env() -> &'static WorkerEnv {
-    static ENV: OnceLock<WorkerEnv> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut vars = exports(&repo.join("scripts/python-env.sh"));
-        vars.extend(exports(&repo.join("scripts/test-model.sh")));
-        let get = |k: &str| {
-            vars.iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.clone())
-                .unwrap()
-        };
-        let bin = match std::env::var_os("MEDEMBED_WORKER_BIN") {
-            Some(p) => std::fs::canonicalize(&p).unwrap(),
-            None => build_worker(&repo),
-        };
-        WorkerEnv {
-            bin,
-            ort: get("ORT_DYLIB_PATH"),
-            model: get("MEDEMBED_TEST_MODEL"),
-            python: get("MEDEMBED_PYTHON"),
-        }
-    })
-}
-
-fn build_worker(repo: &Path) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(repo)
-        .args([
-            "build",
-            "-p",
-            "medembed-worker",
-            "--bin",
-            "medembed-worker",
-            "--message-format=json-render-diagnostics",
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cargo builds the worker");
-    assert!(out.status.success(), "building the worker failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "medembed-worker")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .expect("the worker's executable path")
 }
 
 /// A real worker process serving the TEST MODEL on a free loopback port.
@@ -384,15 +425,15 @@ pub async fn start_worker() -> Worker {
     start_worker_with(&[]).await
 }
 
-/// Starts a worker process with extra environment variables and waits until
-/// it is ready.
+/// Starts a worker process (`repo::bin`) on the TEST MODEL, with extra
+/// environment variables, and waits until it is ready.
 pub async fn start_worker_with(env: &[(&str, &str)]) -> Worker {
-    let e = worker_env();
+    let setup = repo::setup();
     let port = free_port();
-    let child = Command::new(&e.bin)
+    let child = Command::new(repo::bin("medembed-worker"))
         .envs(env.iter().copied())
-        .env("MEDEMBED_MODEL_DIR", &e.model)
-        .env("ORT_DYLIB_PATH", &e.ort)
+        .env("MEDEMBED_MODEL_DIR", &setup.model_dir)
+        .env("ORT_DYLIB_PATH", &setup.ort_library)
         .env("MEDEMBED_LISTEN", format!("127.0.0.1:{port}"))
         .env("MEDEMBED_INTRA_THREADS", "1")
         .env("MEDEMBED_DECODE_THREADS", "1")
@@ -402,20 +443,23 @@ pub async fn start_worker_with(env: &[(&str, &str)]) -> Worker {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    until_ready(port, Duration::from_secs(120), "worker").await;
+    Worker { child, port }
+}
+
+/// Waits until `127.0.0.1:port` answers `/readyz` with 200; fails after
+/// `limit`, naming `what`.
+pub async fn until_ready(port: u16, limit: Duration, what: &str) {
     let t = Instant::now();
     loop {
         if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
             if r.status() == 200 {
-                break;
+                return;
             }
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "worker did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(t.elapsed() < limit, "{what} did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Worker { child, port }
 }
 
 /// A one-row image and text request for the TEST MODEL.

@@ -1,0 +1,17 @@
+//! The gateway's integration tests, in one binary: auth ([`auth`]), the
+//! managed endpoint's published clients ([`clients`]), discovery from a real
+//! control plane ([`kubernetes`]), quotas ([`quota`]) and the Redis-backed
+//! shared quota ([`shared_quota`]), routing, balancing and resilience
+//! ([`routing`]), TLS ([`tls`]) and real worker processes ([`workers`]);
+//! shared set-up in [`common`]. Tests that start a control plane or worker
+//! processes take [`common::exclusive`] for their whole run.
+
+mod auth;
+mod clients;
+mod common;
+mod kubernetes;
+mod quota;
+mod routing;
+mod shared_quota;
+mod tls;
+mod workers;
