@@ -58,3 +58,34 @@ cached_venv() {
 bench_baseline_venv() {
   cached_venv bench-baseline-venv "$MEDEMBED_ROOT/tests/bench/baseline/requirements.txt" "benchmark baseline"
 }
+
+# The medimageinsights 0.1.1 source distribution on PyPI: the model code the
+# export uses and the tokenizer files the TEST MODEL ships, pinned by sha256.
+SDIST_NAME="medimageinsights-0.1.1.tar.gz"
+SDIST_SPEC="medimageinsights==0.1.1"
+SDIST_SHA256="0fc65924cb88282db61ade27421a2f43a96a430dd3090c7a0392a30ea4159645"
+SDIST="$MEDEMBED_CACHE/pypi/$SDIST_NAME"
+
+# fetch_sdist PYTHON : downloads $SDIST (first run only, under a lock) with
+# PYTHON's pip and checks its sha256; fails when either goes wrong.
+fetch_sdist() {
+  with_lock "pypi-medimageinsights" _fetch_sdist "$1"
+}
+_sdist_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$SDIST_SHA256" ]; }
+_fetch_sdist() {
+  _sdist_ok "$SDIST" && return 0
+  log "downloading the $SDIST_SPEC source distribution (first run only)"
+  mkdir -p "$(dirname "$SDIST")"
+  local tmp
+  tmp="$(mktemp -d "$(dirname "$SDIST")/.download.XXXXXX")"
+  if ! "$1" -m pip download --quiet --disable-pip-version-check \
+      --no-deps --no-binary :all: "$SDIST_SPEC" -d "$tmp" >&2; then
+    rm -rf "$tmp"; log "pip download of $SDIST_SPEC failed"; return 1
+  fi
+  if ! _sdist_ok "$tmp/$SDIST_NAME"; then
+    log "sha256 mismatch for $SDIST_NAME: expected $SDIST_SHA256, got $(sha256sum "$tmp/$SDIST_NAME" 2>/dev/null | cut -d' ' -f1)"
+    rm -rf "$tmp"; return 1
+  fi
+  mv -f "$tmp/$SDIST_NAME" "$SDIST"
+  rm -rf "$tmp"
+}

@@ -14,9 +14,6 @@
 # a temporary directory and renamed into place, under a lock.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-SDIST_NAME="medimageinsights-0.1.1.tar.gz"
-SDIST_SPEC="medimageinsights==0.1.1"
-SDIST_SHA256="0fc65924cb88282db61ade27421a2f43a96a430dd3090c7a0392a30ea4159645"
 SDIST_TOKENIZER="medimageinsights-0.1.1/MedImageInsights/v20240927/language_model/clip_tokenizer_v4162"
 TOKENIZER_FILES=(vocab.json merges.txt tokenizer_config.json special_tokens_map.json)
 
@@ -25,32 +22,10 @@ eval "$("$MEDEMBED_ROOT/scripts/python-env.sh" --exports)"
 gen="$MEDEMBED_ROOT/scripts/make_test_model.py"
 key="$(printf '%s %s' "$(hash_of "$gen" "$MEDEMBED_ROOT/scripts/requirements.txt")" "$SDIST_SHA256" | sha256sum | cut -c1-16)"
 model="$MEDEMBED_CACHE/test-model-$key"
-pypi="$MEDEMBED_CACHE/pypi"
-sdist="$pypi/$SDIST_NAME"
-
-sha_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$SDIST_SHA256" ]; }
-
-fetch_sdist() {
-  sha_ok "$sdist" && return 0
-  log "downloading $SDIST_SPEC source distribution (tokenizer files; first run only)"
-  mkdir -p "$pypi"
-  local tmp
-  tmp="$(mktemp -d "$pypi/.download.XXXXXX")"
-  if ! "$MEDEMBED_PYTHON" -m pip download --quiet --disable-pip-version-check \
-      --no-deps --no-binary :all: "$SDIST_SPEC" -d "$tmp" >&2; then
-    rm -rf "$tmp"; log "pip download of $SDIST_SPEC failed"; return 1
-  fi
-  if ! sha_ok "$tmp/$SDIST_NAME"; then
-    log "sha256 mismatch for $SDIST_NAME: expected $SDIST_SHA256, got $(sha256sum "$tmp/$SDIST_NAME" 2>/dev/null | cut -d' ' -f1)"
-    rm -rf "$tmp"; return 1
-  fi
-  mv -f "$tmp/$SDIST_NAME" "$sdist"
-  rm -rf "$tmp"
-}
 
 build_model() {
   [ -f "$model/medembed-model.json" ] && return 0
-  with_lock "pypi-medimageinsights" fetch_sdist
+  fetch_sdist "$MEDEMBED_PYTHON"
   log "building the TEST MODEL (random weights) in $model (first run only)"
   # not local: the EXIT trap (this runs in with_lock's subshell) must still see it
   build_tmp="$(mktemp -d "$MEDEMBED_CACHE/.test-model-$key.XXXXXX")"
@@ -59,7 +34,7 @@ build_model() {
   mkdir -p "$tmp/clip_tokenizer"
   local members=() f
   for f in "${TOKENIZER_FILES[@]}"; do members+=("$SDIST_TOKENIZER/$f"); done
-  tar -xzf "$sdist" -C "$tmp/clip_tokenizer" --no-same-owner --no-same-permissions --strip-components=5 "${members[@]}"
+  tar -xzf "$SDIST" -C "$tmp/clip_tokenizer" --no-same-owner --no-same-permissions --strip-components=5 "${members[@]}"
   chmod 644 "$tmp"/clip_tokenizer/*
   for f in "${TOKENIZER_FILES[@]}"; do
     [ -s "$tmp/clip_tokenizer/$f" ] || { log "missing $f in $SDIST_NAME"; return 1; }

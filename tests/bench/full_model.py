@@ -538,23 +538,17 @@ def main():
     results = []
     meta = {"concurrency": conc, "baseline_workers": args.baseline_workers}
     try:
-        log("starting the worker")
-        meta["worker_start_s"] = worker.start()
-        meta["worker_ready_rss"] = tree_mem(worker.proc.pid)[0]
-        for kind in kinds:
-            for c in conc:
-                results.append(measure(worker, kind, bodies[kind], c, args, dim))
-        meta["worker_hwm"] = tree_mem(worker.proc.pid)[1] if worker.proc else 0
-        meta["worker_restarts"] = worker.starts - 1
-        worker.stop()
-        log("starting the baseline")
-        meta["baseline_start_s"] = baseline.start()
-        meta["baseline_ready_rss"] = tree_mem(baseline.proc.pid)[0]
-        for kind in kinds:
-            for c in conc:
-                results.append(measure(baseline, kind, bodies[kind], c, args, dim))
-        meta["baseline_restarts"] = baseline.starts - 1
-        baseline.stop()
+        # One server at a time, so that neither takes cores from the other.
+        for name, server in (("worker", worker), ("baseline", baseline)):
+            log(f"starting the {name}")
+            meta[f"{name}_start_s"] = server.start()
+            meta[f"{name}_ready_rss"] = tree_mem(server.proc.pid)[0]
+            for kind in kinds:
+                for c in conc:
+                    results.append(measure(server, kind, bodies[kind], c, args, dim))
+            meta[f"{name}_hwm"] = tree_mem(server.proc.pid)[1] if server.proc else 0
+            meta[f"{name}_restarts"] = server.starts - 1
+            server.stop()
     finally:
         worker.stop()
         baseline.stop()

@@ -759,11 +759,14 @@ mod tests {
         assert_eq!((gate.used(), gauge.get()), (0, 0));
     }
 
+    /// Where a test item's answer arrives.
+    type Answer = oneshot::Receiver<Result<Vec<f32>, ItemError>>;
+
     /// Text `i` has ids `[i, 0]`; the fake text tower embeds it as `[i]`.
     fn text_job(
         i: i64,
         deadline: Instant,
-    ) -> (TextJob, oneshot::Receiver<Result<Vec<f32>, ItemError>>) {
+    ) -> (TextJob, Answer) {
         let (reply, rx) = oneshot::channel();
         let job = TextJob {
             ids: vec![i, 0],
@@ -777,12 +780,25 @@ mod tests {
         (job, rx)
     }
 
+    /// A closed queue holding `n` live text jobs (ids 0..n), with their replies.
+    fn queued(n: i64) -> (Receiver<TextJob>, Vec<Answer>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let replies = (0..n)
+            .map(|i| {
+                let (job, reply) = text_job(i, later());
+                tx.send(job).unwrap();
+                reply
+            })
+            .collect();
+        (rx, replies)
+    }
+
     fn later() -> Instant {
         Instant::now() + Duration::from_secs(600)
     }
 
     /// The answer of one item, once the batcher sent it.
-    fn answer(rx: oneshot::Receiver<Result<Vec<f32>, ItemError>>) -> Result<Vec<f32>, ItemError> {
+    fn answer(rx: Answer) -> Result<Vec<f32>, ItemError> {
         rx.blocking_recv()
             .expect("the batcher answers every live item")
     }
@@ -829,15 +845,7 @@ mod tests {
 
     #[test]
     fn batches_form_up_to_the_max_size_and_answer_in_order() {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let replies: Vec<_> = (0..7)
-            .map(|i| {
-                let (job, reply) = text_job(i, later());
-                tx.send(job).unwrap();
-                reply
-            })
-            .collect();
-        drop(tx);
+        let (rx, replies) = queued(7);
         let mut fake = FakeText::default();
         let started = Instant::now();
         run_texts(&mut fake, &rx, 3, &Metrics::new());
@@ -943,15 +951,7 @@ mod tests {
     fn an_inference_error_reaches_every_item_of_the_batch() {
         for (fail, drop_last_row) in [(true, false), (false, true)] {
             let metrics = Metrics::new();
-            let (tx, rx) = crossbeam_channel::unbounded();
-            let replies: Vec<_> = (0..3)
-                .map(|i| {
-                    let (job, reply) = text_job(i, later());
-                    tx.send(job).unwrap();
-                    reply
-                })
-                .collect();
-            drop(tx);
+            let (rx, replies) = queued(3);
             let mut fake = FakeText {
                 fail,
                 drop_last_row,

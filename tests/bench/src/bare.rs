@@ -13,66 +13,11 @@ use anyhow::{anyhow, Context};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::Tensor;
-use serde::Deserialize;
-
-/// The parts of `medembed-model.json` the benchmark needs.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ModelConfig {
-    /// Embedding size.
-    pub embedding_dim: usize,
-    /// Image tower.
-    pub image: ImageConfig,
-    /// Text tower.
-    pub text: TextConfig,
-}
-
-/// Image tower settings.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ImageConfig {
-    /// Graph file.
-    pub onnx: String,
-    /// Input name.
-    pub input: String,
-    /// Output name.
-    pub output: String,
-    /// Square input size.
-    pub size: u32,
-    /// Per-channel mean.
-    pub mean: [f32; 3],
-    /// Per-channel std.
-    pub std: [f32; 3],
-}
-
-/// Text tower settings.
-#[derive(Debug, Clone, Deserialize)]
-pub struct TextConfig {
-    /// Graph file.
-    pub onnx: String,
-    /// Token ids input name.
-    pub input_ids: String,
-    /// Attention mask input name.
-    pub attention_mask: String,
-    /// Output name.
-    pub output: String,
-    /// Tokens per text.
-    pub context_length: usize,
-    /// Tokenizer file.
-    pub tokenizer: String,
-}
-
-impl ModelConfig {
-    /// Reads `DIR/medembed-model.json`.
-    pub fn load(dir: &Path) -> anyhow::Result<ModelConfig> {
-        let path = dir.join("medembed-model.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-    }
-}
+use medembed_worker::model::{ImageTower, ModelConfig, ModelDir};
 
 /// Decodes a PNG and preprocesses it like the model's transform: RGB, a plain
 /// bicubic (Catmull-Rom) stretch to `size`, [0, 1], mean/std, CHW.
-pub fn preprocess(png: &[u8], cfg: &ImageConfig) -> anyhow::Result<Vec<f32>> {
+pub fn preprocess(png: &[u8], cfg: &ImageTower) -> anyhow::Result<Vec<f32>> {
     let rgb = image::load_from_memory(png)?.to_rgb8();
     let resized = image::imageops::resize(
         &rgb,
@@ -140,7 +85,7 @@ impl Bare {
         pngs: &[Vec<u8>],
         texts: &[&str],
     ) -> anyhow::Result<Bare> {
-        let cfg = ModelConfig::load(model_dir)?;
+        let cfg = ModelDir::open(model_dir)?.config;
         let env = ort::init_from(library)
             .map_err(|e| anyhow!("cannot load ONNX Runtime from {}: {e}", library.display()))?
             .with_name("medembed-bench")

@@ -88,6 +88,17 @@ impl LoadResult {
     pub fn error_count(&self) -> usize {
         self.errors.values().sum()
     }
+
+    /// One line for the progress log: throughput, p50, p99 and errors.
+    pub fn summary(&self) -> String {
+        format!(
+            "{:.1} images/s, p50 {:.1} ms, p99 {:.1} ms, {} errors",
+            self.images_per_s(),
+            self.quantile_ms(0.5),
+            self.quantile_ms(0.99),
+            self.error_count()
+        )
+    }
 }
 
 /// Nearest-rank quantile of sorted values; NaN when empty.

@@ -445,13 +445,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!("bench-worker: {} x{c}: worker", workload.label());
             let worker_spec = spec(&worker.score_url)?;
             let w = runtime.block_on(measure(&client, &mut worker, &worker_spec, ticks, true))?;
-            eprintln!(
-                "  {:.1} images/s, p50 {:.1} ms, p99 {:.1} ms, {} errors",
-                w.load.images_per_s(),
-                w.load.quantile_ms(0.5),
-                w.load.quantile_ms(0.99),
-                w.load.error_count()
-            );
+            eprintln!("  {}", w.load.summary());
             eprintln!("bench-worker: {} x{c}: baseline", workload.label());
             let baseline_spec = spec(&baseline.score_url)?;
             let b = runtime.block_on(measure(
@@ -461,13 +455,7 @@ fn main() -> anyhow::Result<()> {
                 ticks,
                 false,
             ))?;
-            eprintln!(
-                "  {:.1} images/s, p50 {:.1} ms, p99 {:.1} ms, {} errors",
-                b.load.images_per_s(),
-                b.load.quantile_ms(0.5),
-                b.load.quantile_ms(0.99),
-                b.load.error_count()
-            );
+            eprintln!("  {}", b.load.summary());
             let stages = w.stages.unwrap_or_default();
             let image_batch = stages.image_batch.round().max(1.0) as usize;
             let text_batch = if workload == Workload::ImageText {

@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerPort, KeyToPath, ObjectFieldSelector, Pod, Probe, Secret,
+    ConfigMap, Container, ContainerPort, DownwardAPIVolumeFile, KeyToPath, ObjectFieldSelector, Pod, Probe, Secret,
     ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -70,6 +70,23 @@ use tokio::task::JoinHandle;
 
 use super::spawn::signal_group;
 use super::{ProcessInfo, Shared};
+
+/// The objects a volume can project keys from.
+#[derive(Clone, Copy)]
+enum Object {
+    ConfigMap,
+    Secret,
+}
+
+impl Object {
+    /// The name kubelet's messages use.
+    fn noun(self) -> &'static str {
+        match self {
+            Object::ConfigMap => "configmap",
+            Object::Secret => "secret",
+        }
+    }
+}
 
 /// A container's current state.
 #[derive(Debug, Clone)]
@@ -734,54 +751,30 @@ async fn prepare(
         }
         std::fs::create_dir_all(&vdir).map_err(|e| io("creating volume dir", e))?;
         if let Some(cm) = &v.config_map {
-            src.write_config_map(
-                &cm.name,
-                cm.items.as_deref(),
-                cm.optional.unwrap_or(false),
-                &vdir,
-            )
-            .await?;
+            let items = cm.items.as_deref();
+            src.write_object(Object::ConfigMap, &cm.name, items, cm.optional, &vdir)
+                .await?;
         } else if let Some(s) = &v.secret {
             let name = s.secret_name.clone().unwrap_or_default();
-            src.write_secret(
-                &name,
-                s.items.as_deref(),
-                s.optional.unwrap_or(false),
-                &vdir,
-            )
-            .await?;
+            let items = s.items.as_deref();
+            src.write_object(Object::Secret, &name, items, s.optional, &vdir)
+                .await?;
         } else if let Some(d) = &v.downward_api {
-            for item in d.items.iter().flatten() {
-                if let Some(f) = &item.field_ref {
-                    write_file(&vdir.join(&item.path), src.field(f)?.as_bytes())?;
-                }
-            }
+            src.write_fields(d.items.as_deref(), &vdir)?;
         } else if let Some(p) = &v.projected {
             for s in p.sources.iter().flatten() {
                 if let Some(cm) = &s.config_map {
-                    src.write_config_map(
-                        &cm.name,
-                        cm.items.as_deref(),
-                        cm.optional.unwrap_or(false),
-                        &vdir,
-                    )
-                    .await?;
+                    let items = cm.items.as_deref();
+                    src.write_object(Object::ConfigMap, &cm.name, items, cm.optional, &vdir)
+                        .await?;
                 }
                 if let Some(sec) = &s.secret {
-                    src.write_secret(
-                        &sec.name,
-                        sec.items.as_deref(),
-                        sec.optional.unwrap_or(false),
-                        &vdir,
-                    )
-                    .await?;
+                    let items = sec.items.as_deref();
+                    src.write_object(Object::Secret, &sec.name, items, sec.optional, &vdir)
+                        .await?;
                 }
                 if let Some(d) = &s.downward_api {
-                    for item in d.items.iter().flatten() {
-                        if let Some(f) = &item.field_ref {
-                            write_file(&vdir.join(&item.path), src.field(f)?.as_bytes())?;
-                        }
-                    }
+                    src.write_fields(d.items.as_deref(), &vdir)?;
                 }
                 if let Some(t) = &s.service_account_token {
                     let token = src.token(t.audience.clone(), t.expiration_seconds).await?;
@@ -908,32 +901,39 @@ impl Sources<'_> {
         }))
     }
 
-    async fn write_config_map(
+    /// Writes a ConfigMap's or Secret's keys (or the chosen `items`) into a
+    /// volume's directory; a missing object is an error unless `optional`.
+    async fn write_object(
         &self,
+        kind: Object,
         name: &str,
         items: Option<&[KeyToPath]>,
-        optional: bool,
+        optional: Option<bool>,
         dir: &Path,
     ) -> Result<(), String> {
-        match self.config_map(name).await? {
+        let data = match kind {
+            Object::ConfigMap => self.config_map(name).await?,
+            Object::Secret => self.secret(name).await?,
+        };
+        match data {
             Some(data) => write_items(dir, &data, items),
-            None if optional => Ok(()),
-            None => Err(format!("configmap \"{name}\" not found")),
+            None if optional.unwrap_or(false) => Ok(()),
+            None => Err(format!("{} \"{name}\" not found", kind.noun())),
         }
     }
 
-    async fn write_secret(
+    /// Writes downward-API field references into a volume's directory.
+    fn write_fields(
         &self,
-        name: &str,
-        items: Option<&[KeyToPath]>,
-        optional: bool,
+        items: Option<&[DownwardAPIVolumeFile]>,
         dir: &Path,
     ) -> Result<(), String> {
-        match self.secret(name).await? {
-            Some(data) => write_items(dir, &data, items),
-            None if optional => Ok(()),
-            None => Err(format!("secret \"{name}\" not found")),
+        for item in items.into_iter().flatten() {
+            if let Some(f) = &item.field_ref {
+                write_file(&dir.join(&item.path), self.field(f)?.as_bytes())?;
+            }
         }
+        Ok(())
     }
 
     /// A service-account token bound to this pod (TokenRequest API).
