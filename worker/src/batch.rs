@@ -763,10 +763,7 @@ mod tests {
     type Answer = oneshot::Receiver<Result<Vec<f32>, ItemError>>;
 
     /// Text `i` has ids `[i, 0]`; the fake text tower embeds it as `[i]`.
-    fn text_job(
-        i: i64,
-        deadline: Instant,
-    ) -> (TextJob, Answer) {
+    fn text_job(i: i64, deadline: Instant) -> (TextJob, Answer) {
         let (reply, rx) = oneshot::channel();
         let job = TextJob {
             ids: vec![i, 0],

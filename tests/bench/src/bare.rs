@@ -9,11 +9,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
+use medembed_worker::model::{ImageTower, ModelConfig, ModelDir};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::Tensor;
-use medembed_worker::model::{ImageTower, ModelConfig, ModelDir};
 
 /// Decodes a PNG and preprocesses it like the model's transform: RGB, a plain
 /// bicubic (Catmull-Rom) stretch to `size`, [0, 1], mean/std, CHW.

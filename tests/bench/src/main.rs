@@ -335,7 +335,7 @@ fn main() -> anyhow::Result<()> {
     }
     let log_dir = args.log_dir.clone();
     std::fs::create_dir_all(&log_dir)?;
-    let cfg = bare::ModelConfig::load(&args.model_dir)?;
+    let cfg = medembed_worker::model::ModelDir::open(&args.model_dir)?.config;
     let ticks = procs::clock_ticks();
 
     eprintln!(

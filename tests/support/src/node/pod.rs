@@ -55,8 +55,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerPort, DownwardAPIVolumeFile, KeyToPath, ObjectFieldSelector, Pod, Probe, Secret,
-    ServiceAccount,
+    ConfigMap, Container, ContainerPort, DownwardAPIVolumeFile, KeyToPath, ObjectFieldSelector,
+    Pod, Probe, Secret, ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
