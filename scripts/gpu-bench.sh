@@ -42,21 +42,7 @@ if [ "$cpu_check" = 1 ]; then
   out_md="$logs/gpu-cpu-check.md" out_json="$logs/gpu-cpu-check.json"
 else
   req="$MEDEMBED_ROOT/tests/bench/gpu-requirements.txt"
-  key="$(hash_of "$req")-py$(python3 -c 'import sys; print("%d%d" % sys.version_info[:2])')"
-  venv="$MEDEMBED_CACHE/gpu-venv-$key"
-  build_venv() {
-    [ -f "$venv/.complete" ] && return 0
-    log "creating the GPU benchmark's Python environment $venv (first run only)"
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    if [ -n "${GPU_WHEELS:-}" ]; then
-      "$venv/bin/pip" install --quiet --no-index --find-links "$GPU_WHEELS" -r "$req" >&2
-    else
-      "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req" >&2
-    fi
-    touch "$venv/.complete"
-  }
-  with_lock "gpu-venv-$key" build_venv
+  venv="$(WHEELS="${GPU_WHEELS:-}" cached_venv gpu-venv "$req" "GPU benchmark's")"
   python="$venv/bin/python"
   lib=$(ls "$venv"/lib/python*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n1)
   # The provider libraries find CUDA, cuDNN and TensorRT through the loader path.

@@ -33,7 +33,8 @@ python_tag() { python3 -c 'import sys; print("py%d%d" % sys.version_info[:2])'; 
 # lock) and prints the path of the Python environment
 # $MEDEMBED_CACHE/PREFIX-<hash of REQUIREMENTS>-<python version> with exactly
 # REQUIREMENTS installed. A half-built environment (no .complete marker) is
-# rebuilt. WHAT names it in the log line.
+# rebuilt. WHAT names it in the log line. With WHEELS=DIR set, the packages
+# come from that directory of wheels only (an offline host), not an index.
 cached_venv() {
   local prefix="$1" req="$2" what="${3:-$1}" key venv
   key="$(hash_of "$req")-$(python_tag)"
@@ -43,8 +44,13 @@ cached_venv() {
     log "creating the $what Python environment $venv (first run only)"
     rm -rf "$venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check --upgrade pip >&2
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req" >&2
+    local pip=("$venv/bin/pip" install --quiet --disable-pip-version-check)
+    if [ -n "${WHEELS:-}" ]; then
+      "${pip[@]}" --no-index --find-links "$WHEELS" -r "$req" >&2
+    else
+      "${pip[@]}" --upgrade pip >&2
+      "${pip[@]}" -r "$req" >&2
+    fi
     touch "$venv/.complete"
   }
   with_lock "$prefix-$key" _build_venv
