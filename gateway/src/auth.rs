@@ -7,8 +7,11 @@
 //! so neither the key nor its hash is compared byte by byte with early exit.
 //!
 //! Tokens: JWTs from an OIDC issuer, verified against the issuer's JSON Web
-//! Key Set (fetched from its URL, or read from a mounted file on air-gapped
-//! clusters), with issuer, audience and expiry checked. The client is the one
+//! Key Set (fetched from its URL over HTTPS, or read from a mounted file on
+//! air-gapped clusters), with issuer, audience, expiry and not-before
+//! checked. Each key source has its own lock, taken by the one request that
+//! refreshes it (a slow issuer stalls no other endpoint's tokens), and key
+//! sets are read within a timeout and a size cap. The client is the one
 //! whose token identity (`sub` and optional further claims) matches.
 //!
 //! 401 means "we do not know who you are" (no, malformed, unknown, expired or
@@ -16,8 +19,11 @@
 //! endpoint".
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -26,7 +32,6 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::proxy::HttpClient;
 use crate::table::{AuthMode, Client, Endpoint, JwksSource, KeySlot, Table, TokenSettings};
 
 /// The authenticated caller of a request.
@@ -161,19 +166,61 @@ pub async fn authenticate(
 const JWKS_TTL: Duration = Duration::from_secs(300);
 /// Least time between fetches triggered by an unknown key id.
 const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
+/// Longest fetch of a key set URL (connect, TLS, headers and body).
+const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest key set read from a URL or a file; a real one is a few KiB.
+pub const JWKS_MAX_BYTES: usize = 256 * 1024;
 
+#[derive(Clone)]
 struct CachedSet {
     keys: Arc<JwkSet>,
     loaded: Instant,
     mtime: Option<SystemTime>,
 }
 
+/// One key source: its last good set, and a lock held by whoever refreshes
+/// it, so that a slow issuer delays its own tokens only, and one fetch runs
+/// at a time per source.
+#[derive(Default)]
+struct SourceState {
+    current: std::sync::RwLock<Option<CachedSet>>,
+    refresh: Mutex<()>,
+}
+
+impl SourceState {
+    fn get(&self) -> Option<CachedSet> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set(&self, c: CachedSet) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(c);
+    }
+
+    /// Marks the last good set as just checked (retry later, not at once).
+    fn touch(&self, now: Instant) {
+        if let Some(c) = self
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            c.loaded = now;
+        }
+    }
+}
+
 /// Signing keys of token issuers, by source, loaded on demand and refreshed.
+///
+/// Key sets are fetched over HTTPS (or HTTP inside the cluster) with the
+/// system's roots plus an optional CA bundle, within a timeout and a size cap.
 #[derive(derive_more::Debug)]
 #[debug("JwksCache")]
 pub struct JwksCache {
-    http: HttpClient,
-    sets: Mutex<HashMap<JwksSource, CachedSet>>,
+    http: reqwest::Client,
+    sources: std::sync::Mutex<HashMap<JwksSource, Arc<SourceState>>>,
     file_check: Duration,
 }
 
@@ -181,103 +228,183 @@ fn parse_alg(s: &str) -> Option<Algorithm> {
     s.parse().ok()
 }
 
-impl JwksCache {
-    /// A cache fetching over `http`; files are re-checked every `file_check`.
-    pub fn new(http: HttpClient, file_check: Duration) -> Self {
-        JwksCache {
-            http,
-            sets: Mutex::new(HashMap::new()),
-            file_check,
+/// Reads `resp`'s body, refusing one larger than `max` bytes.
+async fn capped_body(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, &'static str> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err("key set too large");
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|_| "key set URL unreachable")? {
+        if body.len() + chunk.len() > max {
+            return Err("key set too large");
         }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+impl JwksCache {
+    /// A cache fetching with the system's CA roots plus the PEM bundle
+    /// `extra_ca` (an in-cluster issuer's private CA); files are re-checked
+    /// every `file_check`.
+    pub fn new(file_check: Duration, extra_ca: Option<&Path>) -> anyhow::Result<Self> {
+        let mut http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(JWKS_FETCH_TIMEOUT)
+            .connect_timeout(JWKS_FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .https_only(false);
+        if let Some(path) = extra_ca {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading the JWKS CA bundle {}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("parsing the JWKS CA bundle {}", path.display()))?;
+            anyhow::ensure!(
+                !certs.is_empty(),
+                "the JWKS CA bundle {} holds no certificate",
+                path.display()
+            );
+            for cert in certs {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        Ok(JwksCache {
+            http: http.build().context("building the JWKS client")?,
+            sources: std::sync::Mutex::new(HashMap::new()),
+            file_check,
+        })
     }
 
     async fn load(
         &self,
         source: &JwksSource,
     ) -> Result<(JwkSet, Option<SystemTime>), &'static str> {
-        let text = match source {
-            JwksSource::Inline(s) => s.clone(),
+        let (bytes, mtime) = match source {
+            JwksSource::Inline(s) => (s.as_bytes().to_vec(), None),
             JwksSource::File(p) => {
                 let meta = tokio::fs::metadata(p)
                     .await
                     .map_err(|_| "key set file unreadable")?;
-                let text = tokio::fs::read_to_string(p)
+                if meta.len() > JWKS_MAX_BYTES as u64 {
+                    return Err("key set too large");
+                }
+                let bytes = tokio::fs::read(p)
                     .await
                     .map_err(|_| "key set file unreadable")?;
-                return serde_json::from_str(&text)
-                    .map(|s| (s, meta.modified().ok()))
-                    .map_err(|_| "key set file is not a JWKS");
+                (bytes, meta.modified().ok())
             }
-            JwksSource::Url(u) => crate::proxy::get_text(&self.http, u, Duration::from_secs(5))
-                .await
-                .map_err(|_| "key set URL unreachable")?,
+            JwksSource::Url(u) => {
+                let resp = self
+                    .http
+                    .get(u)
+                    .send()
+                    .await
+                    .map_err(|_| "key set URL unreachable")?;
+                if !resp.status().is_success() {
+                    return Err("key set URL unreachable");
+                }
+                (capped_body(resp, JWKS_MAX_BYTES).await?, None)
+            }
         };
-        serde_json::from_str(&text)
-            .map(|s| (s, None))
+        if bytes.len() > JWKS_MAX_BYTES {
+            return Err("key set too large");
+        }
+        serde_json::from_slice(&bytes)
+            .map(|s| (s, mtime))
             .map_err(|_| "key set is not a JWKS")
+    }
+
+    /// The state of `source`, created on first use.
+    fn source(&self, source: &JwksSource) -> Arc<SourceState> {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        sources.entry(source.clone()).or_default().clone()
+    }
+
+    /// Whether `cached` must be loaded again.
+    async fn stale(
+        &self,
+        source: &JwksSource,
+        cached: &CachedSet,
+        want_kid: Option<&str>,
+        now: Instant,
+    ) -> bool {
+        let age = now.duration_since(cached.loaded);
+        let unknown = want_kid.is_some_and(|k| cached.keys.find(k).is_none());
+        match source {
+            JwksSource::Inline(_) => false,
+            JwksSource::Url(_) => age > JWKS_TTL || (unknown && age > JWKS_MIN_REFETCH),
+            JwksSource::File(p) => {
+                age > self.file_check
+                    && tokio::fs::metadata(p)
+                        .await
+                        .ok()
+                        .and_then(|m| m.modified().ok())
+                        != cached.mtime
+            }
+        }
     }
 
     /// The key set of `source`, loading or refreshing it as needed;
     /// `want_kid` forces a (rate-limited) refresh when the kid is unknown.
+    ///
+    /// No lock is held across a fetch but the source's own refresh lock:
+    /// while one request refreshes a set, others keep verifying with the
+    /// last good one, and other sources are not touched at all.
     async fn keys(
         &self,
         source: &JwksSource,
         want_kid: Option<&str>,
     ) -> Result<Arc<JwkSet>, &'static str> {
-        let mut sets = self.sets.lock().await;
+        let state = self.source(source);
         let now = Instant::now();
-        let stale = match sets.get(source) {
-            None => true,
+        let _refreshing = match state.get() {
             Some(c) => {
-                let age = now.duration_since(c.loaded);
-                let unknown = want_kid.is_some_and(|k| c.keys.find(k).is_none());
-                match source {
-                    JwksSource::Inline(_) => false,
-                    JwksSource::Url(_) => age > JWKS_TTL || (unknown && age > JWKS_MIN_REFETCH),
-                    JwksSource::File(p) => {
-                        age > self.file_check
-                            && tokio::fs::metadata(p)
-                                .await
-                                .ok()
-                                .and_then(|m| m.modified().ok())
-                                != c.mtime
+                if !self.stale(source, &c, want_kid, now).await {
+                    if matches!(source, JwksSource::File(_))
+                        && now.duration_since(c.loaded) > self.file_check
+                    {
+                        state.touch(now);
                     }
+                    return Ok(c.keys);
                 }
+                // Someone else is refreshing: use the last good set.
+                match state.refresh.try_lock() {
+                    Ok(guard) => guard,
+                    Err(_) => return Ok(c.keys),
+                }
+            }
+            None => {
+                // The first load: wait for one already on its way.
+                let guard = state.refresh.lock().await;
+                if let Some(c) = state.get() {
+                    return Ok(c.keys);
+                }
+                guard
             }
         };
-        if stale {
-            match self.load(source).await {
-                Ok((set, mtime)) => {
-                    sets.insert(
-                        source.clone(),
-                        CachedSet {
-                            keys: Arc::new(set),
-                            loaded: now,
-                            mtime,
-                        },
+        match self.load(source).await {
+            Ok((set, mtime)) => {
+                let keys = Arc::new(set);
+                state.set(CachedSet {
+                    keys: keys.clone(),
+                    loaded: now,
+                    mtime,
+                });
+                Ok(keys)
+            }
+            Err(e) => match state.get() {
+                Some(c) => {
+                    // Keep serving with the last good set; retry later.
+                    state.touch(now);
+                    tracing::warn!(
+                        reason = e,
+                        "cannot refresh a token key set; keeping the last one"
                     );
+                    Ok(c.keys)
                 }
-                Err(e) => {
-                    if let Some(c) = sets.get_mut(source) {
-                        // Keep serving with the last good set; retry later.
-                        c.loaded = now;
-                        tracing::warn!(
-                            reason = e,
-                            "cannot refresh a token key set; keeping the last one"
-                        );
-                    } else {
-                        return Err(e);
-                    }
-                }
-            }
-        } else if let Some(c) = sets.get_mut(source) {
-            if matches!(source, JwksSource::File(_))
-                && now.duration_since(c.loaded) > self.file_check
-            {
-                c.loaded = now;
-            }
+                None => Err(e),
+            },
         }
-        sets.get(source).map(|c| c.keys.clone()).ok_or("no key set")
     }
 
     /// Verifies a JWT's signature, issuer, audience and expiry; returns its claims.
@@ -318,6 +445,8 @@ impl JwksCache {
         v.set_issuer(&[&settings.issuer]);
         v.set_audience(&settings.audiences);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // `nbf`, when present, is checked like `exp` (same leeway).
+        v.validate_nbf = true;
         v.leeway = 30;
         let data =
             jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &v)

@@ -89,6 +89,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "MEDEMBED_GATEWAY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// PEM bundle of extra CA certificates trusted, besides the system's
+    /// roots, when fetching token key sets (`jwksUri`) over HTTPS: an
+    /// identity provider inside the hospital with a private CA.
+    #[arg(long, env = "MEDEMBED_GATEWAY_JWKS_CA_FILE")]
+    pub jwks_ca_file: Option<PathBuf>,
+
     /// Number of gateway replicas sharing the traffic. Without a shared quota
     /// store each replica enforces 1/N of every per-minute and concurrency
     /// limit (rounded up), assuming the load balancer in front spreads clients

@@ -114,6 +114,9 @@ impl Drop for RunningGateway {
     }
 }
 
+/// Largest worker metrics page the scraper reads (a worker's is ~10 KiB).
+const METRICS_MAX_BYTES: usize = 1024 * 1024;
+
 /// Reads each worker's reported queue depth every `every`.
 fn spawn_scraper(gw: Arc<Gateway>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -124,8 +127,13 @@ fn spawn_scraper(gw: Arc<Gateway>, every: Duration) -> tokio::task::JoinHandle<(
                 let http = gw.http.clone();
                 let url = format!("http://{}/metrics", w.authority);
                 async move {
-                    if let Ok(text) =
-                        proxy::get_text(&http, &url, every.min(Duration::from_secs(1))).await
+                    if let Ok(text) = proxy::get_text(
+                        &http,
+                        &url,
+                        every.min(Duration::from_secs(1)),
+                        METRICS_MAX_BYTES,
+                    )
+                    .await
                     {
                         if let Some(d) = balance::parse_queue_depth(&text) {
                             w.set_queue_depth(d);

@@ -35,12 +35,22 @@ pub fn http_client(connect_timeout: Duration) -> HttpClient {
         .build(c)
 }
 
-/// GETs `url` and returns its body as text (JWKS, worker metrics).
-pub async fn get_text(client: &HttpClient, url: &str, timeout: Duration) -> anyhow::Result<String> {
+/// GETs `url` and returns its body as text (a worker's metrics), within
+/// `timeout` and refusing a body over `max_bytes`: what a worker answers is
+/// read into memory, so it is bounded like everything else.
+pub async fn get_text(
+    client: &HttpClient,
+    url: &str,
+    timeout: Duration,
+    max_bytes: usize,
+) -> anyhow::Result<String> {
     let req = Request::get(url).body(Full::new(Bytes::new()))?;
     let resp = tokio::time::timeout(timeout, client.request(req)).await??;
     anyhow::ensure!(resp.status().is_success(), "status {}", resp.status());
-    let body = tokio::time::timeout(timeout, resp.into_body().collect()).await??;
+    let body = http_body_util::Limited::new(resp.into_body(), max_bytes);
+    let body = tokio::time::timeout(timeout, body.collect())
+        .await?
+        .map_err(|e| anyhow::anyhow!("body: {e}"))?;
     Ok(String::from_utf8(body.to_bytes().to_vec())?)
 }
 

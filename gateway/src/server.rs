@@ -92,10 +92,10 @@ impl Gateway {
         Ok(Gateway {
             tables,
             registry,
-            http: http.clone(),
+            http,
             metrics,
             audit,
-            jwks: JwksCache::new(http, reload),
+            jwks: JwksCache::new(reload, config.jwks_ca_file.as_deref())?,
             quota,
             concurrency: Concurrency::default(),
             mirror_slots: Arc::new(Semaphore::new(MIRROR_SLOTS)),

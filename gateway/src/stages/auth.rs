@@ -104,10 +104,7 @@ mod tests {
         let mut shared = testing::client("shared", KEY, &["chest", "brain"], None);
         shared.dry_run = true;
         let table = Table::new(vec![chest, brain, open], vec![own, shared]);
-        let jwks = JwksCache::new(
-            crate::proxy::http_client(Duration::from_millis(100)),
-            Duration::from_secs(1),
-        );
+        let jwks = JwksCache::new(Duration::from_secs(1), None).unwrap();
         (table, jwks)
     }
 

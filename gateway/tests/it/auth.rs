@@ -1,6 +1,7 @@
 //! The auth matrix: keys (none, wrong, primary, secondary, rotated without a
 //! restart), tokens (valid, expired, wrong audience, wrong issuer, forged,
-//! from a JWKS file and from a JWKS URL), and 401 against 403.
+//! not yet valid, from a JWKS file and from a JWKS URL over HTTP and HTTPS
+//! with a private CA), a stalled or oversized key set, and 401 against 403.
 
 #![allow(clippy::unwrap_used)]
 
@@ -11,6 +12,7 @@ use crate::common::*;
 const PRIMARY: &str = "primary-key-for-tests-000000000001";
 const SECONDARY: &str = "secondary-key-for-tests-0000000002";
 const OTHER: &str = "other-client-key-000000000000000003";
+const ISS: &str = "https://idp.example.org";
 
 fn config(upstream: &str, primary: &str, jwks: &str) -> String {
     format!(
@@ -153,30 +155,69 @@ async fn token_matrix_with_a_mounted_key_set() {
     assert_eq!(rejections(&m, &invalid), 5.0);
 }
 
-/// Serves the test key set over HTTP, as an in-cluster identity provider would.
-async fn jwks_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// What a test identity provider does with a key set request.
+#[derive(Clone)]
+enum Idp {
+    /// Answers with this body.
+    KeySet(String),
+    /// Reads the request and never answers.
+    Stall,
+}
+
+/// A test identity provider serving its key set over HTTP, or HTTPS with
+/// `tls`, as an in-cluster one would.
+async fn key_set_server(
+    idp: Idp,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let body = std::fs::read_to_string(fixture("jwks.json")).unwrap();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else {
+            let Ok((s, _)) = listener.accept().await else {
                 continue;
             };
-            let body = body.clone();
+            let (idp, tls) = (idp.clone(), tls.clone());
             tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
+                match tls {
+                    Some(tls) => {
+                        if let Ok(s) = tls.accept(s).await {
+                            answer(s, idp).await;
+                        }
+                    }
+                    None => answer(s, idp).await,
+                }
             });
         }
     });
     (addr, task)
+}
+
+async fn answer(mut s: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, idp: Idp) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 4096];
+    let _ = s.read(&mut buf).await;
+    match idp {
+        Idp::KeySet(body) => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(body.as_bytes()).await;
+            let _ = s.shutdown().await;
+        }
+        Idp::Stall => tokio::time::sleep(Duration::from_secs(60)).await,
+    }
+}
+
+fn key_set() -> String {
+    std::fs::read_to_string(fixture("jwks.json")).unwrap()
+}
+
+/// Serves the test key set over HTTP.
+async fn jwks_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    key_set_server(Idp::KeySet(key_set()), None).await
 }
 
 #[tokio::test]
@@ -191,4 +232,102 @@ async fn token_keys_from_a_url() {
         assert_eq!(status(&gw, "tokened", Some(&t)).await, want);
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
+async fn token_keys_over_https_with_a_private_ca() {
+    let up = upstream("blue", Behaviour::Ok).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = write_test_pki(dir.path());
+    let tls = medembed_gateway::tls::ReloadingCert::new(cert, key)
+        .unwrap()
+        .acceptor()
+        .unwrap();
+    let (addr, _srv) = key_set_server(Idp::KeySet(key_set()), Some(tls)).await;
+    let jwks = format!("jwksUri: \"https://127.0.0.1:{}/jwks\"", addr.port());
+    let yaml = config(&up.authority(), PRIMARY, &jwks);
+    let good = token("svc-radiology", "medembed", ISS, now() + 300);
+    // The issuer's certificate is trusted through the configured CA bundle.
+    let trusting = gateway_with(&yaml, |c| c.jwks_ca_file = Some(ca)).await;
+    let r = call(&trusting, "tokened", Some(&good)).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // Without the bundle it is not: no key set, so no token is valid.
+    let plain = gateway(&yaml).await;
+    assert_eq!(status(&plain, "tokened", Some(&good)).await, 401);
+}
+
+#[tokio::test]
+async fn a_stalled_issuer_delays_only_its_own_tokens() {
+    let up = upstream("blue", Behaviour::Ok).await;
+    let (stalled, _srv) = key_set_server(Idp::Stall, None).await;
+    let file = format!("jwksFile: \"{}\"", fixture("jwks.json").display());
+    let yaml = config(&up.authority(), PRIMARY, &file)
+        .replace(
+            "clients:\n",
+            &format!(
+                "  - name: stalled\n    auth:\n      mode: Token\n      token: {{issuer: \"{ISS}\", audiences: [\"medembed\"], jwksUri: \"http://{stalled}/jwks\"}}\n    deployments: {{blue: {{workers: [\"{}\"]}}}}\nclients:\n",
+                up.authority()
+            ),
+        )
+        .replace("endpoints: [keyed, tokened]", "endpoints: [keyed, tokened, stalled]");
+    let gw = std::sync::Arc::new(gateway(&yaml).await);
+    let good = token("svc-radiology", "medembed", ISS, now() + 300);
+    // Warm the file-backed set, then make a request wait on the stalled issuer.
+    assert_eq!(status(&gw, "tokened", Some(&good)).await, 200);
+    let waiting = tokio::spawn({
+        let (gw, good) = (gw.clone(), good.clone());
+        async move {
+            let started = std::time::Instant::now();
+            (status(&gw, "stalled", Some(&good)).await, started.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Meanwhile another endpoint's tokens are checked at once.
+    let started = std::time::Instant::now();
+    assert_eq!(status(&gw, "tokened", Some(&good)).await, 200);
+    let other = started.elapsed();
+    assert!(
+        other < Duration::from_secs(2),
+        "waited {other:?} behind another issuer"
+    );
+    // The stalled issuer's own token fails after the fetch timeout.
+    let (code, waited) = waiting.await.unwrap();
+    assert_eq!(code, 401);
+    assert!(waited < Duration::from_secs(15), "{waited:?}");
+}
+
+#[tokio::test]
+async fn an_oversized_key_set_is_not_read() {
+    let up = upstream("blue", Behaviour::Ok).await;
+    // A valid key set padded past the cap with whitespace (still valid JSON).
+    let padded = format!(
+        "{}{}",
+        key_set(),
+        " ".repeat(medembed_gateway::auth::JWKS_MAX_BYTES + 1)
+    );
+    let (addr, _srv) = key_set_server(Idp::KeySet(padded), None).await;
+    let jwks = format!("jwksUri: \"http://{addr}/jwks\"");
+    let gw = gateway(&config(&up.authority(), PRIMARY, &jwks)).await;
+    let good = token("svc-radiology", "medembed", ISS, now() + 300);
+    assert_eq!(status(&gw, "tokened", Some(&good)).await, 401);
+}
+
+#[tokio::test]
+async fn a_token_is_not_valid_before_its_nbf() {
+    let up = upstream("blue", Behaviour::Ok).await;
+    let jwks = format!("jwksFile: \"{}\"", fixture("jwks.json").display());
+    let gw = gateway(&config(&up.authority(), PRIMARY, &jwks)).await;
+    let claims = |nbf: u64| {
+        serde_json::json!({"sub": "svc-radiology", "aud": "medembed", "iss": ISS,
+                           "exp": now() + 600, "nbf": nbf})
+    };
+    // Not yet valid (beyond the 30 s leeway), then valid.
+    assert_eq!(
+        status(&gw, "tokened", Some(&signed(&claims(now() + 300)))).await,
+        401
+    );
+    assert_eq!(
+        status(&gw, "tokened", Some(&signed(&claims(now() - 60)))).await,
+        200
+    );
 }

@@ -481,10 +481,48 @@ pub fn now() -> u64 {
 /// An ES256 JWT signed with the fixture key `test-1` (`jwt-es256.pem`,
 /// whose public half is `jwks.json`).
 pub fn token(sub: &str, aud: &str, iss: &str, exp: u64) -> String {
+    signed(&serde_json::json!({"sub": sub, "aud": aud, "iss": iss, "exp": exp, "iat": now()}))
+}
+
+/// `claims` as an ES256 JWT signed with the fixture key `test-1`.
+pub fn signed(claims: &serde_json::Value) -> String {
     use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
     let key = EncodingKey::from_ec_pem(&std::fs::read(fixture("jwt-es256.pem")).unwrap()).unwrap();
     let mut h = Header::new(Algorithm::ES256);
     h.kid = Some("test-1".into());
-    let claims = serde_json::json!({"sub": sub, "aud": aud, "iss": iss, "exp": exp, "iat": now()});
-    encode(&h, &claims, &key).unwrap()
+    encode(&h, claims, &key).unwrap()
+}
+
+/// A CA and a server certificate for `localhost` and 127.0.0.1 it signed,
+/// written as PEM files into `dir`: (CA, certificate, key).
+pub fn write_test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "medembed test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+
+    let server_key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let cert = params.signed_by(&server_key, &ca).unwrap();
+
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, server_key.serialize_pem()).unwrap();
+    paths
 }

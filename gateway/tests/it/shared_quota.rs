@@ -593,37 +593,3 @@ async fn tls_with_a_private_ca() {
         assert!(!log.contains(PASSWORD));
     }
 }
-
-/// A CA and a server certificate for `localhost` and 127.0.0.1 it signed,
-/// written as PEM files: (CA, certificate, key).
-fn write_test_pki(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "medembed test Redis CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-
-    let server_key = KeyPair::generate().unwrap();
-    let mut params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let cert = params.signed_by(&server_key, &ca).unwrap();
-
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("redis.pem"),
-        dir.join("redis.key"),
-    );
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, cert.pem()).unwrap();
-    std::fs::write(&paths.2, server_key.serialize_pem()).unwrap();
-    (paths.0, paths.1, paths.2)
-}
