@@ -102,6 +102,13 @@ pub struct GatewayConfig {
     #[arg(long, env = "MEDEMBED_GATEWAY_REPLICAS", default_value_t = 1)]
     pub replicas: u32,
 
+    /// The gateway's own Service, `NAMESPACE/NAME`: count the replicas
+    /// sharing the traffic live from its EndpointSlices (needed when an
+    /// autoscaler changes their number); `--replicas` is then the fallback
+    /// until the first count.
+    #[arg(long, env = "MEDEMBED_GATEWAY_PEERS_SERVICE")]
+    pub peers_service: Option<String>,
+
     /// Redis URL of a shared quota store: per-minute limits become exact
     /// across all replicas (concurrency limits stay per replica).
     /// `redis://[user[:password]@]host[:port][/db]`, or `rediss://...` for TLS.

@@ -289,7 +289,7 @@ where
     }
 }
 
-async fn kube_client(s: &Settings) -> anyhow::Result<Client> {
+pub(crate) async fn kube_client(s: &Settings) -> anyhow::Result<Client> {
     let config = match &s.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)

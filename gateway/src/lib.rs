@@ -34,7 +34,7 @@
 //! - [`stages`]: the request path, one module per stage; [`error`]: its
 //!   one error type.
 //! - [`auth`]: key and token verification; [`quota`] and [`redis_client`]: rate
-//!   and concurrency state; [`balance`]: picking a worker; [`proxy`]: the
+//!   and concurrency state; [`peers`]: how many replicas share the limits; [`balance`]: picking a worker; [`proxy`]: the
 //!   upstream client.
 //! - [`table`], [`file`](mod@file), [`discovery`]: what to route and where it comes
 //!   from.
@@ -53,6 +53,7 @@ pub mod discovery;
 pub mod error;
 pub mod file;
 pub mod metrics;
+pub mod peers;
 pub mod proxy;
 pub mod quota;
 pub mod redis_client;
@@ -166,6 +167,16 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<RunningGateway> {
             };
             background.push(discovery::start(settings, tables, registry).await?)
         }
+    }
+    if let Some(service) = &cfg.peers_service {
+        let (ns, name) = peers::parse_service(service)?;
+        let settings = discovery::Settings {
+            namespace: None,
+            kubeconfig: cfg.kubeconfig.clone(),
+            host_template: None,
+        };
+        let client = discovery::kube_client(&settings).await?;
+        background.push(peers::watch(client, &ns, &name, gw.replicas.clone()));
     }
     if cfg.scrape_interval_ms > 0 {
         background.push(spawn_scraper(

@@ -24,6 +24,7 @@ use crate::audit::AuditLog;
 use crate::auth::JwksCache;
 use crate::balance::Registry;
 use crate::metrics::Metrics;
+use crate::peers::Replicas;
 use crate::proxy::{self, HttpClient};
 use crate::quota::{Concurrency, LocalStore, RedisSettings, RedisStore, Store};
 use crate::table::Tables;
@@ -61,6 +62,8 @@ pub struct Gateway {
     pub audit: AuditLog,
     /// Token key sets.
     pub jwks: JwksCache,
+    /// How many replicas share the traffic (limits are divided by it).
+    pub replicas: Arc<Replicas>,
     /// Per-minute quota state.
     pub quota: Store,
     /// Concurrency quota state.
@@ -96,6 +99,7 @@ impl Gateway {
             metrics,
             audit,
             jwks: JwksCache::new(reload, config.jwks_ca_file.as_deref())?,
+            replicas: Arc::new(Replicas::new(config.replicas)),
             quota,
             concurrency: Concurrency::default(),
             mirror_slots: Arc::new(Semaphore::new(MIRROR_SLOTS)),

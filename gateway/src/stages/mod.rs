@@ -93,7 +93,7 @@ impl Gateway {
         let caller = auth::caller(&self.jwks, table, endpoint, &head.headers, dry_run_all).await?;
         facts.client = caller.id.clone();
 
-        let replicas = self.config.replicas;
+        let replicas = self.replicas.get();
         let slot = self.waive(facts, admit::slot(&self.concurrency, &caller, replicas)?);
 
         let deadline = facts.arrived + endpoint.timeout;

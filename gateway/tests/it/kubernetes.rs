@@ -328,6 +328,8 @@ async fn discovery_follows_the_cluster_and_scaling_under_load_fails_no_request()
 
     token_mode_with_the_key_set_from_a_config_map(&ns, &gw).await;
     eprintln!("token mode checked after {:?}", started.elapsed());
+    limits_follow_the_live_replica_count(&cp, &ns).await;
+    eprintln!("live replica count checked after {:?}", started.elapsed());
 
     // Load while the worker Deployment scales 2 -> 3 -> 1.
     let load = Load::start(&url, CLIENT_KEY, 4);
@@ -483,4 +485,68 @@ async fn token_mode_with_the_key_set_from_a_config_map(
         .unwrap();
     let refused = "tokens of the withdrawn key are refused";
     until_status(refused, Duration::from_secs(30), &url, &good, 401).await;
+}
+
+/// An autoscaled gateway divides its limits by the replicas actually
+/// serving: a second gateway told its Service (`--peers-service`) follows
+/// that Service's EndpointSlices as they gain and lose ready addresses, and
+/// falls back to `--replicas` when none is known.
+async fn limits_follow_the_live_replica_count(
+    cp: &ControlPlane,
+    ns: &medembed_testsupport::TestNamespace,
+) {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let slice = |ready: &[bool]| {
+        let endpoints: Vec<Value> = ready
+            .iter()
+            .enumerate()
+            .map(|(i, r)| json!({"addresses": [format!("10.77.0.{}", i + 1)], "conditions": {"ready": r}}))
+            .collect();
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": "gw-peers-a",
+                            "labels": {"kubernetes.io/service-name": "gw-peers",
+                                       "endpointslice.kubernetes.io/managed-by": "medembed-tests"}},
+               "addressType": "IPv4", "ports": [{"name": "http", "port": 8443}],
+               "endpoints": endpoints})
+    };
+    let slices = ns.api::<EndpointSlice>();
+    create(&slices, slice(&[true, true, true, true])).await;
+    let mut cfg = GatewayConfig::for_kubernetes(cp.kubeconfig(), Some(ns.name().to_string()));
+    cfg.replicas = 2;
+    cfg.peers_service = Some(format!("{}/gw-peers", ns.name()));
+    let gw = medembed_gateway::start(cfg).await.expect("gateway starts");
+    let replicas = |want: u32| {
+        let r = gw.state.replicas.clone();
+        async move {
+            wait::until(
+                &format!("{want} replicas"),
+                Duration::from_secs(30),
+                STEP,
+                || {
+                    let r = r.clone();
+                    async move { Ok::<_, String>((r.get() == want).then_some(())) }
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    replicas(4).await;
+    // Two replicas turn unready (scaled in, or failing probes).
+    let patch = Patch::Apply(slice(&[true, false, true, false]));
+    let pp = PatchParams::apply("medembed-tests").force();
+    slices.patch("gw-peers-a", &pp, &patch).await.unwrap();
+    replicas(2).await;
+    slices
+        .patch("gw-peers-a", &pp, &Patch::Apply(slice(&[true, true, true])))
+        .await
+        .unwrap();
+    replicas(3).await;
+    // No slice at all: the configured number, never zero.
+    slices
+        .delete("gw-peers-a", &Default::default())
+        .await
+        .unwrap();
+    replicas(2).await;
+    gw.shutdown().await;
 }
