@@ -39,6 +39,15 @@ impl From<&str> for Secret {
     }
 }
 
+/// What the gateway does with a request when the shared quota store fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreFailure {
+    /// Admit it (availability first).
+    Open,
+    /// Refuse it with 503 (limits first).
+    Closed,
+}
+
 /// One API-compatible entry point in front of medembed's workers: auth, per-client
 /// quotas, balancing, mirroring and metrics.
 #[derive(Debug, Clone, Parser)]
@@ -148,6 +157,18 @@ pub struct GatewayConfig {
     /// for every client.
     #[arg(long, env = "MEDEMBED_GATEWAY_QUOTA_DRY_RUN", default_value_t = false)]
     pub quota_dry_run: bool,
+
+    /// What a request meets when the shared quota store cannot answer in
+    /// time: `open` admits it (availability first), `closed` refuses it with
+    /// 503 and Retry-After (limits first). Both are counted
+    /// (`rejections_total{reason="quota_store_error"}`).
+    #[arg(
+        long,
+        env = "MEDEMBED_GATEWAY_QUOTA_STORE_FAILURE",
+        value_enum,
+        default_value_t = StoreFailure::Open
+    )]
+    pub quota_store_failure: StoreFailure,
 
     /// How long a worker that answered 429/503 or refused a connection is
     /// avoided, in milliseconds.

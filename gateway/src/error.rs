@@ -63,8 +63,8 @@ pub enum GatewayError {
     /// `RateLimit-Policy` and `RateLimit`).
     #[error("quota exceeded ({})", quota_reason(.0))]
     Quota(Box<Decision>),
-    /// The shared quota store could not be asked. Never answered: the
-    /// gateway admits the request (fails open) and counts this.
+    /// The shared quota store could not be asked (503 when the gateway fails
+    /// closed; counted while admitting when it fails open).
     #[error("the quota store is unavailable")]
     QuotaStoreUnavailable,
     /// The pin header names no deployment of the endpoint (404).
@@ -174,6 +174,7 @@ impl GatewayError {
                     "\"concurrency\";r=0;t=1".into(),
                 ),
             ],
+            GatewayError::QuotaStoreUnavailable => vec![(RETRY_AFTER, "1".into())],
             GatewayError::Quota(d) => d
                 .headers()
                 .into_iter()

@@ -105,7 +105,8 @@ impl Gateway {
         (facts.rows, facts.images) = (counts.rows, counts.images);
 
         let cost = Cost::new(counts.images as u64, facts.bytes);
-        let admitted = quota::check(&self.quota, &caller, replicas, &cost).await?;
+        let on_failure = self.config.quota_store_failure;
+        let admitted = quota::check(&self.quota, &caller, replicas, &cost, on_failure).await?;
         self.waive(facts, admitted);
         respond::count_admitted(&self.metrics, facts);
 

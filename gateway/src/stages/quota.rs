@@ -5,13 +5,16 @@
 //! across replicas unless the store is shared ([`Store::is_shared`]). A
 //! refusal is a 429 carrying `Retry-After`, `RateLimit-Policy` and
 //! `RateLimit` ([`GatewayError::Quota`]); in dry run it is only counted. A
-//! shared store that cannot be reached admits the request (fails open) and
-//! counts [`GatewayError::QuotaStoreUnavailable`].
+//! shared store that cannot answer in time either admits the request (fails
+//! open, the default) or refuses it with 503 and `Retry-After` (fails
+//! closed), as configured ([`StoreFailure`]); both count
+//! [`GatewayError::QuotaStoreUnavailable`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::config::StoreFailure;
 use crate::error::{Admitted, GatewayError};
 use crate::quota::{Cost, Decision, Rates, Store};
 use crate::stages::auth::Caller;
@@ -22,19 +25,24 @@ pub fn rates(store: &Store, caller: &Caller, replicas: u32) -> Rates {
     Rates::from_quota(&caller.quota, share)
 }
 
-/// Checks and, when admitted, commits the request's `cost`.
+/// Checks and, when admitted, commits the request's `cost`; `on_failure`
+/// says what a store failure means.
 pub async fn check(
     store: &Store,
     caller: &Caller,
     replicas: u32,
     cost: &Cost,
+    on_failure: StoreFailure,
 ) -> Result<Admitted<()>, GatewayError> {
     let rates = rates(store, caller, replicas);
     match store.check(&caller.quota_key, &rates, cost).await {
         Ok(decision) => verdict(decision, caller.dry_run),
         Err(e) => {
-            STORE_DOWN.warn(&e);
-            Ok(Admitted::waiving((), GatewayError::QuotaStoreUnavailable))
+            STORE_DOWN.warn(&e, on_failure);
+            match on_failure {
+                StoreFailure::Closed if !caller.dry_run => Err(GatewayError::QuotaStoreUnavailable),
+                _ => Ok(Admitted::waiving((), GatewayError::QuotaStoreUnavailable)),
+            }
         }
     }
 }
@@ -62,7 +70,7 @@ impl Throttled {
         }
     }
 
-    fn warn(&self, e: &dyn std::fmt::Display) {
+    fn warn(&self, e: &dyn std::fmt::Display, on_failure: StoreFailure) {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         if last.is_some_and(|t| now.duration_since(t) < WARN_EVERY) {
@@ -71,7 +79,14 @@ impl Throttled {
         }
         *last = Some(now);
         let skipped = self.skipped.swap(0, Ordering::Relaxed);
-        tracing::warn!(error = %e, skipped, "quota store unavailable; admitting (fails open)");
+        match on_failure {
+            StoreFailure::Open => {
+                tracing::warn!(error = %e, skipped, "quota store unavailable; admitting (fails open)")
+            }
+            StoreFailure::Closed => {
+                tracing::warn!(error = %e, skipped, "quota store unavailable; refusing (fails closed)")
+            }
+        }
     }
 }
 
@@ -140,10 +155,14 @@ mod tests {
             false,
         );
         for _ in 0..3 {
-            let a = check(&store, &c, 1, &Cost::new(0, 10)).await.unwrap();
+            let a = check(&store, &c, 1, &Cost::new(0, 10), StoreFailure::Open)
+                .await
+                .unwrap();
             assert!(a.waived.is_none());
         }
-        let e = check(&store, &c, 1, &Cost::new(0, 10)).await.unwrap_err();
+        let e = check(&store, &c, 1, &Cost::new(0, 10), StoreFailure::Open)
+            .await
+            .unwrap_err();
         assert_eq!(e.status(), 429);
         assert_eq!(e.reason(), "requests_per_minute");
         assert_eq!(header(&e, "retry-after"), "20");
@@ -151,7 +170,9 @@ mod tests {
         assert!(header(&e, "ratelimit").starts_with("\"requests\";r=0;t="));
         // Time refills it.
         tokio::time::advance(Duration::from_secs(20)).await;
-        assert!(check(&store, &c, 1, &Cost::new(0, 10)).await.is_ok());
+        assert!(check(&store, &c, 1, &Cost::new(0, 10), StoreFailure::Open)
+            .await
+            .is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -165,11 +186,17 @@ mod tests {
             },
             false,
         );
-        assert!(check(&store, &c, 1, &Cost::new(8, 100)).await.is_ok());
-        let e = check(&store, &c, 1, &Cost::new(4, 100)).await.unwrap_err();
+        assert!(check(&store, &c, 1, &Cost::new(8, 100), StoreFailure::Open)
+            .await
+            .is_ok());
+        let e = check(&store, &c, 1, &Cost::new(4, 100), StoreFailure::Open)
+            .await
+            .unwrap_err();
         assert_eq!(e.reason(), "images_per_minute");
         assert!(header(&e, "ratelimit").starts_with("\"images\";r=2;"));
-        let e = check(&store, &c, 1, &Cost::new(0, 950)).await.unwrap_err();
+        let e = check(&store, &c, 1, &Cost::new(0, 950), StoreFailure::Open)
+            .await
+            .unwrap_err();
         assert_eq!(e.reason(), "bytes_per_minute");
         assert!(header(&e, "ratelimit-policy").contains("\"bytes\";q=1000;w=60"));
     }
@@ -214,8 +241,74 @@ mod tests {
         // Shared: the full rate on every replica.
         assert_eq!(rates(&store, &c, 3).per_minute, [Some(1), None, None]);
         for _ in 0..3 {
-            let a = check(&store, &c, 3, &Cost::new(0, 10)).await.unwrap();
+            let a = check(&store, &c, 3, &Cost::new(0, 10), StoreFailure::Open)
+                .await
+                .unwrap();
             assert_eq!(a.waived, Some(GatewayError::QuotaStoreUnavailable));
+        }
+        // Failing closed: refused with 503 and Retry-After; a dry-run client
+        // is still only counted.
+        let e = check(&store, &c, 3, &Cost::new(0, 10), StoreFailure::Closed)
+            .await
+            .unwrap_err();
+        assert_eq!(e, GatewayError::QuotaStoreUnavailable);
+        assert_eq!(e.status(), 503);
+        assert_eq!(header(&e, "retry-after"), "1");
+        let dry = caller(c.quota.clone(), true);
+        let a = check(&store, &dry, 3, &Cost::new(0, 10), StoreFailure::Closed)
+            .await
+            .unwrap();
+        assert_eq!(a.waived, Some(GatewayError::QuotaStoreUnavailable));
+    }
+
+    /// A store answering garbage (a reply starting with CRLF once panicked a
+    /// hand-written parser) is a store failure, not a crash.
+    #[tokio::test]
+    async fn a_garbled_store_reply_is_a_store_failure() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0
+                            || s.write_all(b"\r\n\r\n$-7\r\n*99999999999\r\n")
+                                .await
+                                .is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let store = Store::Redis(
+            crate::quota::RedisStore::new(&format!("redis://127.0.0.1:{port}")).unwrap(),
+        );
+        let c = caller(
+            ClientQuota {
+                requests_per_minute: Some(5),
+                ..Default::default()
+            },
+            false,
+        );
+        for on_failure in [StoreFailure::Open, StoreFailure::Closed] {
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                check(&store, &c, 1, &Cost::new(0, 10), on_failure),
+            )
+            .await
+            .expect("a store failure is answered within the timeout");
+            match on_failure {
+                StoreFailure::Open => {
+                    assert_eq!(r.unwrap().waived, Some(GatewayError::QuotaStoreUnavailable))
+                }
+                StoreFailure::Closed => {
+                    assert_eq!(r.unwrap_err(), GatewayError::QuotaStoreUnavailable)
+                }
+            }
         }
     }
 
@@ -224,11 +317,13 @@ mod tests {
         let store = Store::Local(LocalStore::default());
         let c = caller(ClientQuota::default(), false);
         for _ in 0..1000 {
-            assert!(check(&store, &c, 1, &Cost::new(100, 1 << 20))
-                .await
-                .unwrap()
-                .waived
-                .is_none());
+            assert!(
+                check(&store, &c, 1, &Cost::new(100, 1 << 20), StoreFailure::Open)
+                    .await
+                    .unwrap()
+                    .waived
+                    .is_none()
+            );
         }
     }
 
@@ -236,7 +331,7 @@ mod tests {
     fn store_outage_warnings_are_throttled() {
         let t = Throttled::new();
         for _ in 0..3 {
-            t.warn(&"connection refused");
+            t.warn(&"connection refused", StoreFailure::Open);
         }
         assert_eq!(t.skipped.load(Ordering::Relaxed), 2);
     }
