@@ -34,6 +34,10 @@
 //!   keys); Token mode reads the key set from `jwksUri` or from the ConfigMap
 //!   `jwksConfigMap` (`jwks.json`).
 //!
+//! Worker addresses come only from the EndpointSlice controller's own slices
+//! of the worker Service (its `managed-by` label and a controlling owner
+//! reference to that Service): a slice written by anyone else is ignored.
+//!
 //! Only `Opaque` Secrets are watched, and of each only the entries above are
 //! kept, as 32-byte hashes: the gateway holds no key in clear, and the
 //! Secret object itself is dropped as soon as it is projected.
@@ -71,6 +75,10 @@ use crate::table::{
 
 /// Label naming the Service an EndpointSlice belongs to.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Label naming who manages an EndpointSlice.
+const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+/// The EndpointSlice controller's name in [`MANAGED_BY_LABEL`].
+const SLICE_CONTROLLER: &str = "endpointslice-controller.k8s.io";
 /// How long a burst of changes may last before the table is rebuilt.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 /// How long [`start`] waits for the first complete view of the cluster.
@@ -168,12 +176,37 @@ impl State {
     }
 }
 
+/// Whether `s` is the EndpointSlice controller's slice of Service
+/// `service`: managed by it and controlled by that Service. Anyone else's
+/// slice (a writer of EndpointSlices copying the labels) could aim the
+/// gateway, and patients' images, anywhere; its addresses are ignored.
+fn trusted(s: &EndpointSlice, service: &str) -> bool {
+    s.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(SLICE_CONTROLLER)
+        && s.owner_references().iter().any(|o| {
+            o.api_version == "v1"
+                && o.kind == "Service"
+                && o.name == service
+                && o.controller == Some(true)
+        })
+}
+
 fn slice_view(s: &EndpointSlice) -> SliceView {
     let service = s
         .labels()
         .get(SERVICE_NAME_LABEL)
         .cloned()
         .unwrap_or_default();
+    if !trusted(s, &service) {
+        tracing::warn!(
+            namespace = s.namespace().unwrap_or_default(),
+            slice = s.name_any(),
+            "ignoring an EndpointSlice not made by the EndpointSlice controller for its Service"
+        );
+        return SliceView {
+            service,
+            workers: Vec::new(),
+        };
+    }
     let ports = s.ports.as_deref().unwrap_or_default();
     let port = ports
         .iter()
@@ -649,11 +682,55 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
+    /// The metadata the EndpointSlice controller gives its slice of Service
+    /// `service`.
+    fn controller_made(service: &str) -> serde_json::Value {
+        json!({"name": format!("{service}-abc"), "namespace": "ns",
+               "labels": {"kubernetes.io/service-name": service,
+                          "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+               "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": service,
+                                    "uid": "u", "controller": true, "blockOwnerDeletion": true}]})
+    }
+
+    #[test]
+    fn only_the_slice_controllers_slices_of_the_service_are_trusted() {
+        let slice = |meta: serde_json::Value| -> EndpointSlice {
+            obj(json!({"metadata": meta, "addressType": "IPv4",
+                       "ports": [{"name": "http", "port": 8080}],
+                       "endpoints": [{"addresses": ["10.6.6.6"]}]}))
+        };
+        assert_eq!(
+            slice_view(&slice(controller_made("blue-worker")))
+                .workers
+                .len(),
+            1
+        );
+        // Copied labels without the controller, another manager, another
+        // Service as owner, an owner that does not control it: ignored.
+        let mut forged = Vec::new();
+        let mut m = controller_made("blue-worker");
+        m["ownerReferences"] = json!([]);
+        forged.push(m);
+        let mut m = controller_made("blue-worker");
+        m["labels"]["endpointslice.kubernetes.io/managed-by"] = json!("someone-else");
+        forged.push(m);
+        let mut m = controller_made("blue-worker");
+        m["ownerReferences"][0]["name"] = json!("evil");
+        forged.push(m);
+        let mut m = controller_made("blue-worker");
+        m["ownerReferences"][0]["controller"] = json!(false);
+        forged.push(m);
+        for meta in forged {
+            let v = slice_view(&slice(meta.clone()));
+            assert_eq!(v.service, "blue-worker");
+            assert!(v.workers.is_empty(), "{meta}");
+        }
+    }
+
     #[test]
     fn slices_keep_ready_non_terminating_addresses_on_the_http_port() {
         let s: EndpointSlice = obj(json!({
-            "metadata": {"name": "blue-worker-abc", "namespace": "ns",
-                         "labels": {"kubernetes.io/service-name": "blue-worker"}},
+            "metadata": controller_made("blue-worker"),
             "addressType": "IPv4",
             "ports": [{"name": "metrics", "port": 9000}, {"name": "http", "port": 8080}],
             "endpoints": [

@@ -326,6 +326,8 @@ async fn discovery_follows_the_cluster_and_scaling_under_load_fails_no_request()
     let heart = format!("http://{}/endpoints/{name}/heart/score", gw.addr);
     assert_eq!(status_of(&heart, Some(OTHER_KEY), None).await, 503);
 
+    a_forged_endpoint_slice_receives_nothing(&ns, &url).await;
+    eprintln!("forged EndpointSlice checked after {:?}", started.elapsed());
     token_mode_with_the_key_set_from_a_config_map(&ns, &gw).await;
     eprintln!("token mode checked after {:?}", started.elapsed());
     limits_follow_the_live_replica_count(&cp, &ns).await;
@@ -549,4 +551,57 @@ async fn limits_follow_the_live_replica_count(
         .unwrap();
     replicas(2).await;
     gw.shutdown().await;
+}
+
+/// A writer of EndpointSlices copies the worker Service's labels onto its
+/// own slice, aimed at a listener of its own: the gateway keeps sending the
+/// endpoint's requests (patients' images) to the real workers only.
+async fn a_forged_endpoint_slice_receives_nothing(
+    ns: &medembed_testsupport::TestNamespace,
+    url: &str,
+) {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let evil = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let evil_port = evil.local_addr().unwrap().port();
+    let stolen = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = stolen.clone();
+    let listener = tokio::spawn(async move {
+        while let Ok((_s, _)) = evil.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let mut labels = labels("blue");
+    labels["kubernetes.io/service-name"] = json!("blue-worker");
+    for (name, managed_by) in [
+        ("blue-worker-forged", "someone-else"),
+        ("blue-worker-copied", "endpointslice-controller.k8s.io"),
+    ] {
+        let mut l = labels.clone();
+        l["endpointslice.kubernetes.io/managed-by"] = json!(managed_by);
+        let forged = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "labels": l},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": evil_port}],
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]});
+        create(&ns.api::<EndpointSlice>(), forged).await;
+    }
+    // Long enough for the watch to deliver them.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for _ in 0..8 {
+        assert_eq!(status_of(url, Some(CLIENT_KEY), None).await, 200);
+    }
+    assert_eq!(
+        stolen.load(Ordering::SeqCst),
+        0,
+        "requests reached a forged slice"
+    );
+    // (The EndpointSlice controller may already have removed the slice that
+    // claims to be its own.)
+    for name in ["blue-worker-forged", "blue-worker-copied"] {
+        let _ = ns
+            .api::<EndpointSlice>()
+            .delete(name, &Default::default())
+            .await;
+    }
+    listener.abort();
 }
