@@ -3,7 +3,8 @@
 //! The scoring API is the managed MedImageInsight endpoint's, unchanged, so that
 //! clients written for it work against an on-prem cluster. Both the worker and
 //! the gateway parse requests with [`score::parse_request`] (the gateway in its
-//! counting form, [`score::count_request`]), so they agree on what is valid and on the wording of every error.
+//! counting form, [`score::count_request`]), so they agree on what is valid
+//! and on the wording of every error.
 //!
 //! With the `server` feature, [`serve`] is the accept loop every medembed
 //! server shares: connection limits, timeouts and graceful shutdown.

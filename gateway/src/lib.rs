@@ -188,6 +188,7 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<RunningGateway> {
         // Serves until the gateway is dropped (its task is aborted).
         background.push(tokio::spawn(server::serve(
             gw.clone(),
+            server::Listener::Admin,
             admin,
             None,
             serve_config,
@@ -196,6 +197,7 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<RunningGateway> {
     }
     let task = tokio::spawn(server::serve(
         gw.clone(),
+        server::Listener::Public,
         listener,
         tls,
         serve_config,

@@ -1,5 +1,11 @@
 //! Quota: the caller's per-minute limits (requests, images, body bytes).
 //!
+//! Checked in two steps: requests per minute before the body is read
+//! ([`BEFORE_BODY`], so a throttled client cannot make the gateway read its
+//! body), images and bytes once the body is parsed ([`AFTER_PARSE`]). A
+//! request admitted by the first step and refused by the second has used
+//! its request.
+//!
 //! The arithmetic and the state live in [`crate::quota`]; this stage decides
 //! what a verdict means for the request. The rates are the quota's, divided
 //! across replicas unless the store is shared ([`Store::is_shared`]). A
@@ -13,8 +19,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::error::{Admitted, GatewayError};
-use crate::quota::{Cost, Decision, Rates, Store};
+use crate::quota::{Cost, Decision, Dimension, Rates, Store};
 use crate::stages::auth::Caller;
+
+/// The dimension checked before the body is read.
+pub const BEFORE_BODY: [Dimension; 1] = [Dimension::Requests];
+
+/// The dimensions checked once the body is parsed.
+pub const AFTER_PARSE: [Dimension; 2] = [Dimension::Images, Dimension::Bytes];
 
 /// The caller's rates on this replica.
 pub fn rates(store: &Store, caller: &Caller, replicas: u32) -> Rates {
@@ -22,14 +34,16 @@ pub fn rates(store: &Store, caller: &Caller, replicas: u32) -> Rates {
     Rates::from_quota(&caller.quota, share)
 }
 
-/// Checks and, when admitted, commits the request's `cost`.
+/// Checks the caller's rates in `dims` and, when admitted, commits the
+/// request's `cost`.
 pub async fn check(
     store: &Store,
     caller: &Caller,
     replicas: u32,
+    dims: &[Dimension],
     cost: &Cost,
 ) -> Result<Admitted<()>, GatewayError> {
-    let rates = rates(store, caller, replicas);
+    let rates = rates(store, caller, replicas).only(dims);
     match store.check(&caller.quota_key, &rates, cost).await {
         Ok(decision) => verdict(decision, caller.dry_run),
         Err(e) => {
@@ -95,7 +109,7 @@ mod tests {
 
     use std::time::Duration;
 
-    use crate::quota::{Dimension, LocalStore};
+    use crate::quota::LocalStore;
     use crate::table::ClientQuota;
 
     fn caller(quota: ClientQuota, dry_run: bool) -> Caller {
@@ -140,10 +154,14 @@ mod tests {
             false,
         );
         for _ in 0..3 {
-            let a = check(&store, &c, 1, &Cost::new(0, 10)).await.unwrap();
+            let a = check(&store, &c, 1, &Dimension::ALL, &Cost::new(0, 10))
+                .await
+                .unwrap();
             assert!(a.waived.is_none());
         }
-        let e = check(&store, &c, 1, &Cost::new(0, 10)).await.unwrap_err();
+        let e = check(&store, &c, 1, &Dimension::ALL, &Cost::new(0, 10))
+            .await
+            .unwrap_err();
         assert_eq!(e.status(), 429);
         assert_eq!(e.reason(), "requests_per_minute");
         assert_eq!(header(&e, "retry-after"), "20");
@@ -151,7 +169,9 @@ mod tests {
         assert!(header(&e, "ratelimit").starts_with("\"requests\";r=0;t="));
         // Time refills it.
         tokio::time::advance(Duration::from_secs(20)).await;
-        assert!(check(&store, &c, 1, &Cost::new(0, 10)).await.is_ok());
+        assert!(check(&store, &c, 1, &Dimension::ALL, &Cost::new(0, 10))
+            .await
+            .is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -165,13 +185,50 @@ mod tests {
             },
             false,
         );
-        assert!(check(&store, &c, 1, &Cost::new(8, 100)).await.is_ok());
-        let e = check(&store, &c, 1, &Cost::new(4, 100)).await.unwrap_err();
+        assert!(check(&store, &c, 1, &Dimension::ALL, &Cost::new(8, 100))
+            .await
+            .is_ok());
+        let e = check(&store, &c, 1, &Dimension::ALL, &Cost::new(4, 100))
+            .await
+            .unwrap_err();
         assert_eq!(e.reason(), "images_per_minute");
         assert!(header(&e, "ratelimit").starts_with("\"images\";r=2;"));
-        let e = check(&store, &c, 1, &Cost::new(0, 950)).await.unwrap_err();
+        let e = check(&store, &c, 1, &Dimension::ALL, &Cost::new(0, 950))
+            .await
+            .unwrap_err();
         assert_eq!(e.reason(), "bytes_per_minute");
         assert!(header(&e, "ratelimit-policy").contains("\"bytes\";q=1000;w=60"));
+    }
+
+    /// The request count is checked before the body (with a request's
+    /// cost only), images and bytes after the parse; each step sees only
+    /// its own dimensions.
+    #[tokio::test(start_paused = true)]
+    async fn the_two_steps_check_their_own_dimensions() {
+        let store = Store::Local(LocalStore::default());
+        let c = caller(
+            ClientQuota {
+                requests_per_minute: Some(1),
+                images_per_minute: Some(1),
+                ..Default::default()
+            },
+            false,
+        );
+        assert!(check(&store, &c, 1, &BEFORE_BODY, &Cost::request())
+            .await
+            .is_ok());
+        let e = check(&store, &c, 1, &BEFORE_BODY, &Cost::request())
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "requests_per_minute");
+        // The request dimension is spent, yet images still have room.
+        assert!(check(&store, &c, 1, &AFTER_PARSE, &Cost::new(1, 10))
+            .await
+            .is_ok());
+        let e = check(&store, &c, 1, &AFTER_PARSE, &Cost::new(1, 10))
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "images_per_minute");
     }
 
     #[test]
@@ -214,7 +271,9 @@ mod tests {
         // Shared: the full rate on every replica.
         assert_eq!(rates(&store, &c, 3).per_minute, [Some(1), None, None]);
         for _ in 0..3 {
-            let a = check(&store, &c, 3, &Cost::new(0, 10)).await.unwrap();
+            let a = check(&store, &c, 3, &Dimension::ALL, &Cost::new(0, 10))
+                .await
+                .unwrap();
             assert_eq!(a.waived, Some(GatewayError::QuotaStoreUnavailable));
         }
     }
@@ -224,11 +283,13 @@ mod tests {
         let store = Store::Local(LocalStore::default());
         let c = caller(ClientQuota::default(), false);
         for _ in 0..1000 {
-            assert!(check(&store, &c, 1, &Cost::new(100, 1 << 20))
-                .await
-                .unwrap()
-                .waived
-                .is_none());
+            assert!(
+                check(&store, &c, 1, &Dimension::ALL, &Cost::new(100, 1 << 20))
+                    .await
+                    .unwrap()
+                    .waived
+                    .is_none()
+            );
         }
     }
 
