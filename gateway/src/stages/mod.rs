@@ -106,7 +106,7 @@ impl Gateway {
         let slot = self.waive(facts, admit::slot(&self.concurrency, &caller, replicas)?);
         // Requests per minute before the body: a throttled client costs no
         // body buffer.
-        let admitted = quota::check(
+        let rate = quota::check(
             &self.quota,
             &caller,
             replicas,
@@ -114,7 +114,11 @@ impl Gateway {
             &Cost::request(),
         )
         .await?;
-        self.waive(facts, admitted);
+        // A waived rate check (dry run, or the store down) skips the second
+        // one: one refusal is counted per request, as enforcing would have
+        // ended it here, and a store that is down is not waited for twice.
+        let rate_waived = rate.waived.is_some();
+        self.waive(facts, rate);
 
         let deadline = facts.arrived + endpoint.timeout;
         let limits = body::BodyLimits::new(endpoint, &caller.quota, deadline, &self.body_budget);
@@ -124,10 +128,12 @@ impl Gateway {
         let counts = parse::count(&body, parse::row_cap(endpoint, &caller.quota)).await?;
         (facts.rows, facts.images) = (counts.rows, counts.images);
 
-        let cost = Cost::new(counts.images as u64, facts.bytes);
-        let admitted =
-            quota::check(&self.quota, &caller, replicas, &quota::AFTER_PARSE, &cost).await?;
-        self.waive(facts, admitted);
+        if !rate_waived {
+            let cost = Cost::new(counts.images as u64, facts.bytes);
+            let admitted =
+                quota::check(&self.quota, &caller, replicas, &quota::AFTER_PARSE, &cost).await?;
+            self.waive(facts, admitted);
+        }
         respond::count_admitted(&self.metrics, facts);
 
         let pinned = choose::pinned(&head.headers);
