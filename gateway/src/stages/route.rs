@@ -40,6 +40,8 @@ pub fn admin<B>(gw: &Gateway, req: &Request<B>, listener: Listener) -> Option<Re
         }
         "/metrics" => {
             gw.metrics.workers.set(gw.registry.all().len() as i64);
+            let held = i64::try_from(gw.body_budget.held()).unwrap_or(i64::MAX);
+            gw.metrics.body_bytes_held.set(held);
             let mut r = Response::new(full(gw.metrics.render()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -181,7 +183,9 @@ mod tests {
         // Without an admin listener, metrics are on the scoring listener.
         let r = admin(&gw, &get("/metrics"), public).unwrap();
         assert_eq!(r.headers()["content-type"], "text/plain; version=0.0.4");
-        assert!(body(r).await.contains("medembed_gateway_workers 0"));
+        let text = body(r).await;
+        assert!(text.contains("medembed_gateway_workers 0"));
+        assert!(text.contains("medembed_gateway_body_bytes_held 0"));
         // Anything else, or another method, is for routing.
         assert!(admin(&gw, &get("/score"), public).is_none());
         assert!(admin(&gw, &req("POST", None, "/livez"), public).is_none());

@@ -132,6 +132,8 @@ async fn bodies_beyond_the_global_budget_wait_then_get_503() {
     let holder =
         tokio::spawn(async move { send_and_wait(addr, &head, Duration::from_secs(5)).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let held = metric(&gw.metrics().await, "medembed_gateway_body_bytes_held", &[]);
+    assert!(held >= 800_000.0, "{held}");
     let t = Instant::now();
     let r = client()
         .post(gw.url("/endpoints/chest/score"))
