@@ -295,7 +295,7 @@ pub enum RequestError {
     Shape(String),
     /// More rows than allowed, in `data` or in `index`. Parsing stops at
     /// the first entry past the limit, so the count is the limit plus one.
-    #[error("request has more than {max} rows; at most {max} are allowed per request")]
+    #[error("request has at least {rows} rows; at most {max} are allowed per request")]
     TooManyRows {
         /// Rows counted when the request was refused.
         rows: usize,
@@ -499,7 +499,7 @@ mod tests {
         assert_eq!(e.code(), ErrorCode::TooManyRows);
         assert_eq!(
             e.to_string(),
-            "request has more than 4 rows; at most 4 are allowed per request"
+            "request has at least 5 rows; at most 4 are allowed per request"
         );
         assert_eq!(count_request(&body, &limits).unwrap_err(), e);
         // Data past the limit, likewise, before the body's end.
