@@ -133,9 +133,10 @@ pub enum Listener {
     Admin,
 }
 
-/// Serves the gateway as `which` listener on `listener` (over TLS when `tls` is given) until
-/// `shutdown` resolves; `/readyz` turns 503 as shutdown begins, and
-/// requests in flight get `config.shutdown_grace` to finish.
+/// Serves the gateway as its `which` listener on `listener` (over TLS when
+/// `tls` is given) until `shutdown` resolves; `/readyz` turns 503 as
+/// shutdown begins, and requests in flight get `config.shutdown_grace` to
+/// finish.
 pub async fn serve(
     gw: Arc<Gateway>,
     which: Listener,

@@ -8,7 +8,8 @@
 //! connection   medembed_api::serve     connection cap, TLS handshake, header-read
 //!                                      and idle timeouts, HTTP/2 streams
 //! ids          respond::RequestIds     x-request-id, x-ms-client-request-id
-//! own paths    route::admin            /livez /readyz /metrics (admin listener)
+//! own paths    route::admin            /livez /readyz; /metrics (the admin
+//!                                      listener's only, when there is one)
 //! routing      route::endpoint         host or path prefix -> endpoint    404
 //!              route::require_post                                        405
 //! auth         auth::caller            key or token -> client, quota      401 403
