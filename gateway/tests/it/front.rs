@@ -77,6 +77,30 @@ async fn a_half_sent_header_is_closed_within_the_header_read_timeout() {
     assert_eq!(r.status(), 200);
 }
 
+/// At the connection cap the gateway accepts nothing more until a
+/// connection closes: with a cap of one, an idle connection holds a request
+/// off until the header-read timeout closes it.
+#[tokio::test]
+async fn the_connection_cap_holds_new_connections_until_one_closes() {
+    let up = upstream("blue", Behaviour::Ok).await;
+    let gw = gateway_with(&config(&up.authority(), "{}", "{}"), |c| {
+        c.header_read_timeout_ms = 1000;
+        c.max_connections = 1;
+    })
+    .await;
+    let idle = TcpStream::connect(gw.addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    let r = post_with_key(&gw.url("/endpoints/chest/score"), KEY, text_body()).await;
+    assert_eq!(r.status(), 200);
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700),
+        "served after {waited:?} beside an idle connection at a cap of one"
+    );
+    drop(idle);
+}
+
 /// A client over its requests-per-minute quota is refused before its body
 /// is read: a 24 MB declared body that never comes is answered 429 at once
 /// (not 408 once the gateway has waited for the body).
