@@ -2,8 +2,9 @@
 //!
 //! The scoring API is the managed MedImageInsight endpoint's, unchanged, so that
 //! clients written for it work against an on-prem cluster. Both the worker and
-//! the gateway parse requests with [`score::parse_request`], so they agree on
-//! what is valid and on the wording of every error.
+//! the gateway parse requests with [`score::parse_request`] (the gateway in its
+//! counting form, [`score::count_request`]), so they agree on what is valid
+//! and on the wording of every error.
 //!
 //! With the `server` feature, [`serve`] is the accept loop every medembed
 //! server shares: connection limits, timeouts and graceful shutdown.
@@ -22,8 +23,8 @@ pub mod workers;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use request_id::{CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER};
 pub use score::{
-    parse_request, Embeddings, RequestError, RequestLimits, ResponseFormat, Row, RowEmbeddings,
-    RowResponse, ScoreRequest, ScoreResponse,
+    count_request, parse_request, Embeddings, RequestCounts, RequestError, RequestLimits,
+    ResponseFormat, Row, RowEmbeddings, RowResponse, ScoreRequest, ScoreResponse,
 };
 pub use workers::{ExecutionProvider, WorkerSettings};
 

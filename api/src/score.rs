@@ -14,9 +14,12 @@
 //! defaults to true and accepts a boolean or the strings `"true"`/`"false"` in
 //! any case (the managed service documents `"True"`).
 //!
-//! The body is first parsed as generic JSON and then walked by hand, so every
-//! error names the field and the row at fault but never echoes a value: a
-//! value may be a patient's image or report text.
+//! The body is deserialised straight into the request's parts ([`parse`](mod@parse)),
+//! with no generic JSON tree in between, and `data` and `index` are refused
+//! as soon as they pass the row limit, so a body's cost is bounded by the
+//! limits, not by its content. Every error names the field and the row at
+//! fault but never echoes a value: a value may be a patient's image or
+//! report text.
 //!
 //! The answer ([`Embeddings`]) takes one of two JSON shapes
 //! ([`ResponseFormat`]): by default the live service's, a list with one
@@ -25,9 +28,10 @@
 //! the documentation's, one object with a list of vectors per field.
 
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::ErrorCode;
+
+mod parse;
 
 /// Limits applied while parsing a request.
 #[derive(Debug, Clone, Copy)]
@@ -289,10 +293,11 @@ pub enum RequestError {
     /// The JSON does not have the request's shape.
     #[error("{0}")]
     Shape(String),
-    /// More rows than allowed.
-    #[error("request has {rows} rows; at most {max} are allowed per request")]
+    /// More rows than allowed, in `data` or in `index`. Parsing stops at
+    /// the first entry past the limit, so the count is the limit plus one.
+    #[error("request has at least {rows} rows; at most {max} are allowed per request")]
     TooManyRows {
-        /// Rows sent.
+        /// Rows counted when the request was refused.
         rows: usize,
         /// The limit.
         max: usize,
@@ -314,206 +319,49 @@ fn shape(msg: impl Into<String>) -> RequestError {
     RequestError::Shape(msg.into())
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
+/// A column of `input_data.columns`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Column {
     Image,
     Text,
 }
 
-/// Parses and validates a scoring request body.
-pub fn parse_request(body: &[u8], limits: &RequestLimits) -> Result<ScoreRequest, RequestError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| RequestError::Json {
-        line: e.line(),
-        column: e.column(),
-    })?;
-    parse_value(value, limits)
+/// What a valid request asks for, counted without keeping its content.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    /// Rows (`input_data.data` entries).
+    pub rows: usize,
+    /// Rows holding an image.
+    pub images: usize,
+    /// Rows holding a text.
+    pub texts: usize,
 }
 
-/// Validates an already-parsed request document.
-pub fn parse_value(value: Value, limits: &RequestLimits) -> Result<ScoreRequest, RequestError> {
-    let Value::Object(mut top) = value else {
-        return Err(shape(format!(
-            "request body must be a JSON object with `input_data`, got {}",
-            type_name(&value)
-        )));
-    };
-    let get_scaling_factor = parse_params(top.remove("params"))?;
-    let input = top
-        .remove("input_data")
-        .ok_or_else(|| shape("request is missing `input_data`"))?;
-    let Value::Object(mut input) = input else {
-        return Err(shape(format!(
-            "`input_data` must be an object, got {}",
-            type_name(&input)
-        )));
-    };
+/// Parses and validates a scoring request body. The body is deserialised
+/// straight into the request ([`parse`](mod@parse)): no generic JSON tree,
+/// and `data` or `index` past `limits.max_rows` is refused as it is read.
+pub fn parse_request(body: &[u8], limits: &RequestLimits) -> Result<ScoreRequest, RequestError> {
+    parse::run(body, limits, true)
+}
 
-    let columns = parse_columns(input.remove("columns"))?;
-
-    let data = match input.remove("data") {
-        Some(Value::Array(a)) => a,
-        Some(other) => {
-            return Err(shape(format!(
-                "`input_data.data` must be an array of rows, got {}",
-                type_name(&other)
-            )))
-        }
-        None => return Err(shape("`input_data` is missing `data`")),
-    };
-    if data.len() > limits.max_rows {
-        return Err(RequestError::TooManyRows {
-            rows: data.len(),
-            max: limits.max_rows,
-        });
-    }
-    match input.remove("index") {
-        Some(Value::Array(index)) if index.len() == data.len() => {}
-        Some(Value::Array(index)) => {
-            return Err(shape(format!(
-            "`input_data.index` has {} entries but `input_data.data` has {} rows; they must match",
-            index.len(),
-            data.len()
-        )))
-        }
-        Some(other) => {
-            return Err(shape(format!(
-                "`input_data.index` must be an array, got {}",
-                type_name(&other)
-            )))
-        }
-        None => return Err(shape("`input_data` is missing `index`")),
-    }
-    if data.is_empty() {
-        return Err(shape("`input_data.data` has no rows"));
-    }
-
-    let mut rows = Vec::with_capacity(data.len());
-    for (i, row) in data.into_iter().enumerate() {
-        let Value::Array(cells) = row else {
-            return Err(shape(format!(
-                "row {i}: must be an array of {} strings, got {}",
-                columns.len(),
-                type_name(&row)
-            )));
-        };
-        if cells.len() != columns.len() {
-            return Err(shape(format!(
-                "row {i}: has {} cells but `columns` names {}",
-                cells.len(),
-                columns.len()
-            )));
-        }
-        let mut out = Row::default();
-        for (cell, col) in cells.into_iter().zip(columns.iter()) {
-            let s = match cell {
-                Value::String(s) if s.is_empty() => None,
-                Value::String(s) => Some(s),
-                Value::Null => None,
-                other => {
-                    let name = match col {
-                        Column::Image => "image",
-                        Column::Text => "text",
-                    };
-                    return Err(shape(format!(
-                        "row {i}: the {name} cell must be a string, got {}",
-                        type_name(&other)
-                    )));
-                }
-            };
-            match col {
-                Column::Image => out.image = s,
-                Column::Text => out.text = s,
-            }
-        }
-        rows.push(out);
-    }
-    if rows.iter().all(|r| r.image.is_none() && r.text.is_none()) {
-        return Err(shape("request has no image and no text to embed"));
-    }
-    Ok(ScoreRequest {
-        rows,
-        get_scaling_factor,
+/// Validates a scoring request body as [`parse_request`] does (same checks,
+/// same errors) and counts what it asks for, keeping none of its strings:
+/// what a proxy needs to admit and account for a request.
+pub fn count_request(body: &[u8], limits: &RequestLimits) -> Result<RequestCounts, RequestError> {
+    parse::run(body, limits, false).map(|r| RequestCounts {
+        rows: r.rows.len(),
+        images: r.image_count(),
+        texts: r.text_count(),
     })
 }
 
-fn parse_columns(v: Option<Value>) -> Result<Vec<Column>, RequestError> {
-    let cols = match v {
-        Some(Value::Array(a)) => a,
-        Some(other) => {
-            return Err(shape(format!(
-                "`input_data.columns` must be an array of column names, got {}",
-                type_name(&other)
-            )))
-        }
-        None => return Err(shape("`input_data` is missing `columns`")),
-    };
-    if cols.is_empty() || cols.len() > 2 {
-        return Err(shape(
-            "`input_data.columns` must name \"image\", \"text\" or both",
-        ));
-    }
-    let mut out = Vec::with_capacity(cols.len());
-    for (i, c) in cols.iter().enumerate() {
-        let col = match c.as_str() {
-            Some("image") => Column::Image,
-            Some("text") => Column::Text,
-            // Column names are schema, not patient data, but they are still
-            // client input: report only the position.
-            Some(_) => {
-                return Err(shape(format!(
-                    "`input_data.columns[{i}]` is not a known column; allowed: \"image\", \"text\""
-                )))
-            }
-            None => {
-                return Err(shape(format!(
-                    "`input_data.columns[{i}]` must be a string, got {}",
-                    type_name(c)
-                )))
-            }
-        };
-        if out.contains(&col) {
-            return Err(shape("`input_data.columns` names a column twice"));
-        }
-        out.push(col);
-    }
-    Ok(out)
-}
-
-fn parse_params(v: Option<Value>) -> Result<bool, RequestError> {
-    let params = match v {
-        None | Some(Value::Null) => return Ok(true),
-        Some(Value::Object(p)) => p,
-        Some(other) => {
-            return Err(shape(format!(
-                "`params` must be an object, got {}",
-                type_name(&other)
-            )))
-        }
-    };
-    match params.get("get_scaling_factor") {
-        None | Some(Value::Null) => Ok(true),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(true),
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(false),
-        Some(other) => Err(shape(format!(
-            "`params.get_scaling_factor` must be a boolean or \"true\"/\"false\", got {}",
-            match other {
-                Value::String(_) => "another string",
-                o => type_name(o),
-            }
-        ))),
-    }
+/// Validates an already-parsed request document (the same checks as
+/// [`parse_request`]).
+pub fn parse_value(
+    value: serde_json::Value,
+    limits: &RequestLimits,
+) -> Result<ScoreRequest, RequestError> {
+    parse::run_value(value, limits)
 }
 
 #[cfg(test)]
@@ -630,6 +478,161 @@ mod tests {
             parse(r#"{"input_data":{"columns":["image","text"],"index":[0],"data":[["",""]]}}"#),
             Err(RequestError::Shape(_))
         ));
+    }
+
+    /// The amplification attack: one row of data, an `index` of millions
+    /// of entries. It is refused with the row limit's code as the entry past
+    /// the limit is read: the rest of the body is never looked at (here it
+    /// is not even JSON), so nothing of it is kept.
+    #[test]
+    fn a_long_index_is_refused_while_reading() {
+        let limits = RequestLimits { max_rows: 4 };
+        let mut body = br#"{"input_data":{"columns":["text"],"data":[["t"]],"index":["#.to_vec();
+        body.extend(b"0,".repeat(2_000_000));
+        let cut = body.clone();
+        assert_eq!(
+            parse_request(&cut, &limits).unwrap_err(),
+            RequestError::TooManyRows { rows: 5, max: 4 }
+        );
+        body.extend(b"0]}}");
+        let e = parse_request(&body, &limits).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::TooManyRows);
+        assert_eq!(
+            e.to_string(),
+            "request has at least 5 rows; at most 4 are allowed per request"
+        );
+        assert_eq!(count_request(&body, &limits).unwrap_err(), e);
+        // Data past the limit, likewise, before the body's end.
+        let mut rows = br#"{"input_data":{"data":["#.to_vec();
+        rows.extend(br#"["t"],"#.repeat(100));
+        assert_eq!(
+            parse_request(&rows, &limits).unwrap_err(),
+            RequestError::TooManyRows { rows: 5, max: 4 }
+        );
+    }
+
+    #[test]
+    fn keys_in_any_order_unknown_keys_and_cells() {
+        for body in [
+            // data before columns, index last, params first
+            r#"{"params":{"get_scaling_factor":false},"input_data":{"data":[["t",null],["","aW1n"]],"columns":["text","image"],"index":[0,1]}}"#,
+            // unknown keys anywhere are skipped, whatever they hold
+            r#"{"x":[1,{"a":[]}],"input_data":{"extra":{"k":[1,2,3]},"index":["a","b"],"columns":["text","image"],"data":[["t",""],[null,"aW1n"]]},"params":{"other":1,"get_scaling_factor":"FALSE"}}"#,
+        ] {
+            let r = parse(body).unwrap();
+            assert!(!r.get_scaling_factor);
+            assert_eq!(r.rows.len(), 2);
+            assert_eq!(r.rows[0].text.as_deref(), Some("t"));
+            assert_eq!(r.rows[0].image, None);
+            assert_eq!(r.rows[1].text, None);
+            assert_eq!(r.rows[1].image.as_deref(), Some("aW1n"));
+        }
+        // Escapes are decoded (a base64 image with JSON line breaks).
+        let r = parse(
+            r#"{"input_data":{"columns":["image"],"index":[0],"data":[["aW\n1n"]]},"params":null}"#,
+        )
+        .unwrap();
+        assert_eq!(r.rows[0].image.as_deref(), Some("aW\n1n"));
+        assert!(r.get_scaling_factor);
+        // Too many cells are counted, not kept.
+        let e = parse(r#"{"input_data":{"columns":["text"],"index":[0],"data":[["a","b","c"]]}}"#)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "row 0: has 3 cells but `columns` names 1");
+        // A row that is not an array, named once `columns` is known.
+        let e =
+            parse(r#"{"input_data":{"data":[{"a":1}],"index":[0],"columns":["image","text"]}}"#)
+                .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "row 0: must be an array of 2 strings, got an object"
+        );
+        let e =
+            parse(r#"{"input_data":{"data":[["",[1]]],"index":[0],"columns":["image","text"]}}"#)
+                .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "row 0: the text cell must be a string, got an array"
+        );
+    }
+
+    #[test]
+    fn shape_messages() {
+        for (body, want) in [
+            (r#"{}"#, "request is missing `input_data`"),
+            (
+                r#"{"input_data":[]}"#,
+                "`input_data` must be an object, got an array",
+            ),
+            (
+                r#"{"input_data":{"index":[0],"data":[["t"]]}}"#,
+                "`input_data` is missing `columns`",
+            ),
+            (
+                r#"{"input_data":{"columns":["text"],"index":[0]}}"#,
+                "`input_data` is missing `data`",
+            ),
+            (
+                r#"{"input_data":{"columns":["text"],"data":[["t"]]}}"#,
+                "`input_data` is missing `index`",
+            ),
+            (
+                r#"{"input_data":{"columns":"text","index":[0],"data":[["t"]]}}"#,
+                "`input_data.columns` must be an array of column names, got a string",
+            ),
+            (
+                r#"{"input_data":{"columns":["image","text","x"],"index":[0],"data":[["t"]]}}"#,
+                "`input_data.columns` must name \"image\", \"text\" or both",
+            ),
+            (
+                r#"{"input_data":{"columns":[],"index":[0],"data":[["t"]]}}"#,
+                "`input_data.columns` must name \"image\", \"text\" or both",
+            ),
+            (
+                r#"{"input_data":{"columns":[3],"index":[0],"data":[["t"]]}}"#,
+                "`input_data.columns[0]` must be a string, got a number",
+            ),
+            (
+                r#"{"input_data":{"columns":["text"],"index":0,"data":[["t"]]}}"#,
+                "`input_data.index` must be an array, got a number",
+            ),
+            (
+                r#"{"input_data":{"columns":["text"],"index":[0],"data":{}}}"#,
+                "`input_data.data` must be an array of rows, got an object",
+            ),
+            (
+                r#"{"input_data":{"columns":["text"],"index":[],"data":[]}}"#,
+                "`input_data.data` has no rows",
+            ),
+            (
+                r#"{"input_data":{"columns":["text"],"index":[0],"data":[["t"]]},"params":true}"#,
+                "`params` must be an object, got a boolean",
+            ),
+        ] {
+            assert_eq!(parse(body).unwrap_err().to_string(), want, "{body}");
+        }
+        // Syntax errors after a valid start are still syntax errors.
+        assert!(matches!(
+            parse(r#"{"input_data":{"columns":["text"],"index":[0],"data":[["t"]]}} x"#),
+            Err(RequestError::Json { line: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn counting_agrees_with_parsing_and_keeps_nothing() {
+        let body = r#"{"input_data":{"columns":["image","text"],"index":[0,1,2],"data":[["aW1n",""],["","t"],["aW1n","t"]]}}"#;
+        let r = parse(body).unwrap();
+        let c = count_request(body.as_bytes(), &RequestLimits::default()).unwrap();
+        assert_eq!(
+            c,
+            RequestCounts {
+                rows: 3,
+                images: r.image_count(),
+                texts: r.text_count()
+            }
+        );
+        assert_eq!((c.images, c.texts), (2, 2));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(parse_value(v, &RequestLimits::default()).unwrap(), r);
     }
 
     fn answer() -> Embeddings {

@@ -57,10 +57,58 @@ pub struct GatewayConfig {
     #[arg(long, env = "MEDEMBED_GATEWAY_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
 
-    /// Optional separate address for `/metrics`, `/livez` and `/readyz` (they are
-    /// also served on the main address).
+    /// Optional separate address for `/metrics`, `/livez` and `/readyz`. When
+    /// set, `/metrics` is served there only (the scoring address answers it
+    /// with 404) and nothing but those three paths is served there; `/livez`
+    /// and `/readyz` stay on the scoring address too, for load balancers.
     #[arg(long, env = "MEDEMBED_GATEWAY_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+
+    /// Longest wait for a request's head, in milliseconds, from the accept
+    /// (and, on HTTP/1.1, from the end of the previous request): a client
+    /// sending half a header is closed after it (0 = no limit).
+    #[arg(
+        long,
+        env = "MEDEMBED_GATEWAY_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub header_read_timeout_ms: u64,
+
+    /// How long a connection may stay open with no request in flight, in
+    /// milliseconds (0 = forever).
+    #[arg(
+        long,
+        env = "MEDEMBED_GATEWAY_IDLE_TIMEOUT_MS",
+        default_value_t = 60_000
+    )]
+    pub idle_timeout_ms: u64,
+
+    /// Most connections open at once, per listener; at the cap new
+    /// connections wait in the kernel's backlog (0 = no cap).
+    #[arg(long, env = "MEDEMBED_GATEWAY_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Most concurrent HTTP/2 streams (requests) per connection.
+    #[arg(
+        long,
+        env = "MEDEMBED_GATEWAY_HTTP2_MAX_CONCURRENT_STREAMS",
+        default_value_t = 128
+    )]
+    pub http2_max_concurrent_streams: u32,
+
+    /// Most bytes of request bodies held in memory at once, across all
+    /// connections. A body takes its share as it arrives (all of it at once
+    /// when it declares its length, before a byte is read) and gives it back
+    /// when the gateway is done with it; a request that finds no room waits,
+    /// unread, until its deadline, then gets 503 with `Retry-After`. A body
+    /// larger than the whole budget is refused (413). The gateway's memory
+    /// is about this plus a fixed base.
+    #[arg(
+        long,
+        env = "MEDEMBED_GATEWAY_MAX_BUFFERED_BYTES",
+        default_value_t = 128 << 20
+    )]
+    pub max_buffered_bytes: u64,
 
     /// Static configuration file (YAML: endpoints, deployments with worker
     /// addresses, clients with key hashes and quotas). Re-read when it changes.
@@ -235,6 +283,32 @@ impl GatewayConfig {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listener_limits_default_on_and_zero_turns_them_off() {
+        let cfg = GatewayConfig::parse_from(["medembed-gateway"]);
+        let serve = crate::server::serve_config(&cfg);
+        assert_eq!(
+            serve.header_read_timeout,
+            Some(std::time::Duration::from_secs(10))
+        );
+        assert_eq!(serve.idle_timeout, Some(std::time::Duration::from_secs(60)));
+        assert_eq!(serve.max_connections, Some(4096));
+        assert_eq!(serve.http2_max_concurrent_streams, Some(128));
+        assert_eq!(cfg.max_buffered_bytes, 128 << 20);
+        let cfg = GatewayConfig::parse_from([
+            "medembed-gateway",
+            "--header-read-timeout-ms=0",
+            "--idle-timeout-ms=0",
+            "--max-connections=0",
+            "--http2-max-concurrent-streams=8",
+        ]);
+        let serve = crate::server::serve_config(&cfg);
+        assert_eq!(serve.header_read_timeout, None);
+        assert_eq!(serve.idle_timeout, None);
+        assert_eq!(serve.max_connections, None);
+        assert_eq!(serve.http2_max_concurrent_streams, Some(8));
+    }
 
     #[test]
     fn redis_secrets_never_in_debug_or_parse_errors() {

@@ -56,6 +56,11 @@ pub enum GatewayError {
     /// The body did not arrive within the request's budget (408).
     #[error("the request body did not arrive in time")]
     BodyTimeout,
+    /// The bodies held across all connections fill the gateway's byte
+    /// budget, and no room came before the request's deadline (503 with
+    /// `Retry-After`).
+    #[error("the gateway is holding as many request bodies as it may; retry shortly")]
+    BodyBudget,
     /// The body is not a valid scoring request, or has too many rows (400).
     #[error("{0}")]
     InvalidRequest(RequestError),
@@ -122,6 +127,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => ErrorCode::PayloadTooLarge,
             GatewayError::BodyUnreadable => ErrorCode::InvalidRequest,
             GatewayError::BodyTimeout => ErrorCode::Timeout,
+            GatewayError::BodyBudget => ErrorCode::Unavailable,
             GatewayError::InvalidRequest(e) => e.code(),
             GatewayError::QuotaStoreUnavailable => ErrorCode::Unavailable,
             GatewayError::DeploymentNotFound => ErrorCode::DeploymentNotFound,
@@ -148,6 +154,7 @@ impl GatewayError {
             GatewayError::Auth(e) => e.reason(),
             GatewayError::TooManyConcurrent { .. } => "concurrency",
             GatewayError::BodyTooLarge { .. } => "max_body",
+            GatewayError::BodyBudget => "body_budget",
             GatewayError::InvalidRequest(RequestError::TooManyRows { .. }) => "max_rows",
             GatewayError::InvalidRequest(_) => "invalid_request",
             GatewayError::Quota(d) => quota_reason(d),
@@ -174,7 +181,9 @@ impl GatewayError {
                     "\"concurrency\";r=0;t=1".into(),
                 ),
             ],
-            GatewayError::QuotaStoreUnavailable => vec![(RETRY_AFTER, "1".into())],
+            GatewayError::BodyBudget | GatewayError::QuotaStoreUnavailable => {
+                vec![(RETRY_AFTER, "1".into())]
+            }
             GatewayError::Quota(d) => d
                 .headers()
                 .into_iter()
@@ -319,6 +328,7 @@ mod tests {
                 "invalid_request",
             ),
             (GatewayError::BodyTimeout, 408, "timeout", "timeout"),
+            (GatewayError::BodyBudget, 503, "unavailable", "body_budget"),
             (
                 GatewayError::InvalidRequest(RequestError::Json { line: 1, column: 2 }),
                 400,
@@ -457,6 +467,8 @@ mod tests {
             "\"concurrency\";q=2"
         );
         assert_eq!(header(&r, "ratelimit").unwrap(), "\"concurrency\";r=0;t=1");
+        let r = GatewayError::BodyBudget.to_response();
+        assert_eq!(header(&r, "retry-after").unwrap(), "1");
         let r = quota_refusal(Dimension::Images).to_response();
         assert_eq!(header(&r, "retry-after").unwrap(), "13");
         assert_eq!(

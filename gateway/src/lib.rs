@@ -17,12 +17,14 @@
 //!
 //! ```text
 //! connection   medembed_api::serve (via server)  cap, TLS, header-read/idle timeouts
-//! routing      stages::route                     /livez /readyz /metrics; endpoint by host or path
+//! routing      stages::route                     /livez /readyz /metrics (admin listener only
+//!                                                when set); endpoint by host or path
 //! auth         stages::auth  -> auth             key or token -> client and its quota
 //! concurrency  stages::admit -> quota            requests in flight per client
-//! body         stages::body                      size limits, deadline
-//! parse        stages::parse                     rows, images, row cap
-//! quota        stages::quota -> quota, redis_client per-minute rates, 429 headers
+//! rate         stages::quota -> quota            requests per minute, before the body
+//! body         stages::body                      size limits, deadline, global byte budget
+//! parse        stages::parse                     rows, images, row cap (streaming, no JSON tree)
+//! quota        stages::quota -> quota, redis_client images and bytes per minute, 429 headers
 //! choose       stages::choose                    pin header, traffic weights, mirror
 //! forward      stages::forward -> balance, proxy one worker, one retry on another
 //! respond      stages::respond -> metrics, audit headers, counters, audit line
@@ -207,6 +209,7 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<RunningGateway> {
         // Serves until the gateway is dropped (its task is aborted).
         background.push(tokio::spawn(server::serve(
             gw.clone(),
+            server::Listener::Admin,
             admin,
             None,
             serve_config,
@@ -215,6 +218,7 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<RunningGateway> {
     }
     let task = tokio::spawn(server::serve(
         gw.clone(),
+        server::Listener::Public,
         listener,
         tls,
         serve_config,

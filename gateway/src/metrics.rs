@@ -40,6 +40,8 @@ pub struct Metrics {
     pub audit_dropped: IntGauge,
     /// Workers currently known.
     pub workers: IntGauge,
+    /// Bytes of request bodies held now, against the body budget.
+    pub body_bytes_held: IntGauge,
 }
 
 const LATENCY_BUCKETS: [f64; 18] = [
@@ -111,6 +113,10 @@ impl Metrics {
                 "Audit lines dropped because the writer fell behind.",
             )?,
             workers: f.gauge("medembed_gateway_workers", "Workers currently known.")?,
+            body_bytes_held: f.gauge(
+                "medembed_gateway_body_bytes_held",
+                "Bytes of request bodies held now, against the body budget (--max-buffered-bytes).",
+            )?,
             families: f,
         })
     }

@@ -64,7 +64,8 @@ impl Dimension {
             Dimension::Bytes => "bytes",
         }
     }
-    const ALL: [Dimension; 3] = [Dimension::Requests, Dimension::Images, Dimension::Bytes];
+    /// Every dimension, in the order of [`Rates::per_minute`].
+    pub const ALL: [Dimension; 3] = [Dimension::Requests, Dimension::Images, Dimension::Bytes];
 }
 
 /// The per-minute limits in force for one client on this replica.
@@ -87,6 +88,17 @@ impl Rates {
         }
     }
 
+    /// These rates in `dims` only (the others unlimited).
+    pub fn only(&self, dims: &[Dimension]) -> Rates {
+        let mut out = Rates::default();
+        for (i, d) in Dimension::ALL.iter().enumerate() {
+            if dims.contains(d) {
+                out.per_minute[i] = self.per_minute[i];
+            }
+        }
+        out
+    }
+
     /// Whether any rate is limited.
     pub fn any(&self) -> bool {
         self.per_minute.iter().any(Option::is_some)
@@ -101,6 +113,11 @@ pub struct Cost {
 }
 
 impl Cost {
+    /// One request, before its content is known (images and bytes zero).
+    pub fn request() -> Self {
+        Cost { units: [1, 0, 0] }
+    }
+
     /// One request with `images` images and `bytes` bytes.
     pub fn new(images: u64, bytes: u64) -> Self {
         Cost {

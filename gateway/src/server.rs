@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -27,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::peers::Replicas;
 use crate::proxy::{self, HttpClient};
 use crate::quota::{Concurrency, LocalStore, RedisSettings, RedisStore, Store};
+use crate::stages::body::BodyBudget;
 use crate::table::Tables;
 use crate::tls::TlsHandshake;
 use crate::GatewayConfig;
@@ -70,6 +72,8 @@ pub struct Gateway {
     pub concurrency: Concurrency,
     /// Bounds mirrored requests in flight.
     pub mirror_slots: Arc<Semaphore>,
+    /// Bounds the bytes of request bodies held at once.
+    pub body_budget: BodyBudget,
     /// Set once shutdown begins (`/readyz` turns 503).
     pub draining: AtomicBool,
 }
@@ -103,39 +107,57 @@ impl Gateway {
             quota,
             concurrency: Concurrency::default(),
             mirror_slots: Arc::new(Semaphore::new(MIRROR_SLOTS)),
+            body_budget: BodyBudget::new(config.max_buffered_bytes),
             draining: AtomicBool::new(false),
             config,
         })
     }
 }
 
-/// The connection limits and timeouts of the gateway's listeners: the
-/// shared loop's defaults, with the configured shutdown grace.
+/// The connection limits and timeouts of the gateway's listeners, from its
+/// configuration (a zero turns a limit off).
 pub fn serve_config(cfg: &GatewayConfig) -> ServeConfig {
+    let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
     ServeConfig {
-        shutdown_grace: std::time::Duration::from_secs(cfg.shutdown_grace_seconds),
+        max_connections: (cfg.max_connections > 0).then_some(cfg.max_connections),
+        header_read_timeout: ms(cfg.header_read_timeout_ms),
+        idle_timeout: ms(cfg.idle_timeout_ms),
+        http2_max_concurrent_streams: Some(cfg.http2_max_concurrent_streams),
+        shutdown_grace: Duration::from_secs(cfg.shutdown_grace_seconds),
         ..ServeConfig::default()
     }
 }
 
-/// Serves the gateway on `listener` (over TLS when `tls` is given) until
-/// `shutdown` resolves; `/readyz` turns 503 as shutdown begins, and
-/// requests in flight get `config.shutdown_grace` to finish.
+/// Which of the gateway's listeners a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The scoring API's.
+    Public,
+    /// The admin listener (`--admin-listen`): the gateway's own paths only.
+    Admin,
+}
+
+/// Serves the gateway as its `which` listener on `listener` (over TLS when
+/// `tls` is given) until `shutdown` resolves; `/readyz` turns 503 as
+/// shutdown begins, and requests in flight get `config.shutdown_grace` to
+/// finish.
 pub async fn serve(
     gw: Arc<Gateway>,
+    which: Listener,
     listener: TcpListener,
     tls: Option<TlsHandshake>,
     config: ServeConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     match tls {
-        Some(tls) => serve_with(gw, listener, tls, config, shutdown).await,
-        None => serve_with(gw, listener, PlainTcp, config, shutdown).await,
+        Some(tls) => serve_with(gw, which, listener, tls, config, shutdown).await,
+        None => serve_with(gw, which, listener, PlainTcp, config, shutdown).await,
     }
 }
 
 async fn serve_with(
     gw: Arc<Gateway>,
+    which: Listener,
     listener: TcpListener,
     handshake: impl Handshake,
     config: ServeConfig,
@@ -144,7 +166,7 @@ async fn serve_with(
     let state = gw.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let gw = state.clone();
-        async move { Ok::<_, Infallible>(gw.handle(req).await) }
+        async move { Ok::<_, Infallible>(gw.handle(req, which).await) }
     });
     let shutdown = async {
         shutdown.await;

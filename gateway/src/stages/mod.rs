@@ -8,14 +8,17 @@
 //! connection   medembed_api::serve     connection cap, TLS handshake, header-read
 //!                                      and idle timeouts, HTTP/2 streams
 //! ids          respond::RequestIds     x-request-id, x-ms-client-request-id
-//! own paths    route::admin            /livez /readyz /metrics
+//! own paths    route::admin            /livez /readyz; /metrics (the admin
+//!                                      listener's only, when there is one)
 //! routing      route::endpoint         host or path prefix -> endpoint    404
 //!              route::require_post                                        405
 //! auth         auth::caller            key or token -> client, quota      401 403
 //! concurrency  admit::slot             client's requests in flight        429
-//! body         body::read              size (declared, streamed), time    413 408
+//! rate         quota::check            requests per minute                429
+//! body         body::read              size (declared, streamed), time,   413 408
+//!                                      global byte budget                 503
 //! parse        parse::count            rows and images, row cap           400
-//! quota        quota::check            per-minute rates                   429
+//! quota        quota::check            images and bytes per minute        429
 //! choose       choose::deployment      pin header, else traffic weights   404 503
 //!              choose::mirror          background copy to the mirror
 //! forward      forward::forward        one worker, one retry on another   502 503 408
@@ -45,17 +48,24 @@ use hyper::body::Incoming;
 
 use crate::error::{Admitted, GatewayError};
 use crate::quota::Cost;
-use crate::server::{Body, Gateway};
+use crate::server::{Body, Gateway, Listener};
 use crate::table::{Endpoint, Table};
 use respond::{Facts, InFlight, RequestIds};
 
 impl Gateway {
-    /// Answers one request: the service of every connection.
-    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    /// Answers one request that came in on `listener`: the service of
+    /// every connection. The admin listener serves the gateway's own paths
+    /// only.
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        listener: Listener,
+    ) -> Response<Body> {
         let ids = RequestIds::of(req.headers());
-        let resp = match route::admin(self, &req) {
-            Some(own) => own,
-            None => self.score(req, &ids).await,
+        let resp = match (route::admin(self, &req, listener), listener) {
+            (Some(own), _) => own,
+            (None, Listener::Admin) => GatewayError::NoRoute.to_response(),
+            (None, Listener::Public) => self.score(req, &ids).await,
         };
         ids.stamp(resp)
     }
@@ -95,19 +105,45 @@ impl Gateway {
 
         let replicas = self.replicas.get();
         let slot = self.waive(facts, admit::slot(&self.concurrency, &caller, replicas)?);
+        // Requests per minute before the body: a throttled client costs no
+        // body buffer.
+        let on_failure = self.config.quota_store_failure;
+        let rate = quota::check(
+            &self.quota,
+            &caller,
+            replicas,
+            &quota::BEFORE_BODY,
+            &Cost::request(),
+            on_failure,
+        )
+        .await?;
+        // A waived rate check (dry run, or the store down) skips the second
+        // one: one refusal is counted per request, as enforcing would have
+        // ended it here, and a store that is down is not waited for twice.
+        let rate_waived = rate.waived.is_some();
+        self.waive(facts, rate);
 
         let deadline = facts.arrived + endpoint.timeout;
-        let limits = body::BodyLimits::new(endpoint, &caller.quota, deadline);
+        let limits = body::BodyLimits::new(endpoint, &caller.quota, deadline, &self.body_budget);
         let body = body::read(body, &head.headers, &limits).await?;
         facts.bytes = body.len() as u64;
 
         let counts = parse::count(&body, parse::row_cap(endpoint, &caller.quota)).await?;
         (facts.rows, facts.images) = (counts.rows, counts.images);
 
-        let cost = Cost::new(counts.images as u64, facts.bytes);
-        let on_failure = self.config.quota_store_failure;
-        let admitted = quota::check(&self.quota, &caller, replicas, &cost, on_failure).await?;
-        self.waive(facts, admitted);
+        if !rate_waived {
+            let cost = Cost::new(counts.images as u64, facts.bytes);
+            let admitted = quota::check(
+                &self.quota,
+                &caller,
+                replicas,
+                &quota::AFTER_PARSE,
+                &cost,
+                on_failure,
+            )
+            .await?;
+            self.waive(facts, admitted);
+        }
         respond::count_admitted(&self.metrics, facts);
 
         let pinned = choose::pinned(&head.headers);

@@ -1,8 +1,10 @@
 //! Parse: is the body a scoring request, and what does it ask for.
 //!
-//! The body is parsed with the worker's own parser
-//! ([`medembed_api::parse_request`]), so the gateway refuses exactly what a
-//! worker would, with the same words, before any worker sees it (400). The
+//! The body is checked with the worker's own parser, in its counting form
+//! ([`medembed_api::count_request`]: same checks, same words, no strings
+//! kept and no JSON tree built; `data` or `index` past the row cap is
+//! refused as it is read), so the gateway refuses exactly what a worker
+//! would before any worker sees it (400), at a cost bounded by the cap. The
 //! row cap is the endpoint's, lowered by the caller's quota. What comes out
 //! is what the quotas and the audit line need: rows and images. Large
 //! bodies are parsed off the async threads so that one big request does not
@@ -48,9 +50,9 @@ pub async fn count(body: &Bytes, max_rows: usize) -> Result<Counts, GatewayError
 }
 
 fn counts(body: &[u8], limits: &RequestLimits) -> Result<Counts, medembed_api::RequestError> {
-    medembed_api::parse_request(body, limits).map(|r| Counts {
-        rows: r.rows.len(),
-        images: r.image_count(),
+    medembed_api::count_request(body, limits).map(|c| Counts {
+        rows: c.rows,
+        images: c.images,
     })
 }
 

@@ -1,5 +1,11 @@
 //! Quota: the caller's per-minute limits (requests, images, body bytes).
 //!
+//! Checked in two steps: requests per minute before the body is read
+//! ([`BEFORE_BODY`], so a throttled client cannot make the gateway read its
+//! body), images and bytes once the body is parsed ([`AFTER_PARSE`]). A
+//! request admitted by the first step and refused by the second has used
+//! its request.
+//!
 //! The arithmetic and the state live in [`crate::quota`]; this stage decides
 //! what a verdict means for the request. The rates are the quota's, divided
 //! across replicas unless the store is shared ([`Store::is_shared`]). A
@@ -16,8 +22,14 @@ use std::time::{Duration, Instant};
 
 use crate::config::StoreFailure;
 use crate::error::{Admitted, GatewayError};
-use crate::quota::{Cost, Decision, Rates, Store};
+use crate::quota::{Cost, Decision, Dimension, Rates, Store};
 use crate::stages::auth::Caller;
+
+/// The dimension checked before the body is read.
+pub const BEFORE_BODY: [Dimension; 1] = [Dimension::Requests];
+
+/// The dimensions checked once the body is parsed.
+pub const AFTER_PARSE: [Dimension; 2] = [Dimension::Images, Dimension::Bytes];
 
 /// The caller's rates on this replica.
 pub fn rates(store: &Store, caller: &Caller, replicas: u32) -> Rates {
@@ -25,16 +37,17 @@ pub fn rates(store: &Store, caller: &Caller, replicas: u32) -> Rates {
     Rates::from_quota(&caller.quota, share)
 }
 
-/// Checks and, when admitted, commits the request's `cost`; `on_failure`
-/// says what a store failure means.
+/// Checks the caller's rates in `dims` and, when admitted, commits the
+/// request's `cost`; `on_failure` says what a store failure means.
 pub async fn check(
     store: &Store,
     caller: &Caller,
     replicas: u32,
+    dims: &[Dimension],
     cost: &Cost,
     on_failure: StoreFailure,
 ) -> Result<Admitted<()>, GatewayError> {
-    let rates = rates(store, caller, replicas);
+    let rates = rates(store, caller, replicas).only(dims);
     match store.check(&caller.quota_key, &rates, cost).await {
         Ok(decision) => verdict(decision, caller.dry_run),
         Err(e) => {
@@ -110,7 +123,7 @@ mod tests {
 
     use std::time::Duration;
 
-    use crate::quota::{Dimension, LocalStore};
+    use crate::quota::LocalStore;
     use crate::table::ClientQuota;
 
     fn caller(quota: ClientQuota, dry_run: bool) -> Caller {
@@ -155,14 +168,28 @@ mod tests {
             false,
         );
         for _ in 0..3 {
-            let a = check(&store, &c, 1, &Cost::new(0, 10), StoreFailure::Open)
-                .await
-                .unwrap();
+            let a = check(
+                &store,
+                &c,
+                1,
+                &Dimension::ALL,
+                &Cost::new(0, 10),
+                StoreFailure::Open,
+            )
+            .await
+            .unwrap();
             assert!(a.waived.is_none());
         }
-        let e = check(&store, &c, 1, &Cost::new(0, 10), StoreFailure::Open)
-            .await
-            .unwrap_err();
+        let e = check(
+            &store,
+            &c,
+            1,
+            &Dimension::ALL,
+            &Cost::new(0, 10),
+            StoreFailure::Open,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.status(), 429);
         assert_eq!(e.reason(), "requests_per_minute");
         assert_eq!(header(&e, "retry-after"), "20");
@@ -170,9 +197,16 @@ mod tests {
         assert!(header(&e, "ratelimit").starts_with("\"requests\";r=0;t="));
         // Time refills it.
         tokio::time::advance(Duration::from_secs(20)).await;
-        assert!(check(&store, &c, 1, &Cost::new(0, 10), StoreFailure::Open)
-            .await
-            .is_ok());
+        assert!(check(
+            &store,
+            &c,
+            1,
+            &Dimension::ALL,
+            &Cost::new(0, 10),
+            StoreFailure::Open
+        )
+        .await
+        .is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -186,19 +220,99 @@ mod tests {
             },
             false,
         );
-        assert!(check(&store, &c, 1, &Cost::new(8, 100), StoreFailure::Open)
-            .await
-            .is_ok());
-        let e = check(&store, &c, 1, &Cost::new(4, 100), StoreFailure::Open)
-            .await
-            .unwrap_err();
+        assert!(check(
+            &store,
+            &c,
+            1,
+            &Dimension::ALL,
+            &Cost::new(8, 100),
+            StoreFailure::Open
+        )
+        .await
+        .is_ok());
+        let e = check(
+            &store,
+            &c,
+            1,
+            &Dimension::ALL,
+            &Cost::new(4, 100),
+            StoreFailure::Open,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.reason(), "images_per_minute");
         assert!(header(&e, "ratelimit").starts_with("\"images\";r=2;"));
-        let e = check(&store, &c, 1, &Cost::new(0, 950), StoreFailure::Open)
-            .await
-            .unwrap_err();
+        let e = check(
+            &store,
+            &c,
+            1,
+            &Dimension::ALL,
+            &Cost::new(0, 950),
+            StoreFailure::Open,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.reason(), "bytes_per_minute");
         assert!(header(&e, "ratelimit-policy").contains("\"bytes\";q=1000;w=60"));
+    }
+
+    /// The request count is checked before the body (with a request's
+    /// cost only), images and bytes after the parse; each step sees only
+    /// its own dimensions.
+    #[tokio::test(start_paused = true)]
+    async fn the_two_steps_check_their_own_dimensions() {
+        let store = Store::Local(LocalStore::default());
+        let c = caller(
+            ClientQuota {
+                requests_per_minute: Some(1),
+                images_per_minute: Some(1),
+                ..Default::default()
+            },
+            false,
+        );
+        assert!(check(
+            &store,
+            &c,
+            1,
+            &BEFORE_BODY,
+            &Cost::request(),
+            StoreFailure::Open
+        )
+        .await
+        .is_ok());
+        let e = check(
+            &store,
+            &c,
+            1,
+            &BEFORE_BODY,
+            &Cost::request(),
+            StoreFailure::Open,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.reason(), "requests_per_minute");
+        // The request dimension is spent, yet images still have room.
+        assert!(check(
+            &store,
+            &c,
+            1,
+            &AFTER_PARSE,
+            &Cost::new(1, 10),
+            StoreFailure::Open
+        )
+        .await
+        .is_ok());
+        let e = check(
+            &store,
+            &c,
+            1,
+            &AFTER_PARSE,
+            &Cost::new(1, 10),
+            StoreFailure::Open,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.reason(), "images_per_minute");
     }
 
     #[test]
@@ -241,23 +355,44 @@ mod tests {
         // Shared: the full rate on every replica.
         assert_eq!(rates(&store, &c, 3).per_minute, [Some(1), None, None]);
         for _ in 0..3 {
-            let a = check(&store, &c, 3, &Cost::new(0, 10), StoreFailure::Open)
-                .await
-                .unwrap();
+            let a = check(
+                &store,
+                &c,
+                3,
+                &Dimension::ALL,
+                &Cost::new(0, 10),
+                StoreFailure::Open,
+            )
+            .await
+            .unwrap();
             assert_eq!(a.waived, Some(GatewayError::QuotaStoreUnavailable));
         }
         // Failing closed: refused with 503 and Retry-After; a dry-run client
         // is still only counted.
-        let e = check(&store, &c, 3, &Cost::new(0, 10), StoreFailure::Closed)
-            .await
-            .unwrap_err();
+        let e = check(
+            &store,
+            &c,
+            3,
+            &Dimension::ALL,
+            &Cost::new(0, 10),
+            StoreFailure::Closed,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e, GatewayError::QuotaStoreUnavailable);
         assert_eq!(e.status(), 503);
         assert_eq!(header(&e, "retry-after"), "1");
         let dry = caller(c.quota.clone(), true);
-        let a = check(&store, &dry, 3, &Cost::new(0, 10), StoreFailure::Closed)
-            .await
-            .unwrap();
+        let a = check(
+            &store,
+            &dry,
+            3,
+            &Dimension::ALL,
+            &Cost::new(0, 10),
+            StoreFailure::Closed,
+        )
+        .await
+        .unwrap();
         assert_eq!(a.waived, Some(GatewayError::QuotaStoreUnavailable));
     }
 
@@ -297,7 +432,14 @@ mod tests {
         for on_failure in [StoreFailure::Open, StoreFailure::Closed] {
             let r = tokio::time::timeout(
                 Duration::from_secs(10),
-                check(&store, &c, 1, &Cost::new(0, 10), on_failure),
+                check(
+                    &store,
+                    &c,
+                    1,
+                    &Dimension::ALL,
+                    &Cost::new(0, 10),
+                    on_failure,
+                ),
             )
             .await
             .expect("a store failure is answered within the timeout");
@@ -317,13 +459,18 @@ mod tests {
         let store = Store::Local(LocalStore::default());
         let c = caller(ClientQuota::default(), false);
         for _ in 0..1000 {
-            assert!(
-                check(&store, &c, 1, &Cost::new(100, 1 << 20), StoreFailure::Open)
-                    .await
-                    .unwrap()
-                    .waived
-                    .is_none()
-            );
+            assert!(check(
+                &store,
+                &c,
+                1,
+                &Dimension::ALL,
+                &Cost::new(100, 1 << 20),
+                StoreFailure::Open
+            )
+            .await
+            .unwrap()
+            .waived
+            .is_none());
         }
     }
 

@@ -1,7 +1,11 @@
 //! Routing: the gateway's own paths, and which endpoint a request is for.
 //!
 //! `GET /livez`, `/readyz` and `/metrics` are the gateway's own and are
-//! answered on every listener before anything else. Any other request is
+//! answered before anything else. With an admin listener configured,
+//! `/metrics` is answered there only: on the scoring listener it is the
+//! API's JSON 404, like any path no endpoint serves (the admin listener
+//! serves nothing else). `/livez` and `/readyz` are answered on both, for
+//! load balancers in front of the scoring port. Any other request is
 //! for an endpoint: by host name when the path is `/score` (as the managed
 //! service routes), else by path prefix, `PREFIX/score`
 //! ([`Table::route`]). Routing reads only the method, host and path, so a
@@ -15,11 +19,12 @@ use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::error::GatewayError;
-use crate::server::{full, Body, Gateway};
+use crate::server::{full, Body, Gateway, Listener};
 use crate::table::{Endpoint, Table};
 
-/// The answer to one of the gateway's own paths, if `req` is for one.
-pub fn admin<B>(gw: &Gateway, req: &Request<B>) -> Option<Response<Body>> {
+/// The answer to one of the gateway's own paths, if `req`, which came in on
+/// `listener`, is for one.
+pub fn admin<B>(gw: &Gateway, req: &Request<B>, listener: Listener) -> Option<Response<Body>> {
     if req.method() != Method::GET {
         return None;
     }
@@ -30,8 +35,13 @@ pub fn admin<B>(gw: &Gateway, req: &Request<B>) -> Option<Response<Body>> {
         } else {
             text(StatusCode::OK, "ok")
         }),
+        "/metrics" if listener == Listener::Public && gw.config.admin_listen.is_some() => {
+            Some(GatewayError::NoRoute.to_response())
+        }
         "/metrics" => {
             gw.metrics.workers.set(gw.registry.all().len() as i64);
+            let held = i64::try_from(gw.body_budget.held()).unwrap_or(i64::MAX);
+            gw.metrics.body_bytes_held.set(held);
             let mut r = Response::new(full(gw.metrics.render()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -161,19 +171,43 @@ mod tests {
         let body = |r: Response<Body>| async move {
             String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
         };
-        let r = admin(&gw, &get("/livez")).unwrap();
+        let public = Listener::Public;
+        let r = admin(&gw, &get("/livez"), public).unwrap();
         assert_eq!(r.status(), 200);
-        let r = admin(&gw, &get("/readyz")).unwrap();
+        let r = admin(&gw, &get("/readyz"), public).unwrap();
         assert_eq!(r.status(), 200);
         gw.draining.store(true, Ordering::Release);
-        let r = admin(&gw, &get("/readyz")).unwrap();
+        let r = admin(&gw, &get("/readyz"), public).unwrap();
         assert_eq!(r.status(), 503);
         assert_eq!(body(r).await, "draining");
-        let r = admin(&gw, &get("/metrics")).unwrap();
+        // Without an admin listener, metrics are on the scoring listener.
+        let r = admin(&gw, &get("/metrics"), public).unwrap();
         assert_eq!(r.headers()["content-type"], "text/plain; version=0.0.4");
-        assert!(body(r).await.contains("medembed_gateway_workers 0"));
+        let text = body(r).await;
+        assert!(text.contains("medembed_gateway_workers 0"));
+        assert!(text.contains("medembed_gateway_body_bytes_held 0"));
         // Anything else, or another method, is for routing.
-        assert!(admin(&gw, &get("/score")).is_none());
-        assert!(admin(&gw, &req("POST", None, "/livez")).is_none());
+        assert!(admin(&gw, &get("/score"), public).is_none());
+        assert!(admin(&gw, &req("POST", None, "/livez"), public).is_none());
+    }
+
+    #[tokio::test]
+    async fn with_an_admin_listener_metrics_are_served_there_only() {
+        let mut cfg = crate::GatewayConfig::for_file("unused.yaml");
+        cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        let gw = testing::gateway_with(cfg);
+        let get = |p| req("GET", None, p);
+        let r = admin(&gw, &get("/metrics"), Listener::Public).unwrap();
+        assert_eq!(r.status(), 404);
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        let b: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(b["error"]["code"], "not_found");
+        let r = admin(&gw, &get("/metrics"), Listener::Admin).unwrap();
+        assert_eq!(r.status(), 200);
+        for p in ["/livez", "/readyz"] {
+            for l in [Listener::Public, Listener::Admin] {
+                assert_eq!(admin(&gw, &get(p), l).unwrap().status(), 200, "{p} {l:?}");
+            }
+        }
     }
 }

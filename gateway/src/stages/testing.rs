@@ -21,7 +21,11 @@ use crate::GatewayConfig;
 
 /// A gateway's shared state, serving nothing.
 pub fn gateway() -> Arc<Gateway> {
-    let cfg = GatewayConfig::for_file("/nonexistent/gateway.yaml");
+    gateway_with(GatewayConfig::for_file("/nonexistent/gateway.yaml"))
+}
+
+/// A gateway's shared state for `cfg`, serving nothing.
+pub fn gateway_with(cfg: GatewayConfig) -> Arc<Gateway> {
     Arc::new(
         Gateway::new(
             cfg,

@@ -246,13 +246,13 @@ impl TestGateway {
     pub fn addr(&self) -> SocketAddr {
         self.gw.as_ref().unwrap().addr
     }
+    /// The gateway's metrics, from the admin listener when it has one.
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        let url = match self.gw.as_ref().unwrap().admin_addr {
+            Some(a) => format!("http://{a}/metrics"),
+            None => self.url("/metrics"),
+        };
+        reqwest::get(url).await.unwrap().text().await.unwrap()
     }
     /// Rewrites the configuration and waits until the gateway has reloaded it.
     pub async fn rewrite(&self, yaml: &str) {

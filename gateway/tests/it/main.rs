@@ -1,4 +1,6 @@
 //! The gateway's integration tests, in one binary: auth ([`auth`]), the
+//! front door's limits (slow headers, budgets, memory under attack:
+//! [`front`]), the
 //! managed endpoint's published clients ([`clients`]), discovery from a real
 //! control plane ([`kubernetes`]), quotas ([`quota`]) and the Redis-backed
 //! shared quota ([`shared_quota`]), routing, balancing and resilience
@@ -9,6 +11,7 @@
 mod auth;
 mod clients;
 mod common;
+mod front;
 mod kubernetes;
 mod quota;
 mod routing;

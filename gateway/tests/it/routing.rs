@@ -557,14 +557,35 @@ async fn own_paths_on_both_listeners_and_readyz_turns_503_while_draining() {
     })
     .await;
     let admin = gw.gw.as_ref().unwrap().admin_addr.unwrap();
-    for base in [format!("http://{}", gw.addr()), format!("http://{admin}")] {
-        for path in ["/livez", "/readyz", "/metrics"] {
+    let public = format!("http://{}", gw.addr());
+    for base in [public.clone(), format!("http://{admin}")] {
+        for path in ["/livez", "/readyz"] {
             let r = client().get(format!("{base}{path}")).send().await.unwrap();
             assert_eq!(r.status(), 200, "{base}{path}");
             // Every answer carries a request id.
             assert_eq!(r.headers()[REQUEST_ID_HEADER].len(), 36);
         }
     }
+    // Metrics are the admin listener's only: the scoring port answers the
+    // API's JSON 404, and the admin port serves nothing but its own paths.
+    let r = client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("medembed_gateway_"));
+    let r = client()
+        .get(format!("{public}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()[REQUEST_ID_HEADER].len(), 36);
+    assert_eq!(error_code(r).await, "not_found");
+    let r = post(&format!("http://{admin}/endpoints/chest/score"), None, None).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(up.count(), 0);
     let pending = {
         let url = gw.url("/endpoints/chest/score");
         tokio::spawn(async move { post(&url, None, None).await.status() })
