@@ -34,6 +34,12 @@ pub enum ApiError {
     /// The deadline passed (408, as the managed service answers timeouts).
     #[error("request did not complete within its time budget of {0} ms")]
     Timeout(u64),
+    /// The body stalled or arrived below the minimum rate (408).
+    #[error("request body arrived too slowly (minimum {min_rate} bytes per second)")]
+    SlowBody {
+        /// The configured minimum rate.
+        min_rate: u64,
+    },
     /// Wrong path (404).
     #[error("no such endpoint; POST /score")]
     NotFound,
@@ -62,7 +68,7 @@ impl ApiError {
             ApiError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
             ApiError::Overloaded(_) => ErrorCode::TooManyRequests,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
-            ApiError::Timeout(_) => ErrorCode::Timeout,
+            ApiError::Timeout(_) | ApiError::SlowBody { .. } => ErrorCode::Timeout,
             ApiError::NotFound => ErrorCode::NotFound,
             ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
             ApiError::Internal => ErrorCode::Internal,

@@ -14,9 +14,15 @@
 //! Bodies are limited twice: per request (`Content-Length` checked before
 //! reading, and a streaming limit for chunked bodies; 413) and across requests
 //! (a byte budget for everything buffered at once), so a burst of large
-//! requests cannot exhaust memory. A request that does not fit the budget
-//! waits, unread, until earlier ones are answered (or its deadline passes):
-//! the queue of waiting work then costs socket buffers, not heap. The rest of a refused body is read and
+//! requests cannot exhaust memory. The budget is taken as bytes arrive, not
+//! for the declared length up front, so a connection that declares 32 MB and
+//! stalls holds only what it sent. When the budget has no room for the next
+//! bytes, the request waits, unread, until earlier ones are answered (or its
+//! deadline passes): the queue of waiting work then costs socket buffers, not
+//! heap. While a body is read, the request's deadline and a minimum transfer
+//! rate (averaged over the body, after a grace period; time waiting for budget
+//! does not count) apply: a stalled or trickling body is refused with 408 and
+//! its share of the budget freed. The rest of a refused body is read and
 //! dropped (bounded) before the 413 goes out, so clients read the answer.
 
 use std::convert::Infallible;
@@ -35,7 +41,7 @@ use medembed_api::{
     RESPONSE_FORMAT_HEADER, TIMEOUT_HEADER,
 };
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::batch::Admission;
 use crate::config::WorkerConfig;
@@ -97,9 +103,11 @@ impl AppState {
         })
     }
 
-    /// Ready to score.
+    /// Ready to score: the model is loaded, the batching pipeline can serve
+    /// (its decode and inference threads are alive), and not draining.
     pub fn is_ready(&self) -> bool {
-        self.scorer.get().is_some() && !self.draining.load(Ordering::Acquire)
+        self.scorer.get().is_some_and(|s| s.pipeline.healthy())
+            && !self.draining.load(Ordering::Acquire)
     }
 }
 
@@ -248,29 +256,16 @@ async fn score(
         .utilization
         .set((state.requests.used() * 100 / state.requests.capacity().max(1)) as i64);
 
-    // The body is read only once the byte budget has room for it. Until then
-    // it waits where it is (the connection's buffers: TCP back-pressure), not
-    // in this process; past the deadline the request times out. The permit
-    // is held until the answer, because the parsed images live until then.
-    let reserve = declared.unwrap_or(cfg.max_body_bytes).max(1);
-    let wait = deadline.saturating_duration_since(Instant::now());
-    let _body_permit = match state.body_budget.try_acquire_many(kib(reserve)) {
-        Ok(p) => p,
-        Err(_) => {
-            let waited = Instant::now();
-            let permit = tokio::time::timeout(wait, state.body_budget.acquire_many(kib(reserve)))
-                .await
-                .map_err(|_| ApiError::Timeout(budget_ms))?
-                .map_err(|_| ApiError::Internal)?;
-            state
-                .metrics
-                .body_wait
-                .observe(waited.elapsed().as_secs_f64());
-            permit
-        }
+    // The body is read as it arrives, each part taking its share of the byte
+    // budget first (see the module's doc). The permit is held until the
+    // answer, because the parsed images live until then.
+    let pace = Pace {
+        deadline,
+        budget_ms,
+        min_rate: cfg.min_body_rate,
+        grace: Duration::from_millis(cfg.body_rate_grace_ms),
     };
-
-    let body = read_body(req.into_body(), cfg.max_body_bytes, declared.unwrap_or(0)).await?;
+    let (body, _body_permit) = read_body(state, req.into_body(), cfg.max_body_bytes, pace).await?;
 
     let limits = RequestLimits {
         max_rows: cfg.max_rows,
@@ -320,28 +315,107 @@ const DISCARD_BYTES: usize = 256 * 1024 * 1024;
 /// Longest time spent doing so.
 const DISCARD_TIME: Duration = Duration::from_secs(10);
 
-/// Reads the body up to `limit` bytes. Past the limit, the rest is discarded
-/// (bounded) before answering 413, so a client still sending reads the answer
-/// instead of a reset connection (nginx's "lingering close").
-async fn read_body(mut body: Incoming, limit: usize, expected: usize) -> Result<Bytes, ApiError> {
-    let mut buf = Vec::with_capacity(expected.min(limit));
-    while let Some(frame) = body.frame().await {
+/// The time rules of reading one body.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    /// The request's deadline.
+    deadline: Instant,
+    /// Its budget, for the 408's message.
+    budget_ms: u64,
+    /// Slowest average rate in bytes per second once `grace` has passed
+    /// (0 = none).
+    min_rate: u64,
+    /// Time before the rate applies.
+    grace: Duration,
+}
+
+impl Pace {
+    /// When a body that started (not counting budget waits) at `start` and
+    /// has sent `received` bytes falls below the minimum rate, if ever.
+    fn too_slow_at(&self, start: Instant, received: usize) -> Option<Instant> {
+        (self.min_rate > 0).then(|| {
+            let earned = Duration::from_secs_f64(received as f64 / self.min_rate as f64);
+            start + self.grace.max(earned)
+        })
+    }
+}
+
+/// Reads the body up to `limit` bytes, taking the byte budget for every KiB
+/// before it is kept (waiting, unread, for room: see the module's doc), and
+/// refusing a body that misses the deadline or the minimum rate (408). Past
+/// the limit, the rest is discarded (bounded) before answering 413, so a
+/// client still sending reads the answer instead of a reset connection
+/// (nginx's "lingering close"). Returns the body and its budget permit
+/// (none for an empty body); on failure, the budget taken is released.
+async fn read_body<'a>(
+    state: &'a AppState,
+    mut body: Incoming,
+    limit: usize,
+    pace: Pace,
+) -> Result<(Bytes, Option<SemaphorePermit<'a>>), ApiError> {
+    let budget = &state.body_budget;
+    let mut buf = Vec::new();
+    let mut held: Option<SemaphorePermit<'a>> = None;
+    // The body's start, moved later by the time spent waiting for budget
+    // (the client is not to blame for that).
+    let mut start = Instant::now();
+    loop {
+        let slow_at = pace.too_slow_at(start, buf.len());
+        let until = slow_at.map_or(pace.deadline, |t| t.min(pace.deadline));
+        let frame = match tokio::time::timeout_at(until.into(), body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) if until < pace.deadline => {
+                return Err(ApiError::SlowBody {
+                    min_rate: pace.min_rate,
+                })
+            }
+            Err(_) => return Err(ApiError::Timeout(pace.budget_ms)),
+        };
         let Ok(frame) = frame else {
             return Err(ApiError::Invalid {
                 code: ErrorCode::InvalidBody,
                 message: "request body could not be read".into(),
             });
         };
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                drop(buf);
-                discard(body).await;
-                return Err(ApiError::TooLarge { limit });
-            }
-            buf.extend_from_slice(&data);
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let len = buf.len() + data.len();
+        if len > limit {
+            drop((buf, held));
+            discard(body).await;
+            return Err(ApiError::TooLarge { limit });
         }
+        let held_kib = held.as_ref().map_or(0, |p| p.num_permits());
+        let more = (kib(len) as usize).saturating_sub(held_kib);
+        if more > 0 {
+            let more = u32::try_from(more).unwrap_or(u32::MAX);
+            let permit = match budget.try_acquire_many(more) {
+                Ok(p) => p,
+                Err(_) => {
+                    let waited = Instant::now();
+                    let permit =
+                        tokio::time::timeout_at(pace.deadline.into(), budget.acquire_many(more))
+                            .await
+                            .map_err(|_| ApiError::Timeout(pace.budget_ms))?
+                            .map_err(|_| ApiError::Internal)?;
+                    state
+                        .metrics
+                        .body_wait
+                        .observe(waited.elapsed().as_secs_f64());
+                    start += waited.elapsed();
+                    permit
+                }
+            };
+            match held.as_mut() {
+                Some(h) => h.merge(permit),
+                None => held = Some(permit),
+            }
+        }
+        buf.extend_from_slice(&data);
     }
-    Ok(Bytes::from(buf))
+    Ok((Bytes::from(buf), held))
 }
 
 /// Reads and drops what is left of a refused body, within
