@@ -732,6 +732,16 @@ fn decode_one(
         if hook == hooks::PANIC_IN_DECODE {
             panic!("test hook: decoder panic");
         }
+        #[cfg(test)]
+        if hook == hooks::PANIC_IN_RESIZE {
+            // A valid raster, for the resize to panic on.
+            return Ok(Image8 {
+                width: 1,
+                height: 1,
+                channels: crate::raster::Channels::Gray,
+                data: vec![0],
+            });
+        }
         let text = std::mem::take(&mut base64);
         let bytes = decode::decode_base64(&text)?;
         drop(text);
@@ -1294,11 +1304,8 @@ mod tests {
         base64::engine::general_purpose::STANDARD.encode(png.into_inner())
     }
 
-    /// The whole pipeline (decode pool, both batchers, admission) without
-    /// ONNX Runtime: each image and text gets its own answer, a bad image
-    /// fails alone, and closing lets every thread finish.
-    #[test]
-    fn the_pipeline_decodes_batches_and_answers_with_fake_backends() {
+    /// A pipeline on fake backends: images of 4×4 pixels.
+    fn fake_pipeline(decode_threads: usize, max_decoded_bytes: u64) -> (Pipeline, Metrics) {
         let transform = Transform {
             size: 4,
             mean: [0.0; 3],
@@ -1318,33 +1325,46 @@ mod tests {
                 transform,
                 limits: DecodeLimits::default(),
                 windowing: Windowing::default(),
-                decode_threads: 2,
+                decode_threads,
                 image_policy: policy,
                 text_policy: policy,
                 max_queued_images: 8,
                 max_queued_texts: 8,
-                max_decoded_bytes: 512 << 20,
+                max_decoded_bytes,
             },
             &metrics,
         )
         .unwrap();
+        (pipeline, metrics)
+    }
+
+    /// Submits an image with a deadline; its answer arrives on the receiver.
+    fn submit(pipeline: &Pipeline, base64: String, deadline: Instant) -> Answer {
+        let (reply, rx) = oneshot::channel();
+        pipeline.submit_image(ImageJob {
+            base64,
+            meta: JobMeta {
+                admitted: Instant::now(),
+                deadline,
+                reply,
+            },
+        });
+        rx
+    }
+
+    /// The whole pipeline (decode pool, both batchers, admission) without
+    /// ONNX Runtime: each image and text gets its own answer, a bad image
+    /// fails alone, and closing lets every thread finish.
+    #[test]
+    fn the_pipeline_decodes_batches_and_answers_with_fake_backends() {
+        let (pipeline, metrics) = fake_pipeline(2, 512 << 20);
+        assert!(pipeline.healthy());
         assert_eq!(pipeline.image_admission.capacity(), 8);
         let permit = pipeline.image_admission.try_acquire(3).unwrap();
         let queued = |tower| metrics.queue_depth.with_label_values(&[tower]).get();
         assert_eq!(queued("image"), 3);
 
-        let image = |base64: String| {
-            let (reply, rx) = oneshot::channel();
-            pipeline.submit_image(ImageJob {
-                base64,
-                meta: JobMeta {
-                    admitted: Instant::now(),
-                    deadline: later(),
-                    reply,
-                },
-            });
-            rx
-        };
+        let image = |base64: String| submit(&pipeline, base64, later());
         let black = image(png_base64(0));
         let bad = image("not base64 !".into());
         let white = image(png_base64(255));
@@ -1364,6 +1384,103 @@ mod tests {
         );
         drop(permit);
         assert_eq!((pipeline.image_admission.used(), queued("image")), (0, 0));
+        pipeline.join();
+    }
+
+    /// A panic while decoding or resizing answers its item (400 and 500) and
+    /// the thread goes on; a decode thread that dies is replaced, so the one
+    /// thread of the pool keeps serving and the pipeline stays healthy.
+    #[test]
+    fn panics_are_answered_and_a_dead_decode_thread_is_replaced() {
+        let (pipeline, metrics) = fake_pipeline(1, 512 << 20);
+        let panics = |stage| metrics.panics.with_label_values(&[stage]).get();
+
+        let decode = submit(&pipeline, hooks::PANIC_IN_DECODE.into(), later());
+        match answer(decode) {
+            Err(ItemError::Decode(DecodeError::Corrupt(msg))) => {
+                assert_eq!(msg, "decoder failure")
+            }
+            other => panic!("{other:?}"),
+        }
+        let resize = submit(&pipeline, hooks::PANIC_IN_RESIZE.into(), later());
+        assert!(matches!(answer(resize), Err(ItemError::Failed)));
+        assert_eq!((panics("decode"), panics("resize")), (1, 1));
+        assert_eq!(pipeline.decoded_budget.used(), 0, "budget leaked");
+
+        // The thread itself dies: its item is lost (the waiter sees the
+        // pipeline drop it), the thread is replaced and serves the next one.
+        let lost = submit(&pipeline, hooks::PANIC_IN_THREAD.into(), later());
+        assert!(lost.blocking_recv().is_err());
+        let white = submit(&pipeline, png_base64(255), later());
+        assert_eq!(answer(white).unwrap(), vec![1.0]);
+        assert_eq!(panics("thread"), 1);
+        assert!(pipeline.healthy());
+        // Nothing is left "on its way" (a batcher would wait for it).
+        assert_eq!(pipeline.images_decoding.load(Ordering::Acquire), 0);
+        pipeline.join();
+    }
+
+    /// When a dead decode thread cannot be replaced and it was the last one,
+    /// the pipeline can no longer serve images: it says so (readiness 503).
+    #[test]
+    fn a_pool_without_live_decode_threads_is_unhealthy() {
+        let (pipeline, _metrics) = fake_pipeline(1, 512 << 20);
+        assert!(pipeline.healthy());
+        pipeline
+            .health
+            .no_respawn
+            .store(true, std::sync::atomic::Ordering::Release);
+        let lost = submit(&pipeline, hooks::PANIC_IN_THREAD.into(), later());
+        assert!(lost.blocking_recv().is_err());
+        let until = Instant::now() + Duration::from_secs(10);
+        while pipeline.healthy() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!pipeline.healthy());
+        pipeline.join();
+    }
+
+    /// Decoded rasters count against their budget from the header on: an
+    /// image that alone needs more than the budget is refused (400), one that
+    /// finds no room waits, and past its deadline expires (408); the budget
+    /// is given back once the raster is in its batch.
+    #[test]
+    fn decoded_rasters_take_the_budget_before_they_are_decoded() {
+        // A 5×3 gray PNG costs 15 × (1 + 3) + 4 × 3 × 3 = 96 bytes.
+        let cost = raster_cost(
+            Footprint {
+                width: 5,
+                height: 3,
+                bytes_per_pixel: 1,
+            },
+            4,
+        );
+        assert_eq!(cost, 96);
+        let (small, _) = fake_pipeline(1, cost - 1);
+        let refused = submit(&small, png_base64(0), later());
+        match answer(refused) {
+            Err(ItemError::Decode(e @ DecodeError::OverBudget { .. })) => {
+                assert_eq!(e.label(), "too_large")
+            }
+            other => panic!("{other:?}"),
+        }
+        small.join();
+
+        let (pipeline, metrics) = fake_pipeline(1, cost);
+        let budget = pipeline.decoded_budget.clone();
+        let held = budget.acquire(1, later(), &|| false).unwrap();
+        let soon = Instant::now() + Duration::from_millis(300);
+        let expired = submit(&pipeline, png_base64(0), soon);
+        assert!(matches!(answer(expired), Err(ItemError::Expired)));
+        assert!(Instant::now() >= soon);
+
+        let waiting = submit(&pipeline, png_base64(255), later());
+        std::thread::sleep(Duration::from_millis(100));
+        drop(held);
+        assert_eq!(answer(waiting).unwrap(), vec![1.0]);
+        assert_eq!(budget.used(), 0, "budget leaked");
+        assert_eq!(metrics.decoded_bytes.get(), 0);
+        assert!(metrics.decoded_wait.get_sample_count() >= 1);
         pipeline.join();
     }
 }
