@@ -310,7 +310,7 @@ fn keep_live<T: Item>(batch: Vec<T>, tower: &str, metrics: &Metrics) -> Vec<T> {
 }
 
 /// Live threads of each stage, for readiness.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Health {
     decoders: AtomicUsize,
     image_batchers: AtomicUsize,
@@ -480,7 +480,8 @@ impl Pipeline {
             text_batchers: AtomicUsize::new(parts.text_models.len()),
             needs_image: !parts.image_models.is_empty(),
             needs_text: !parts.text_models.is_empty(),
-            ..Health::default()
+            #[cfg(test)]
+            no_respawn: std::sync::atomic::AtomicBool::new(false),
         });
         let budget = MemoryBudget::new(parts.max_decoded_bytes, metrics.decoded_bytes.clone());
         let push = |h| threads.lock().unwrap_or_else(|p| p.into_inner()).push(h);
