@@ -22,7 +22,11 @@
 //! heap. While a body is read, the request's deadline and a minimum transfer
 //! rate (averaged over the body, after a grace period; time waiting for budget
 //! does not count) apply: a stalled or trickling body is refused with 408 and
-//! its share of the budget freed. The rest of a refused body is read and
+//! its share of the budget freed. Bodies that each hold part of the budget
+//! and all wait for more would wait for each other until their deadlines; so
+//! the first to wait may take the one overdraft token and finish from a
+//! reserve of one body's size (bounding what is buffered at the budget plus
+//! `--max-body-bytes`). The rest of a refused body is read and
 //! dropped (bounded) before the 413 goes out, so clients read the answer.
 
 use std::convert::Infallible;
@@ -66,6 +70,11 @@ pub struct AppState {
     /// The byte budget for request bodies, in KiB permits (see the module's
     /// doc); public so that tests can fill it.
     pub body_budget: Semaphore,
+    /// Held by the one body allowed to draw on [`AppState::overdraft`].
+    overdraft_token: Semaphore,
+    /// One body's worth (`--max-body-bytes`) beyond the budget, in KiB, for
+    /// the holder of the token: see [`read_body`].
+    overdraft: Semaphore,
     /// Large JSON parses and serialisations running at once on blocking
     /// threads: as many as there are cores. Unbounded, a burst of big bodies
     /// starts one thread each, and every thread's allocator arena keeps its
@@ -92,6 +101,7 @@ impl AppState {
         let requests = Admission::new(config.max_concurrent_requests, metrics.in_flight.clone());
         let body_budget = Semaphore::new(kib(config.max_buffered_bytes) as usize);
         let json_work = Semaphore::new(config.decode_threads());
+        let overdraft = Semaphore::new(kib(config.max_body_bytes) as usize);
         Arc::new(Self {
             config,
             metrics,
@@ -99,6 +109,8 @@ impl AppState {
             draining: AtomicBool::new(false),
             requests,
             body_budget,
+            overdraft_token: Semaphore::new(1),
+            overdraft,
             json_work,
         })
     }
@@ -265,7 +277,7 @@ async fn score(
         min_rate: cfg.min_body_rate,
         grace: Duration::from_millis(cfg.body_rate_grace_ms),
     };
-    let (body, _body_permit) = read_body(state, req.into_body(), cfg.max_body_bytes, pace).await?;
+    let (body, _body_permits) = read_body(state, req.into_body(), cfg.max_body_bytes, pace).await?;
 
     let limits = RequestLimits {
         max_rows: cfg.max_rows,
@@ -340,22 +352,96 @@ impl Pace {
     }
 }
 
+/// The budget a body holds until its request is answered.
+#[derive(Debug, Default)]
+struct BodyPermits<'a> {
+    /// From the body budget.
+    budget: Option<SemaphorePermit<'a>>,
+    /// The overdraft token, once this body has taken it.
+    token: Option<SemaphorePermit<'a>>,
+    /// Drawn on the overdraft.
+    overdraft: Option<SemaphorePermit<'a>>,
+}
+
+impl BodyPermits<'_> {
+    /// KiB held.
+    fn kib(&self) -> usize {
+        self.budget.as_ref().map_or(0, |p| p.num_permits())
+            + self.overdraft.as_ref().map_or(0, |p| p.num_permits())
+    }
+}
+
+/// Adds `p` to what `slot` holds.
+fn merge<'a>(slot: &mut Option<SemaphorePermit<'a>>, p: SemaphorePermit<'a>) {
+    match slot.as_mut() {
+        Some(h) => h.merge(p),
+        None => *slot = Some(p),
+    }
+}
+
+/// Takes `more` KiB for a body holding `held`: from the budget, waiting
+/// (until the deadline) for room or, if the body already holds part of the
+/// budget, for the overdraft token, whichever comes first. With the token,
+/// from the overdraft, which holds one whole body, so its holder never waits
+/// and finishes: bodies holding parts of a full budget cannot wait for each
+/// other until their deadlines. (A body that holds nothing waits for room
+/// only: it keeps nobody waiting.)
+async fn take_budget<'a>(
+    state: &'a AppState,
+    held: &mut BodyPermits<'a>,
+    more: u32,
+    pace: &Pace,
+) -> Result<(), ApiError> {
+    let timeout = |_| ApiError::Timeout(pace.budget_ms);
+    let closed = |_| ApiError::Internal;
+    if held.token.is_none() {
+        if let Ok(p) = state.body_budget.try_acquire_many(more) {
+            merge(&mut held.budget, p);
+            return Ok(());
+        }
+        let may_overdraw = held.budget.is_some();
+        let wait = async {
+            tokio::select! {
+                biased;
+                p = state.body_budget.acquire_many(more) => p.map(Ok),
+                t = state.overdraft_token.acquire(), if may_overdraw => t.map(Err),
+            }
+        };
+        match tokio::time::timeout_at(pace.deadline.into(), wait)
+            .await
+            .map_err(timeout)?
+            .map_err(closed)?
+        {
+            Ok(p) => {
+                merge(&mut held.budget, p);
+                return Ok(());
+            }
+            Err(token) => held.token = Some(token),
+        }
+    }
+    let p = tokio::time::timeout_at(pace.deadline.into(), state.overdraft.acquire_many(more))
+        .await
+        .map_err(timeout)?
+        .map_err(closed)?;
+    merge(&mut held.overdraft, p);
+    Ok(())
+}
+
 /// Reads the body up to `limit` bytes, taking the byte budget for every KiB
 /// before it is kept (waiting, unread, for room: see the module's doc), and
 /// refusing a body that misses the deadline or the minimum rate (408). Past
 /// the limit, the rest is discarded (bounded) before answering 413, so a
 /// client still sending reads the answer instead of a reset connection
-/// (nginx's "lingering close"). Returns the body and its budget permit
-/// (none for an empty body); on failure, the budget taken is released.
+/// (nginx's "lingering close"). Returns the body and its budget permits; on
+/// failure, the budget taken is released.
 async fn read_body<'a>(
     state: &'a AppState,
     mut body: Incoming,
     limit: usize,
     pace: Pace,
-) -> Result<(Bytes, Option<SemaphorePermit<'a>>), ApiError> {
-    let budget = &state.body_budget;
+) -> Result<(Bytes, BodyPermits<'a>), ApiError> {
     let mut buf = Vec::new();
-    let mut held: Option<SemaphorePermit<'a>> = None;
+    let mut held = BodyPermits::default();
     // The body's start, moved later by the time spent waiting for budget
     // (the client is not to blame for that).
     let mut start = Instant::now();
@@ -387,30 +473,18 @@ async fn read_body<'a>(
             discard(body).await;
             return Err(ApiError::TooLarge { limit });
         }
-        let held_kib = held.as_ref().map_or(0, |p| p.num_permits());
-        let more = (kib(len) as usize).saturating_sub(held_kib);
+        let more = (kib(len) as usize).saturating_sub(held.kib());
         if more > 0 {
             let more = u32::try_from(more).unwrap_or(u32::MAX);
-            let permit = match budget.try_acquire_many(more) {
-                Ok(p) => p,
-                Err(_) => {
-                    let waited = Instant::now();
-                    let permit =
-                        tokio::time::timeout_at(pace.deadline.into(), budget.acquire_many(more))
-                            .await
-                            .map_err(|_| ApiError::Timeout(pace.budget_ms))?
-                            .map_err(|_| ApiError::Internal)?;
-                    state
-                        .metrics
-                        .body_wait
-                        .observe(waited.elapsed().as_secs_f64());
-                    start += waited.elapsed();
-                    permit
-                }
-            };
-            match held.as_mut() {
-                Some(h) => h.merge(permit),
-                None => held = Some(permit),
+            let waited = Instant::now();
+            let free = state.body_budget.available_permits();
+            take_budget(state, &mut held, more, &pace).await?;
+            if free < more as usize {
+                state
+                    .metrics
+                    .body_wait
+                    .observe(waited.elapsed().as_secs_f64());
+                start += waited.elapsed();
             }
         }
         buf.extend_from_slice(&data);

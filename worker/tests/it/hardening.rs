@@ -113,6 +113,56 @@ async fn stalled_bodies_hold_no_budget_and_are_refused() {
     w.shutdown().await;
 }
 
+/// Bodies that take the budget as they arrive can each hold part of it and
+/// all wait for more: with a budget of one body (1 MiB), three bodies of
+/// 900 KiB that send 600 KiB each, then the rest, would wait for each other
+/// until their deadlines (408). The first body to wait while holding part of
+/// the budget takes the overdraft (one body's worth) and finishes, which
+/// frees room for the others: all are answered promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_holding_parts_of_a_full_budget_do_not_wait_for_each_other() {
+    let mut cfg = config();
+    cfg.max_body_bytes = 1 << 20;
+    cfg.max_buffered_bytes = 1 << 20;
+    let w = start(cfg).await;
+    let total = w.state.body_budget.available_permits();
+    let mut body = text_request("one of three").into_bytes();
+    body.resize(900 << 10, b' ');
+    let t0 = tokio::time::Instant::now();
+    let tasks: Vec<_> = (0..3u64)
+        .map(|i| {
+            let (addr, body) = (w.addr, body.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep_until(t0 + Duration::from_millis(150 * i)).await;
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                let head = format!(
+                    "POST /score HTTP/1.1\r\nhost: worker\r\n{}: 15000\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    medembed_api::TIMEOUT_HEADER,
+                    body.len()
+                );
+                s.write_all(head.as_bytes()).await.unwrap();
+                s.write_all(&body[..600 << 10]).await.unwrap();
+                tokio::time::sleep_until(t0 + Duration::from_secs(1)).await;
+                s.write_all(&body[600 << 10..]).await.unwrap();
+                answer_on(s, Duration::from_secs(30)).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (text, _) = t.await.unwrap();
+        let status = text.lines().next().unwrap_or_default().to_string();
+        println!("{status} after {:?}", t0.elapsed());
+        assert!(status.starts_with("HTTP/1.1 200"), "{text:?}");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert_eq!(
+        w.state.body_budget.available_permits(),
+        total,
+        "budget leaked"
+    );
+    w.shutdown().await;
+}
+
 /// When the pipeline can no longer serve (here: its threads have ended),
 /// `/readyz` answers 503 so the Service stops routing to the worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
