@@ -119,9 +119,11 @@ pub struct WorkerConfig {
     pub max_body_bytes: usize,
 
     /// Most request-body bytes held across all requests at once, from reading
-    /// to answering; a request beyond waits, unread, for room (up to its
-    /// deadline). About 50 chest X-rays' worth by default: more in memory does
-    /// not make the decode threads faster.
+    /// to answering, taken as the bytes arrive; a request beyond waits,
+    /// unread, for room (up to its deadline). One body at a time may go over
+    /// by up to --max-body-bytes so that bodies holding parts of a full budget
+    /// do not wait for each other. About 50 chest X-rays' worth by default:
+    /// more in memory does not make the decode threads faster.
     #[arg(long, env = "MEDEMBED_MAX_BUFFERED_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_buffered_bytes: usize,
 
