@@ -392,7 +392,7 @@ async fn take_budget<'a>(
     more: u32,
     pace: &Pace,
 ) -> Result<(), ApiError> {
-    let timeout = |_| ApiError::Timeout(pace.budget_ms);
+    let timeout = |_| ApiError::BodyTimeout(pace.budget_ms);
     let closed = |_| ApiError::Internal;
     if held.token.is_none() {
         if let Ok(p) = state.body_budget.try_acquire_many(more) {
@@ -456,7 +456,7 @@ async fn read_body<'a>(
                     min_rate: pace.min_rate,
                 })
             }
-            Err(_) => return Err(ApiError::Timeout(pace.budget_ms)),
+            Err(_) => return Err(ApiError::BodyTimeout(pace.budget_ms)),
         };
         let Ok(frame) = frame else {
             return Err(ApiError::Invalid {

@@ -85,6 +85,8 @@ async fn stalled_bodies_hold_no_budget_and_are_refused() {
         );
         assert!(text.contains("\"code\":\"timeout\""), "{text}");
         assert!(text.contains("too slowly"), "{text}");
+        // The rest of the body is not read: the connection is not reused.
+        assert!(text.contains("connection: close"), "{text}");
         // Within the grace period (1 s) and some slack for a small machine.
         assert!(after < Duration::from_secs(5), "{after:?}");
     }
