@@ -84,6 +84,15 @@ pub mod env {
     pub const TRT_CACHE_DIR: &str = "MEDEMBED_TRT_CACHE_DIR";
     /// [`super::WorkerSettings::json_logs`] (`json` or `text`).
     pub const LOG_FORMAT: &str = "MEDEMBED_LOG_FORMAT";
+    /// The worker's minimum request-body rate in bytes per second (a
+    /// worker flag, not part of the settings, like its body byte budget).
+    pub const MIN_BODY_RATE: &str = "MEDEMBED_MIN_BODY_RATE";
+    /// The worker's grace period before the minimum body rate applies, in
+    /// milliseconds (a worker flag, not part of the settings).
+    pub const BODY_RATE_GRACE_MS: &str = "MEDEMBED_BODY_RATE_GRACE_MS";
+    /// The worker's byte budget for decoded image rasters (a worker flag,
+    /// not part of the settings).
+    pub const MAX_DECODED_BYTES: &str = "MEDEMBED_MAX_DECODED_BYTES";
     /// The model directory (set on the pod, not part of the settings).
     pub const MODEL_DIR: &str = "MEDEMBED_MODEL_DIR";
     /// The listen address (set on the pod, not part of the settings).

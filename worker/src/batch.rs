@@ -14,7 +14,15 @@
 //! * **Decoding ahead of inference.** A pool of CPU threads decodes and
 //!   resizes images in parallel and hands 8-bit rasters to the batcher through
 //!   a bounded channel, so at most about one batch waits in memory; the
-//!   batcher normalises them straight into the batch's float tensor.
+//!   batcher normalises them straight into the batch's float tensor. Each
+//!   decode first takes its decoded size from a byte budget
+//!   ([`crate::budget`]), from the image header, before the decoder
+//!   allocates; it gives the rest back after the resize and the remainder when
+//!   the raster is copied into its batch.
+//! * **Panics.** Decoding, resizing and inference run under `catch_unwind`:
+//!   a panic answers its item (or batch) with an error and the thread goes
+//!   on. A decode thread that dies anyway is replaced. [`Pipeline::healthy`]
+//!   says whether every stage still has a live thread; readiness follows it.
 //! * **Batch formation.** A batcher thread per session takes what is queued,
 //!   up to the maximum batch size. It waits up to the maximum queue delay for
 //!   more only while more work is known to be on its way (images still being
@@ -30,8 +38,9 @@
 //! The pattern follows text-embeddings-inference's queue and Triton's dynamic
 //! batcher (max batch size, max queue delay).
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -39,10 +48,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use prometheus::IntGauge;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
+use crate::budget::{MemoryBudget, NoRoom, Reservation};
 use crate::decode;
 use crate::metrics::Metrics;
 use crate::preprocess::Transform;
-use crate::raster::{DecodeError, DecodeLimits, Image8};
+use crate::raster::{DecodeError, DecodeLimits, Footprint, Image8};
 use crate::window::Windowing;
 
 /// Failure of an inference call.
@@ -100,6 +110,9 @@ pub enum ItemError {
     /// The deadline passed before the item reached the model.
     #[error("deadline passed before inference")]
     Expired,
+    /// A fault of ours (a panic caught while processing the item).
+    #[error("internal failure while processing the item")]
+    Failed,
 }
 
 /// The answer to one item.
@@ -139,6 +152,9 @@ pub struct ImageJob {
 struct ReadyImage {
     raster: Image8,
     meta: JobMeta,
+    /// The raster's share of the decoded-bytes budget, given back when the
+    /// raster is copied into its batch (or dropped).
+    _held: Option<Reservation>,
 }
 
 /// A tokenized text.
@@ -293,12 +309,57 @@ fn keep_live<T: Item>(batch: Vec<T>, tower: &str, metrics: &Metrics) -> Vec<T> {
     live
 }
 
+/// Live threads of each stage, for readiness.
+#[derive(Debug)]
+struct Health {
+    decoders: AtomicUsize,
+    image_batchers: AtomicUsize,
+    text_batchers: AtomicUsize,
+    needs_image: bool,
+    needs_text: bool,
+    /// Tests turn replacement off to break the pool.
+    #[cfg(test)]
+    no_respawn: std::sync::atomic::AtomicBool,
+}
+
+impl Health {
+    fn healthy(&self) -> bool {
+        let alive = |n: &AtomicUsize| n.load(Ordering::Acquire) > 0;
+        alive(&self.decoders)
+            && (!self.needs_image || alive(&self.image_batchers))
+            && (!self.needs_text || alive(&self.text_batchers))
+    }
+
+    fn respawn(&self) -> bool {
+        #[cfg(test)]
+        if self.no_respawn.load(Ordering::Acquire) {
+            return false;
+        }
+        true
+    }
+}
+
+/// Counts a thread out of its stage when it ends, however it ends.
+struct Alive(Arc<Health>, fn(&Health) -> &AtomicUsize);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        (self.1)(&self.0).fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Join handles of the pipeline's threads (replacements included).
+type Threads = Arc<Mutex<Vec<JoinHandle<()>>>>;
+
 /// The running batching pipeline of both towers.
 pub struct Pipeline {
     decode_tx: std::sync::RwLock<Option<Sender<ImageJob>>>,
     text_tx: std::sync::RwLock<Option<Sender<TextJob>>>,
     images_decoding: Arc<AtomicUsize>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Threads,
+    health: Arc<Health>,
+    /// The decoded-bytes budget.
+    pub decoded_budget: Arc<MemoryBudget>,
     /// Admission of images.
     pub image_admission: Arc<Admission>,
     /// Admission of texts.
@@ -308,8 +369,8 @@ pub struct Pipeline {
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
-            .field("threads", &self.threads.len())
-            .finish()
+            .field("healthy", &self.healthy())
+            .finish_non_exhaustive()
     }
 }
 
@@ -336,6 +397,67 @@ pub struct PipelineParts<I, T> {
     pub max_queued_images: usize,
     /// Text admission capacity.
     pub max_queued_texts: usize,
+    /// The decoded-bytes budget.
+    pub max_decoded_bytes: u64,
+}
+
+/// What every decode thread shares; the last thread to end drops it, which
+/// closes the image batchers' channel.
+struct DecodeCtx {
+    rx: Receiver<ImageJob>,
+    tx: Sender<ReadyImage>,
+    transform: Arc<Transform>,
+    limits: DecodeLimits,
+    windowing: Windowing,
+    metrics: Metrics,
+    decoding: Arc<AtomicUsize>,
+    budget: Arc<MemoryBudget>,
+    health: Arc<Health>,
+    threads: Threads,
+}
+
+/// Starts decode thread `index`.
+fn spawn_decoder(ctx: Arc<DecodeCtx>, index: usize) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("decode-{index}"))
+        .spawn(move || {
+            let exit = DecoderExit { ctx, index };
+            decode_loop(&exit.ctx);
+        })
+}
+
+/// Replaces a decode thread that dies of a panic; counts it out of the pool
+/// when it ends otherwise (or cannot be replaced).
+struct DecoderExit {
+    ctx: Arc<DecodeCtx>,
+    index: usize,
+}
+
+impl Drop for DecoderExit {
+    fn drop(&mut self) {
+        let ctx = &self.ctx;
+        if std::thread::panicking() {
+            ctx.metrics.panics.with_label_values(&["thread"]).inc();
+            if ctx.health.respawn() {
+                match spawn_decoder(ctx.clone(), self.index) {
+                    Ok(handle) => {
+                        tracing::error!(thread = self.index, "a decode thread panicked; replaced");
+                        ctx.threads
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(handle);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(thread = self.index, error = %e, "a decode thread panicked and could not be replaced");
+                    }
+                }
+            } else {
+                tracing::error!(thread = self.index, "a decode thread panicked");
+            }
+        }
+        ctx.health.decoders.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Pipeline {
@@ -350,25 +472,37 @@ impl Pipeline {
             crossbeam_channel::bounded::<ReadyImage>(parts.image_policy.max_batch);
         let (text_tx, text_rx) = crossbeam_channel::unbounded::<TextJob>();
         let images_decoding = Arc::new(AtomicUsize::new(0));
-        let mut threads = Vec::new();
+        let threads: Threads = Arc::default();
+        let decode_threads = parts.decode_threads.max(1);
+        let health = Arc::new(Health {
+            decoders: AtomicUsize::new(decode_threads),
+            image_batchers: AtomicUsize::new(parts.image_models.len()),
+            text_batchers: AtomicUsize::new(parts.text_models.len()),
+            needs_image: !parts.image_models.is_empty(),
+            needs_text: !parts.text_models.is_empty(),
+            #[cfg(test)]
+            no_respawn: std::sync::atomic::AtomicBool::new(false),
+        });
+        let budget = MemoryBudget::new(parts.max_decoded_bytes, metrics.decoded_bytes.clone());
+        let push = |h| threads.lock().unwrap_or_else(|p| p.into_inner()).push(h);
 
         let transform = Arc::new(parts.transform);
-        for i in 0..parts.decode_threads.max(1) {
-            let rx = decode_rx.clone();
-            let tx = image_tx.clone();
-            let transform = transform.clone();
-            let metrics = metrics.clone();
-            let decoding = images_decoding.clone();
-            let (limits, windowing) = (parts.limits, parts.windowing);
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("decode-{i}"))
-                    .spawn(move || {
-                        decode_loop(rx, tx, &transform, &limits, &windowing, &metrics, &decoding)
-                    })?,
-            );
+        let ctx = Arc::new(DecodeCtx {
+            rx: decode_rx,
+            tx: image_tx,
+            transform: transform.clone(),
+            limits: parts.limits,
+            windowing: parts.windowing,
+            metrics: metrics.clone(),
+            decoding: images_decoding.clone(),
+            budget: budget.clone(),
+            health: health.clone(),
+            threads: threads.clone(),
+        });
+        for i in 0..decode_threads {
+            push(spawn_decoder(ctx.clone(), i)?);
         }
-        drop(image_tx);
+        drop(ctx);
 
         for (i, model) in parts.image_models.into_iter().enumerate() {
             let rx = image_rx.clone();
@@ -376,10 +510,12 @@ impl Pipeline {
             let decoding = images_decoding.clone();
             let policy = parts.image_policy;
             let transform = transform.clone();
-            threads.push(
+            let alive = Alive(health.clone(), |h| &h.image_batchers);
+            push(
                 std::thread::Builder::new()
                     .name(format!("infer-image-{i}"))
                     .spawn(move || {
+                        let _alive = alive;
                         image_loop(rx, model, &transform, policy, &metrics, &decoding)
                     })?,
             );
@@ -388,10 +524,14 @@ impl Pipeline {
             let rx = text_rx.clone();
             let metrics = metrics.clone();
             let policy = parts.text_policy;
-            threads.push(
+            let alive = Alive(health.clone(), |h| &h.text_batchers);
+            push(
                 std::thread::Builder::new()
                     .name(format!("infer-text-{i}"))
-                    .spawn(move || text_loop(rx, model, policy, &metrics))?,
+                    .spawn(move || {
+                        let _alive = alive;
+                        text_loop(rx, model, policy, &metrics)
+                    })?,
             );
         }
 
@@ -400,6 +540,8 @@ impl Pipeline {
             text_tx: std::sync::RwLock::new(Some(text_tx)),
             images_decoding,
             threads,
+            health,
+            decoded_budget: budget,
             image_admission: Admission::new(
                 parts.max_queued_images,
                 metrics.queue_depth.with_label_values(&["image"]),
@@ -443,33 +585,74 @@ impl Pipeline {
             .take();
     }
 
-    /// Closes and waits for the threads to finish.
+    /// Whether the pipeline can serve: every stage (decoding, each tower's
+    /// batching) has a live thread.
+    pub fn healthy(&self) -> bool {
+        self.health.healthy()
+    }
+
+    /// Closes and waits for the threads (and their replacements) to finish.
     pub fn join(self) {
         self.close();
-        for t in self.threads {
-            let _ = t.join();
+        loop {
+            let next = self.threads.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match next {
+                Some(t) => {
+                    let _ = t.join();
+                }
+                None => break,
+            }
         }
     }
 }
 
-fn decode_loop(
-    rx: Receiver<ImageJob>,
-    tx: Sender<ReadyImage>,
-    transform: &Transform,
-    limits: &DecodeLimits,
-    windowing: &Windowing,
-    metrics: &Metrics,
-    decoding: &AtomicUsize,
-) {
-    for job in rx {
-        let meta = job.meta;
+/// Test hooks: base64 strings (never valid base64, and compiled into tests
+/// only) that make a decode thread panic at a chosen stage.
+#[cfg(test)]
+pub(crate) mod hooks {
+    /// Panics inside decoding.
+    pub const PANIC_IN_DECODE: &str = "test-hook:panic-in-decode";
+    /// Panics inside the resize.
+    pub const PANIC_IN_RESIZE: &str = "test-hook:panic-in-resize";
+    /// Panics in the decode loop itself, killing the thread.
+    pub const PANIC_IN_THREAD: &str = "test-hook:panic-in-thread";
+}
+
+/// Takes an image off the "on its way to the batcher" count when dropped.
+struct OnItsWay<'a>(&'a AtomicUsize);
+
+impl Drop for OnItsWay<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Bytes a decode holds at its peak, from the header: the decoder's output,
+/// its conversion to 8 bits (or, for 16-bit and alpha formats, the copy the
+/// conversion makes), and the resize's intermediate (`side` columns by the
+/// image's rows, RGB at most).
+pub fn raster_cost(fp: Footprint, side: u32) -> u64 {
+    let bpp = fp.bytes_per_pixel;
+    fp.pixels()
+        .saturating_mul(bpp + bpp.max(3))
+        .saturating_add(u64::from(side) * u64::from(fp.height) * 3)
+}
+
+fn decode_loop(ctx: &DecodeCtx) {
+    let metrics = &ctx.metrics;
+    for job in &ctx.rx {
+        let on_its_way = OnItsWay(&ctx.decoding);
+        #[cfg(test)]
+        if job.base64 == hooks::PANIC_IN_THREAD {
+            panic!("test hook: decode thread panic");
+        }
+        let ImageJob { base64, meta } = job;
         // Dead work costs nothing: skip decoding it.
         if meta.abandoned() {
             metrics
                 .dropped
                 .with_label_values(&["image", "cancelled"])
                 .inc();
-            decoding.fetch_sub(1, Ordering::AcqRel);
             continue;
         }
         if Instant::now() >= meta.deadline {
@@ -477,37 +660,154 @@ fn decode_loop(
                 .dropped
                 .with_label_values(&["image", "expired"])
                 .inc();
-            decoding.fetch_sub(1, Ordering::AcqRel);
+            drop(on_its_way);
             let _ = meta.reply.send(Err(ItemError::Expired));
             continue;
         }
         let started = Instant::now();
-        let result = decode::decode_base64(&job.base64).and_then(|bytes| {
-            drop(job.base64);
-            let img = decode::decode(&bytes, limits, windowing)?;
-            drop(bytes);
-            transform.resize(&img)
-        });
+        let result = decode_one(ctx, base64, &meta);
         metrics
             .decode_duration
             .observe(started.elapsed().as_secs_f64());
+        // No longer "on its way" before it is handed over: a batcher that
+        // wakes for this very image must not wait for it again (that cost a
+        // whole queue delay per image at one client).
+        drop(on_its_way);
         match result {
-            Ok(raster) => {
-                // No longer "on its way" before it is handed over: a batcher
-                // that wakes for this very image must not wait for it again
-                // (that cost a whole queue delay per image at one client).
-                decoding.fetch_sub(1, Ordering::AcqRel);
+            Ok((raster, held)) => {
                 // Blocks while the batcher is a full batch behind: back-pressure
                 // bounds the images held in memory.
-                if tx.send(ReadyImage { raster, meta }).is_err() {
+                let ready = ReadyImage {
+                    raster,
+                    meta,
+                    _held: held,
+                };
+                if ctx.tx.send(ready).is_err() {
                     return;
                 }
             }
-            Err(e) => {
-                decoding.fetch_sub(1, Ordering::AcqRel);
-                metrics.decode_errors.with_label_values(&[e.label()]).inc();
-                let _ = meta.reply.send(Err(ItemError::Decode(e)));
+            Err(ItemError::Expired) if meta.abandoned() => {
+                metrics
+                    .dropped
+                    .with_label_values(&["image", "cancelled"])
+                    .inc();
             }
+            Err(e) => {
+                match &e {
+                    ItemError::Decode(d) => {
+                        metrics.decode_errors.with_label_values(&[d.label()]).inc();
+                    }
+                    ItemError::Expired => {
+                        metrics
+                            .dropped
+                            .with_label_values(&["image", "expired"])
+                            .inc();
+                    }
+                    _ => {}
+                }
+                let _ = meta.reply.send(Err(e));
+            }
+        }
+    }
+}
+
+/// Decodes and resizes one image under `catch_unwind`, holding its share of
+/// the decoded-bytes budget (waiting for room within the item's deadline).
+/// A panic in decoding answers 400 (the input drove the decoder there, as
+/// with DICOM); one in the resize, of already validated pixels, is ours (500).
+fn decode_one(
+    ctx: &DecodeCtx,
+    mut base64: String,
+    meta: &JobMeta,
+) -> Result<(Image8, Option<Reservation>), ItemError> {
+    let side = ctx
+        .transform
+        .size
+        .max(ctx.transform.standardize.map_or(0, |s| s.size));
+    let mut held: Option<Reservation> = None;
+    let mut no_room = None;
+    #[cfg(test)]
+    let hook = base64.clone();
+    let decoded = catch_unwind(AssertUnwindSafe(|| {
+        #[cfg(test)]
+        if hook == hooks::PANIC_IN_DECODE {
+            panic!("test hook: decoder panic");
+        }
+        #[cfg(test)]
+        if hook == hooks::PANIC_IN_RESIZE {
+            // A valid raster, for the resize to panic on.
+            return Ok(Image8 {
+                width: 1,
+                height: 1,
+                channels: crate::raster::Channels::Gray,
+                data: vec![0],
+            });
+        }
+        let text = std::mem::take(&mut base64);
+        let bytes = decode::decode_base64(&text)?;
+        drop(text);
+        let mut reserve = |fp: Footprint| {
+            let bytes = raster_cost(fp, side);
+            let budget = &ctx.budget;
+            let full = budget.used() + bytes > budget.total();
+            let waited = Instant::now();
+            match budget.acquire(bytes, meta.deadline, &|| meta.abandoned()) {
+                Ok(r) => {
+                    if full {
+                        ctx.metrics
+                            .decoded_wait
+                            .observe(waited.elapsed().as_secs_f64());
+                    }
+                    held = Some(r);
+                    Ok(())
+                }
+                Err(NoRoom::Never) => Err(DecodeError::OverBudget {
+                    width: fp.width,
+                    height: fp.height,
+                    bytes,
+                    budget: budget.total(),
+                }),
+                Err(other) => {
+                    no_room = Some(other);
+                    Err(DecodeError::Corrupt("no room to decode".into()))
+                }
+            }
+        };
+        decode::decode_reserving(&bytes, &ctx.limits, &ctx.windowing, &mut reserve)
+    }));
+    if no_room.is_some() {
+        return Err(ItemError::Expired);
+    }
+    let img = match decoded {
+        Ok(r) => r?,
+        Err(_) => {
+            ctx.metrics.panics.with_label_values(&["decode"]).inc();
+            tracing::error!("image decoder panicked");
+            return Err(ItemError::Decode(DecodeError::Corrupt(
+                "decoder failure".into(),
+            )));
+        }
+    };
+    let resized = catch_unwind(AssertUnwindSafe(|| {
+        #[cfg(test)]
+        if hook == hooks::PANIC_IN_RESIZE {
+            panic!("test hook: resize panic");
+        }
+        ctx.transform.resize(&img)
+    }));
+    drop(img);
+    match resized {
+        Ok(Ok(raster)) => {
+            if let Some(h) = held.as_mut() {
+                h.shrink_to(raster.data.len() as u64);
+            }
+            Ok((raster, held))
+        }
+        Ok(Err(e)) => Err(ItemError::Decode(e)),
+        Err(_) => {
+            ctx.metrics.panics.with_label_values(&["resize"]).inc();
+            tracing::error!("image resize panicked");
+            Err(ItemError::Failed)
         }
     }
 }
@@ -541,7 +841,13 @@ fn infer<B: Backend>(
 ) {
     let n = metas.len();
     let started = Instant::now();
-    let result = backend.embed(batch);
+    let result = match catch_unwind(AssertUnwindSafe(|| backend.embed(batch))) {
+        Ok(r) => r,
+        Err(_) => {
+            metrics.panics.with_label_values(&["inference"]).inc();
+            Err(InferenceError("the backend panicked".into()))
+        }
+    };
     metrics
         .inference_duration
         .with_label_values(&[tower])
@@ -999,11 +1305,8 @@ mod tests {
         base64::engine::general_purpose::STANDARD.encode(png.into_inner())
     }
 
-    /// The whole pipeline (decode pool, both batchers, admission) without
-    /// ONNX Runtime: each image and text gets its own answer, a bad image
-    /// fails alone, and closing lets every thread finish.
-    #[test]
-    fn the_pipeline_decodes_batches_and_answers_with_fake_backends() {
+    /// A pipeline on fake backends: images of 4×4 pixels.
+    fn fake_pipeline(decode_threads: usize, max_decoded_bytes: u64) -> (Pipeline, Metrics) {
         let transform = Transform {
             size: 4,
             mean: [0.0; 3],
@@ -1023,32 +1326,46 @@ mod tests {
                 transform,
                 limits: DecodeLimits::default(),
                 windowing: Windowing::default(),
-                decode_threads: 2,
+                decode_threads,
                 image_policy: policy,
                 text_policy: policy,
                 max_queued_images: 8,
                 max_queued_texts: 8,
+                max_decoded_bytes,
             },
             &metrics,
         )
         .unwrap();
+        (pipeline, metrics)
+    }
+
+    /// Submits an image with a deadline; its answer arrives on the receiver.
+    fn submit(pipeline: &Pipeline, base64: String, deadline: Instant) -> Answer {
+        let (reply, rx) = oneshot::channel();
+        pipeline.submit_image(ImageJob {
+            base64,
+            meta: JobMeta {
+                admitted: Instant::now(),
+                deadline,
+                reply,
+            },
+        });
+        rx
+    }
+
+    /// The whole pipeline (decode pool, both batchers, admission) without
+    /// ONNX Runtime: each image and text gets its own answer, a bad image
+    /// fails alone, and closing lets every thread finish.
+    #[test]
+    fn the_pipeline_decodes_batches_and_answers_with_fake_backends() {
+        let (pipeline, metrics) = fake_pipeline(2, 512 << 20);
+        assert!(pipeline.healthy());
         assert_eq!(pipeline.image_admission.capacity(), 8);
         let permit = pipeline.image_admission.try_acquire(3).unwrap();
         let queued = |tower| metrics.queue_depth.with_label_values(&[tower]).get();
         assert_eq!(queued("image"), 3);
 
-        let image = |base64: String| {
-            let (reply, rx) = oneshot::channel();
-            pipeline.submit_image(ImageJob {
-                base64,
-                meta: JobMeta {
-                    admitted: Instant::now(),
-                    deadline: later(),
-                    reply,
-                },
-            });
-            rx
-        };
+        let image = |base64: String| submit(&pipeline, base64, later());
         let black = image(png_base64(0));
         let bad = image("not base64 !".into());
         let white = image(png_base64(255));
@@ -1068,6 +1385,103 @@ mod tests {
         );
         drop(permit);
         assert_eq!((pipeline.image_admission.used(), queued("image")), (0, 0));
+        pipeline.join();
+    }
+
+    /// A panic while decoding or resizing answers its item (400 and 500) and
+    /// the thread goes on; a decode thread that dies is replaced, so the one
+    /// thread of the pool keeps serving and the pipeline stays healthy.
+    #[test]
+    fn panics_are_answered_and_a_dead_decode_thread_is_replaced() {
+        let (pipeline, metrics) = fake_pipeline(1, 512 << 20);
+        let panics = |stage| metrics.panics.with_label_values(&[stage]).get();
+
+        let decode = submit(&pipeline, hooks::PANIC_IN_DECODE.into(), later());
+        match answer(decode) {
+            Err(ItemError::Decode(DecodeError::Corrupt(msg))) => {
+                assert_eq!(msg, "decoder failure")
+            }
+            other => panic!("{other:?}"),
+        }
+        let resize = submit(&pipeline, hooks::PANIC_IN_RESIZE.into(), later());
+        assert!(matches!(answer(resize), Err(ItemError::Failed)));
+        assert_eq!((panics("decode"), panics("resize")), (1, 1));
+        assert_eq!(pipeline.decoded_budget.used(), 0, "budget leaked");
+
+        // The thread itself dies: its item is lost (the waiter sees the
+        // pipeline drop it), the thread is replaced and serves the next one.
+        let lost = submit(&pipeline, hooks::PANIC_IN_THREAD.into(), later());
+        assert!(lost.blocking_recv().is_err());
+        let white = submit(&pipeline, png_base64(255), later());
+        assert_eq!(answer(white).unwrap(), vec![1.0]);
+        assert_eq!(panics("thread"), 1);
+        assert!(pipeline.healthy());
+        // Nothing is left "on its way" (a batcher would wait for it).
+        assert_eq!(pipeline.images_decoding.load(Ordering::Acquire), 0);
+        pipeline.join();
+    }
+
+    /// When a dead decode thread cannot be replaced and it was the last one,
+    /// the pipeline can no longer serve images: it says so (readiness 503).
+    #[test]
+    fn a_pool_without_live_decode_threads_is_unhealthy() {
+        let (pipeline, _metrics) = fake_pipeline(1, 512 << 20);
+        assert!(pipeline.healthy());
+        pipeline
+            .health
+            .no_respawn
+            .store(true, std::sync::atomic::Ordering::Release);
+        let lost = submit(&pipeline, hooks::PANIC_IN_THREAD.into(), later());
+        assert!(lost.blocking_recv().is_err());
+        let until = Instant::now() + Duration::from_secs(10);
+        while pipeline.healthy() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!pipeline.healthy());
+        pipeline.join();
+    }
+
+    /// Decoded rasters count against their budget from the header on: an
+    /// image that alone needs more than the budget is refused (400), one that
+    /// finds no room waits, and past its deadline expires (408); the budget
+    /// is given back once the raster is in its batch.
+    #[test]
+    fn decoded_rasters_take_the_budget_before_they_are_decoded() {
+        // A 5×3 gray PNG costs 15 × (1 + 3) + 4 × 3 × 3 = 96 bytes.
+        let cost = raster_cost(
+            Footprint {
+                width: 5,
+                height: 3,
+                bytes_per_pixel: 1,
+            },
+            4,
+        );
+        assert_eq!(cost, 96);
+        let (small, _) = fake_pipeline(1, cost - 1);
+        let refused = submit(&small, png_base64(0), later());
+        match answer(refused) {
+            Err(ItemError::Decode(e @ DecodeError::OverBudget { .. })) => {
+                assert_eq!(e.label(), "too_large")
+            }
+            other => panic!("{other:?}"),
+        }
+        small.join();
+
+        let (pipeline, metrics) = fake_pipeline(1, cost);
+        let budget = pipeline.decoded_budget.clone();
+        let held = budget.acquire(1, later(), &|| false).unwrap();
+        let soon = Instant::now() + Duration::from_millis(300);
+        let expired = submit(&pipeline, png_base64(0), soon);
+        assert!(matches!(answer(expired), Err(ItemError::Expired)));
+        assert!(Instant::now() >= soon);
+
+        let waiting = submit(&pipeline, png_base64(255), later());
+        std::thread::sleep(Duration::from_millis(100));
+        drop(held);
+        assert_eq!(answer(waiting).unwrap(), vec![1.0]);
+        assert_eq!(budget.used(), 0, "budget leaked");
+        assert_eq!(metrics.decoded_bytes.get(), 0);
+        assert!(metrics.decoded_wait.get_sample_count() >= 1);
         pipeline.join();
     }
 }

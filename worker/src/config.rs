@@ -119,11 +119,32 @@ pub struct WorkerConfig {
     pub max_body_bytes: usize,
 
     /// Most request-body bytes held across all requests at once, from reading
-    /// to answering; a request beyond waits, unread, for room (up to its
-    /// deadline). About 50 chest X-rays' worth by default: more in memory does
-    /// not make the decode threads faster.
+    /// to answering, taken as the bytes arrive; a request beyond waits,
+    /// unread, for room (up to its deadline). One body at a time may go over
+    /// by up to --max-body-bytes so that bodies holding parts of a full budget
+    /// do not wait for each other. About 50 chest X-rays' worth by default:
+    /// more in memory does not make the decode threads faster.
     #[arg(long, env = "MEDEMBED_MAX_BUFFERED_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_buffered_bytes: usize,
+
+    /// Slowest a request body may arrive, in bytes per second averaged over
+    /// the body so far, once the grace period has passed (0 = no minimum). A
+    /// body that stalls or trickles below it is refused (408) and its share
+    /// of the body budget freed. Time spent waiting for budget does not count.
+    #[arg(long, env = env::MIN_BODY_RATE, default_value_t = 64 * 1024)]
+    pub min_body_rate: u64,
+
+    /// Time a request body may take before the minimum rate applies, in
+    /// milliseconds.
+    #[arg(long, env = env::BODY_RATE_GRACE_MS, default_value_t = 10_000)]
+    pub body_rate_grace_ms: u64,
+
+    /// Most bytes of decoded (full-size) image rasters held at once across
+    /// the decode threads, counted from the image header before the decoder
+    /// allocates. An image that alone needs more is refused (400); otherwise
+    /// a decode waits for room within its request's deadline.
+    #[arg(long, env = env::MAX_DECODED_BYTES, default_value_t = 512 * 1024 * 1024)]
+    pub max_decoded_bytes: u64,
 
     /// Most rows one request may carry.
     #[arg(long, env = env::MAX_ROWS, default_value_t = 1024)]
@@ -239,6 +260,9 @@ impl WorkerConfig {
             if v == 0 {
                 return Err(format!("{name} must be at least 1"));
             }
+        }
+        if self.max_decoded_bytes == 0 {
+            return Err("--max-decoded-bytes must be at least 1".into());
         }
         if self.max_buffered_bytes < self.max_body_bytes {
             return Err("--max-buffered-bytes must be at least --max-body-bytes".into());

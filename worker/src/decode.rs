@@ -25,7 +25,7 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
 // The raster types are part of this module's interface (what `decode`
 // returns and how it fails), so they are re-exported here.
-pub use crate::raster::{Channels, DecodeError, DecodeLimits, Image8};
+pub use crate::raster::{Channels, DecodeError, DecodeLimits, Footprint, Image8};
 use crate::window::{self, Windowing};
 
 /// Base64 as clients send it: standard alphabet, padding optional, and MIME
@@ -77,16 +77,31 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
     }
 }
 
+/// Called with the image's [`Footprint`] once its header is read and its
+/// dimensions are within the limits, before pixels are allocated; an error
+/// stops the decode.
+pub type Reserve<'a> = &'a mut dyn FnMut(Footprint) -> Result<(), DecodeError>;
+
 /// Decodes image bytes of any accepted format to an 8-bit raster.
 pub fn decode(
     bytes: &[u8],
     limits: &DecodeLimits,
     windowing: &Windowing,
 ) -> Result<Image8, DecodeError> {
+    decode_reserving(bytes, limits, windowing, &mut |_| Ok(()))
+}
+
+/// [`decode`], telling `reserve` what the decode will allocate first.
+pub fn decode_reserving(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    windowing: &Windowing,
+    reserve: Reserve<'_>,
+) -> Result<Image8, DecodeError> {
     match sniff(bytes).ok_or(DecodeError::UnknownFormat)? {
-        Format::Png => decode_raster(bytes, ImageFormat::Png, limits, windowing),
-        Format::Jpeg => decode_raster(bytes, ImageFormat::Jpeg, limits, windowing),
-        Format::Dicom => crate::dicom::decode(bytes, limits, windowing),
+        Format::Png => decode_raster(bytes, ImageFormat::Png, limits, windowing, reserve),
+        Format::Jpeg => decode_raster(bytes, ImageFormat::Jpeg, limits, windowing, reserve),
+        Format::Dicom => crate::dicom::decode_reserving(bytes, limits, windowing, reserve),
     }
 }
 
@@ -111,6 +126,7 @@ fn decode_raster(
     format: ImageFormat,
     limits: &DecodeLimits,
     windowing: &Windowing,
+    reserve: Reserve<'_>,
 ) -> Result<Image8, DecodeError> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut lim = Limits::default();
@@ -122,6 +138,11 @@ fn decode_raster(
     let decoder = reader.into_decoder().map_err(map_image_error)?;
     let (w, h) = decoder.dimensions();
     limits.check(w, h)?;
+    reserve(Footprint {
+        width: w,
+        height: h,
+        bytes_per_pixel: u64::from(decoder.color_type().bytes_per_pixel()),
+    })?;
     let img = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
     Ok(to_image8(img, windowing))
 }

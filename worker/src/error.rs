@@ -34,6 +34,17 @@ pub enum ApiError {
     /// The deadline passed (408, as the managed service answers timeouts).
     #[error("request did not complete within its time budget of {0} ms")]
     Timeout(u64),
+    /// The deadline passed while the body was still being read (408; the
+    /// connection is closed, since the rest of the body is not read).
+    #[error("request did not complete within its time budget of {0} ms")]
+    BodyTimeout(u64),
+    /// The body stalled or arrived below the minimum rate (408; the
+    /// connection is closed).
+    #[error("request body arrived too slowly (minimum {min_rate} bytes per second)")]
+    SlowBody {
+        /// The configured minimum rate.
+        min_rate: u64,
+    },
     /// Wrong path (404).
     #[error("no such endpoint; POST /score")]
     NotFound,
@@ -62,7 +73,9 @@ impl ApiError {
             ApiError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
             ApiError::Overloaded(_) => ErrorCode::TooManyRequests,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
-            ApiError::Timeout(_) => ErrorCode::Timeout,
+            ApiError::Timeout(_) | ApiError::BodyTimeout(_) | ApiError::SlowBody { .. } => {
+                ErrorCode::Timeout
+            }
             ApiError::NotFound => ErrorCode::NotFound,
             ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
             ApiError::Internal => ErrorCode::Internal,
@@ -91,6 +104,9 @@ impl ApiError {
             }
             ApiError::Unavailable(_) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            ApiError::BodyTimeout(_) | ApiError::SlowBody { .. } => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ApiError::MethodNotAllowed(allow) => {
                 h.insert(header::ALLOW, HeaderValue::from_static(allow));

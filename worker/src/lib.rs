@@ -13,6 +13,7 @@
 //!   Pillow resize; [`tokenize`] turns text into ids;
 //! - [`batch`] admits work and forms batches across requests, handing them
 //!   to a [`batch::Backend`]; [`backend`] implements it with the ONNX graphs;
+//!   [`budget`] bounds the memory of decoded images;
 //!   [`score`] answers one request; [`server`] is HTTP;
 //! - [`config`] and [`model`] say what to serve and how; [`metrics`] and
 //!   [`error`] are what operators and clients see.
@@ -21,6 +22,7 @@
 
 pub mod backend;
 pub mod batch;
+pub mod budget;
 pub mod config;
 pub mod decode;
 pub mod dicom;
@@ -140,6 +142,7 @@ pub fn load_scorer(cfg: &WorkerConfig, metrics: &Metrics) -> anyhow::Result<Scor
             },
             max_queued_images: cfg.max_queued_images,
             max_queued_texts: cfg.max_queued_texts,
+            max_decoded_bytes: cfg.max_decoded_bytes,
         },
         metrics,
     )

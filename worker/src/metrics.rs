@@ -37,6 +37,15 @@ pub struct Metrics {
     pub dropped: IntCounterVec,
     /// Images refused by the decoder, by reason.
     pub decode_errors: IntCounterVec,
+    /// Panics caught in the image pipeline, by stage: `decode` and `resize`
+    /// (the item is answered with an error), `thread` (a decode thread died
+    /// and was replaced), `inference` (the batch is answered with an error).
+    pub panics: IntCounterVec,
+    /// Bytes of decoded image rasters held (the decoded-bytes budget's use).
+    pub decoded_bytes: IntGauge,
+    /// Time decodes waited for room in the decoded-bytes budget (only those
+    /// that waited).
+    pub decoded_wait: Histogram,
     /// Requests being processed.
     pub in_flight: IntGauge,
     /// In-flight requests over the concurrency limit, in percent (for autoscaling).
@@ -117,6 +126,20 @@ impl Metrics {
                 "decode_errors_total",
                 "Images refused by the decoder, by reason.",
                 &["reason"],
+            )?,
+            panics: f.counter(
+                "panics_total",
+                "Panics caught in the image pipeline, by stage (decode, resize, thread, inference).",
+                &["stage"],
+            )?,
+            decoded_bytes: f.gauge(
+                "decoded_bytes",
+                "Bytes of decoded image rasters held (the decoded-bytes budget's use).",
+            )?,
+            decoded_wait: f.histogram(
+                "decoded_wait_seconds",
+                "Time a decode waited for room in the decoded-bytes budget (decodes that waited).",
+                lat,
             )?,
             in_flight: f.gauge("in_flight_requests", "Scoring requests being processed.")?,
             utilization: f.gauge(

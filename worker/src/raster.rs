@@ -48,6 +48,25 @@ impl DecodeLimits {
     }
 }
 
+/// What a decoder is about to allocate, from the image header: reported to
+/// the caller (which may refuse or wait for room) before any pixel is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Bytes per pixel of the decoder's own output (before conversion to 8 bits).
+    pub bytes_per_pixel: u64,
+}
+
+impl Footprint {
+    /// Pixels.
+    pub fn pixels(&self) -> u64 {
+        u64::from(self.width) * u64::from(self.height)
+    }
+}
+
 /// Channel layout of an 8-bit raster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channels {
@@ -103,6 +122,18 @@ pub enum DecodeError {
         /// Configured side limit.
         max_side: u32,
     },
+    /// Decoding needs more memory than the worker's whole decoded-image budget.
+    #[error("image of {width}x{height} pixels needs {bytes} bytes to decode, over the worker's limit of {budget} bytes")]
+    OverBudget {
+        /// Declared width.
+        width: u32,
+        /// Declared height.
+        height: u32,
+        /// What decoding it would hold.
+        bytes: u64,
+        /// The budget.
+        budget: u64,
+    },
     /// Truncated or malformed data.
     #[error("image could not be decoded: {0}")]
     Corrupt(String),
@@ -117,7 +148,7 @@ impl DecodeError {
         match self {
             DecodeError::Base64 => "base64",
             DecodeError::UnknownFormat => "unknown_format",
-            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::TooLarge { .. } | DecodeError::OverBudget { .. } => "too_large",
             DecodeError::Corrupt(_) => "corrupt",
             DecodeError::Unsupported(_) => "unsupported",
         }

@@ -42,6 +42,7 @@ fn item_error(row: usize, e: ItemError, budget_ms: u64) -> ApiError {
             message: format!("row {row}: {d}"),
         },
         ItemError::Expired => ApiError::Timeout(budget_ms),
+        ItemError::Failed => ApiError::Internal,
         ItemError::Inference(msg) => {
             tracing::error!(error = %msg, "inference failed");
             ApiError::Internal

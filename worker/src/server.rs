@@ -14,9 +14,19 @@
 //! Bodies are limited twice: per request (`Content-Length` checked before
 //! reading, and a streaming limit for chunked bodies; 413) and across requests
 //! (a byte budget for everything buffered at once), so a burst of large
-//! requests cannot exhaust memory. A request that does not fit the budget
-//! waits, unread, until earlier ones are answered (or its deadline passes):
-//! the queue of waiting work then costs socket buffers, not heap. The rest of a refused body is read and
+//! requests cannot exhaust memory. The budget is taken as bytes arrive, not
+//! for the declared length up front, so a connection that declares 32 MB and
+//! stalls holds only what it sent. When the budget has no room for the next
+//! bytes, the request waits, unread, until earlier ones are answered (or its
+//! deadline passes): the queue of waiting work then costs socket buffers, not
+//! heap. While a body is read, the request's deadline and a minimum transfer
+//! rate (averaged over the body, after a grace period; time waiting for budget
+//! does not count) apply: a stalled or trickling body is refused with 408 and
+//! its share of the budget freed. Bodies that each hold part of the budget
+//! and all wait for more would wait for each other until their deadlines; so
+//! the first to wait may take the one overdraft token and finish from a
+//! reserve of one body's size (bounding what is buffered at the budget plus
+//! `--max-body-bytes`). The rest of a refused body is read and
 //! dropped (bounded) before the 413 goes out, so clients read the answer.
 
 use std::convert::Infallible;
@@ -35,7 +45,7 @@ use medembed_api::{
     RESPONSE_FORMAT_HEADER, TIMEOUT_HEADER,
 };
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::batch::Admission;
 use crate::config::WorkerConfig;
@@ -60,6 +70,11 @@ pub struct AppState {
     /// The byte budget for request bodies, in KiB permits (see the module's
     /// doc); public so that tests can fill it.
     pub body_budget: Semaphore,
+    /// Held by the one body allowed to draw on [`AppState::overdraft`].
+    overdraft_token: Semaphore,
+    /// One body's worth (`--max-body-bytes`) beyond the budget, in KiB, for
+    /// the holder of the token: see [`read_body`].
+    overdraft: Semaphore,
     /// Large JSON parses and serialisations running at once on blocking
     /// threads: as many as there are cores. Unbounded, a burst of big bodies
     /// starts one thread each, and every thread's allocator arena keeps its
@@ -86,6 +101,7 @@ impl AppState {
         let requests = Admission::new(config.max_concurrent_requests, metrics.in_flight.clone());
         let body_budget = Semaphore::new(kib(config.max_buffered_bytes) as usize);
         let json_work = Semaphore::new(config.decode_threads());
+        let overdraft = Semaphore::new(kib(config.max_body_bytes) as usize);
         Arc::new(Self {
             config,
             metrics,
@@ -93,13 +109,17 @@ impl AppState {
             draining: AtomicBool::new(false),
             requests,
             body_budget,
+            overdraft_token: Semaphore::new(1),
+            overdraft,
             json_work,
         })
     }
 
-    /// Ready to score.
+    /// Ready to score: the model is loaded, the batching pipeline can serve
+    /// (its decode and inference threads are alive), and not draining.
     pub fn is_ready(&self) -> bool {
-        self.scorer.get().is_some() && !self.draining.load(Ordering::Acquire)
+        self.scorer.get().is_some_and(|s| s.pipeline.healthy())
+            && !self.draining.load(Ordering::Acquire)
     }
 }
 
@@ -248,29 +268,16 @@ async fn score(
         .utilization
         .set((state.requests.used() * 100 / state.requests.capacity().max(1)) as i64);
 
-    // The body is read only once the byte budget has room for it. Until then
-    // it waits where it is (the connection's buffers: TCP back-pressure), not
-    // in this process; past the deadline the request times out. The permit
-    // is held until the answer, because the parsed images live until then.
-    let reserve = declared.unwrap_or(cfg.max_body_bytes).max(1);
-    let wait = deadline.saturating_duration_since(Instant::now());
-    let _body_permit = match state.body_budget.try_acquire_many(kib(reserve)) {
-        Ok(p) => p,
-        Err(_) => {
-            let waited = Instant::now();
-            let permit = tokio::time::timeout(wait, state.body_budget.acquire_many(kib(reserve)))
-                .await
-                .map_err(|_| ApiError::Timeout(budget_ms))?
-                .map_err(|_| ApiError::Internal)?;
-            state
-                .metrics
-                .body_wait
-                .observe(waited.elapsed().as_secs_f64());
-            permit
-        }
+    // The body is read as it arrives, each part taking its share of the byte
+    // budget first (see the module's doc). The permit is held until the
+    // answer, because the parsed images live until then.
+    let pace = Pace {
+        deadline,
+        budget_ms,
+        min_rate: cfg.min_body_rate,
+        grace: Duration::from_millis(cfg.body_rate_grace_ms),
     };
-
-    let body = read_body(req.into_body(), cfg.max_body_bytes, declared.unwrap_or(0)).await?;
+    let (body, _body_permits) = read_body(state, req.into_body(), cfg.max_body_bytes, pace).await?;
 
     let limits = RequestLimits {
         max_rows: cfg.max_rows,
@@ -320,28 +327,169 @@ const DISCARD_BYTES: usize = 256 * 1024 * 1024;
 /// Longest time spent doing so.
 const DISCARD_TIME: Duration = Duration::from_secs(10);
 
-/// Reads the body up to `limit` bytes. Past the limit, the rest is discarded
-/// (bounded) before answering 413, so a client still sending reads the answer
-/// instead of a reset connection (nginx's "lingering close").
-async fn read_body(mut body: Incoming, limit: usize, expected: usize) -> Result<Bytes, ApiError> {
-    let mut buf = Vec::with_capacity(expected.min(limit));
-    while let Some(frame) = body.frame().await {
+/// The time rules of reading one body.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    /// The request's deadline.
+    deadline: Instant,
+    /// Its budget, for the 408's message.
+    budget_ms: u64,
+    /// Slowest average rate in bytes per second once `grace` has passed
+    /// (0 = none).
+    min_rate: u64,
+    /// Time before the rate applies.
+    grace: Duration,
+}
+
+impl Pace {
+    /// When a body that started (not counting budget waits) at `start` and
+    /// has sent `received` bytes falls below the minimum rate, if ever.
+    fn too_slow_at(&self, start: Instant, received: usize) -> Option<Instant> {
+        (self.min_rate > 0).then(|| {
+            let earned = Duration::from_secs_f64(received as f64 / self.min_rate as f64);
+            start + self.grace.max(earned)
+        })
+    }
+}
+
+/// The budget a body holds until its request is answered.
+#[derive(Debug, Default)]
+struct BodyPermits<'a> {
+    /// From the body budget.
+    budget: Option<SemaphorePermit<'a>>,
+    /// The overdraft token, once this body has taken it.
+    token: Option<SemaphorePermit<'a>>,
+    /// Drawn on the overdraft.
+    overdraft: Option<SemaphorePermit<'a>>,
+}
+
+impl BodyPermits<'_> {
+    /// KiB held.
+    fn kib(&self) -> usize {
+        self.budget.as_ref().map_or(0, |p| p.num_permits())
+            + self.overdraft.as_ref().map_or(0, |p| p.num_permits())
+    }
+}
+
+/// Adds `p` to what `slot` holds.
+fn merge<'a>(slot: &mut Option<SemaphorePermit<'a>>, p: SemaphorePermit<'a>) {
+    match slot.as_mut() {
+        Some(h) => h.merge(p),
+        None => *slot = Some(p),
+    }
+}
+
+/// Takes `more` KiB for a body holding `held`: from the budget, waiting
+/// (until the deadline) for room or, if the body already holds part of the
+/// budget, for the overdraft token, whichever comes first. With the token,
+/// from the overdraft, which holds one whole body, so its holder never waits
+/// and finishes: bodies holding parts of a full budget cannot wait for each
+/// other until their deadlines. (A body that holds nothing waits for room
+/// only: it keeps nobody waiting.)
+async fn take_budget<'a>(
+    state: &'a AppState,
+    held: &mut BodyPermits<'a>,
+    more: u32,
+    pace: &Pace,
+) -> Result<(), ApiError> {
+    let timeout = |_| ApiError::BodyTimeout(pace.budget_ms);
+    let closed = |_| ApiError::Internal;
+    if held.token.is_none() {
+        if let Ok(p) = state.body_budget.try_acquire_many(more) {
+            merge(&mut held.budget, p);
+            return Ok(());
+        }
+        let may_overdraw = held.budget.is_some();
+        let wait = async {
+            tokio::select! {
+                biased;
+                p = state.body_budget.acquire_many(more) => p.map(Ok),
+                t = state.overdraft_token.acquire(), if may_overdraw => t.map(Err),
+            }
+        };
+        match tokio::time::timeout_at(pace.deadline.into(), wait)
+            .await
+            .map_err(timeout)?
+            .map_err(closed)?
+        {
+            Ok(p) => {
+                merge(&mut held.budget, p);
+                return Ok(());
+            }
+            Err(token) => held.token = Some(token),
+        }
+    }
+    let p = tokio::time::timeout_at(pace.deadline.into(), state.overdraft.acquire_many(more))
+        .await
+        .map_err(timeout)?
+        .map_err(closed)?;
+    merge(&mut held.overdraft, p);
+    Ok(())
+}
+
+/// Reads the body up to `limit` bytes, taking the byte budget for every KiB
+/// before it is kept (waiting, unread, for room: see the module's doc), and
+/// refusing a body that misses the deadline or the minimum rate (408). Past
+/// the limit, the rest is discarded (bounded) before answering 413, so a
+/// client still sending reads the answer instead of a reset connection
+/// (nginx's "lingering close"). Returns the body and its budget permits; on
+/// failure, the budget taken is released.
+async fn read_body<'a>(
+    state: &'a AppState,
+    mut body: Incoming,
+    limit: usize,
+    pace: Pace,
+) -> Result<(Bytes, BodyPermits<'a>), ApiError> {
+    let mut buf = Vec::new();
+    let mut held = BodyPermits::default();
+    // The body's start, moved later by the time spent waiting for budget
+    // (the client is not to blame for that).
+    let mut start = Instant::now();
+    loop {
+        let slow_at = pace.too_slow_at(start, buf.len());
+        let until = slow_at.map_or(pace.deadline, |t| t.min(pace.deadline));
+        let frame = match tokio::time::timeout_at(until.into(), body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) if until < pace.deadline => {
+                return Err(ApiError::SlowBody {
+                    min_rate: pace.min_rate,
+                })
+            }
+            Err(_) => return Err(ApiError::BodyTimeout(pace.budget_ms)),
+        };
         let Ok(frame) = frame else {
             return Err(ApiError::Invalid {
                 code: ErrorCode::InvalidBody,
                 message: "request body could not be read".into(),
             });
         };
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                drop(buf);
-                discard(body).await;
-                return Err(ApiError::TooLarge { limit });
-            }
-            buf.extend_from_slice(&data);
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let len = buf.len() + data.len();
+        if len > limit {
+            drop((buf, held));
+            discard(body).await;
+            return Err(ApiError::TooLarge { limit });
         }
+        let more = (kib(len) as usize).saturating_sub(held.kib());
+        if more > 0 {
+            let more = u32::try_from(more).unwrap_or(u32::MAX);
+            let waited = Instant::now();
+            let free = state.body_budget.available_permits();
+            take_budget(state, &mut held, more, &pace).await?;
+            if free < more as usize {
+                state
+                    .metrics
+                    .body_wait
+                    .observe(waited.elapsed().as_secs_f64());
+                start += waited.elapsed();
+            }
+        }
+        buf.extend_from_slice(&data);
     }
-    Ok(Bytes::from(buf))
+    Ok((Bytes::from(buf), held))
 }
 
 /// Reads and drops what is left of a refused body, within

@@ -60,7 +60,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
 use dicom_object::{FileMetaTable, OpenFileOptions};
 
-use crate::raster::{Channels, DecodeError, DecodeLimits, Image8};
+use crate::raster::{Channels, DecodeError, DecodeLimits, Footprint, Image8};
 use crate::window::Windowing;
 use attributes::{required_u16, PixelInfo};
 use transfer::{printable_uid, Codec, Syntax};
@@ -86,9 +86,22 @@ pub fn decode(
     limits: &DecodeLimits,
     windowing: &Windowing,
 ) -> Result<Image8, DecodeError> {
+    decode_reserving(bytes, limits, windowing, &mut |_| Ok(()))
+}
+
+/// [`decode`], telling `reserve` the image's [`Footprint`] once its
+/// attributes are read and before its pixels are decoded.
+pub fn decode_reserving(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    windowing: &Windowing,
+    reserve: crate::decode::Reserve<'_>,
+) -> Result<Image8, DecodeError> {
     // The parser and codecs index into attacker-controlled data; a panic there
     // must not take the worker thread down.
-    match catch_unwind(AssertUnwindSafe(|| decode_inner(bytes, limits, windowing))) {
+    match catch_unwind(AssertUnwindSafe(|| {
+        decode_inner(bytes, limits, windowing, reserve)
+    })) {
         Ok(result) => result,
         Err(_) => Err(corrupt("DICOM data is malformed (decoder failure)")),
     }
@@ -98,6 +111,7 @@ fn decode_inner(
     bytes: &[u8],
     limits: &DecodeLimits,
     windowing: &Windowing,
+    reserve: crate::decode::Reserve<'_>,
 ) -> Result<Image8, DecodeError> {
     if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
         return Err(corrupt("not a DICOM Part 10 file (no DICM marker)"));
@@ -129,6 +143,11 @@ fn decode_inner(
     let cols = required_u16(&obj, tags::COLUMNS, "Columns")?;
     limits.check(u32::from(cols), u32::from(rows))?;
     let px = PixelInfo::read(&obj, codec, rows, cols)?;
+    reserve(Footprint {
+        width: u32::from(cols),
+        height: u32::from(rows),
+        bytes_per_pixel: (px.samples * usize::from(px.bits_allocated).div_ceil(8)) as u64,
+    })?;
 
     // 5. The first frame's samples.
     let frame = frame::first_frame(&obj, codec, &px)?;
