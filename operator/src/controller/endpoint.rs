@@ -19,7 +19,7 @@ use kube::runtime::{watcher, Controller};
 use kube::{Resource, ResourceExt};
 use medembed_api::crd::{
     find_condition, AuthMode, EmbeddingDeployment, EmbeddingEndpoint, EmbeddingEndpointStatus,
-    EndpointDeploymentStatus,
+    EndpointDeploymentStatus, Seniority, REASON_HOST_CONFLICT, REASON_HOST_NOT_ALLOWED,
 };
 use serde_json::json;
 
@@ -32,22 +32,39 @@ const NAME: &str = "endpoint";
 
 /// Runs the controller until the returned future is dropped.
 pub async fn run(ctx: Arc<Ctx>) {
-    Controller::new(
+    let controller = Controller::new(
         ctx.watched::<EmbeddingEndpoint>(),
         watcher::Config::default(),
-    )
-    .with_config(ctx.config.controller())
-    .watches(
-        ctx.watched::<EmbeddingDeployment>(),
-        watcher::Config::default(),
-        |d| {
-            let ns = d.namespace()?;
-            Some(ObjectRef::new(&d.spec.endpoint).within(&ns))
-        },
-    )
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| futures::future::ready(()))
-    .await;
+    );
+    let store = controller.store();
+    controller
+        .with_config(ctx.config.controller())
+        // A change to an endpoint (its deletion included) may settle another's
+        // host conflict: reconcile every endpoint sharing one of its hosts.
+        .watches(
+            ctx.watched::<EmbeddingEndpoint>(),
+            watcher::Config::default(),
+            move |changed| {
+                let uid = changed.meta().uid.clone();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|other| other.meta().uid != uid && shares_host(&changed, other))
+                    .map(|other| ObjectRef::from_obj(&*other))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            ctx.watched::<EmbeddingDeployment>(),
+            watcher::Config::default(),
+            |d| {
+                let ns = d.namespace()?;
+                Some(ObjectRef::new(&d.spec.endpoint).within(&ns))
+            },
+        )
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
 }
 
 fn error_policy(ep: Arc<EmbeddingEndpoint>, error: &Error, ctx: Arc<Ctx>) -> Action {
@@ -59,6 +76,33 @@ async fn reconcile(ep: Arc<EmbeddingEndpoint>, ctx: Arc<Ctx>) -> Result<Action, 
     let action = reconcile_inner(&ep, &ctx).await?;
     ctx.succeeded(NAME, &key_of(&*ep), started);
     Ok(action)
+}
+
+fn shares_host(a: &EmbeddingEndpoint, b: &EmbeddingEndpoint) -> bool {
+    a.spec
+        .hosts
+        .iter()
+        .any(|h| b.spec.hosts.iter().any(|o| o.eq_ignore_ascii_case(h)))
+}
+
+/// The host names of `ep` claimed by an older endpoint (the gateway routes
+/// them to that one), each with its owner's `namespace/name`.
+pub fn host_conflicts(ep: &EmbeddingEndpoint, all: &[EmbeddingEndpoint]) -> Vec<(String, String)> {
+    let mine = Seniority::of(ep.meta());
+    let mut out = Vec::new();
+    for h in &ep.spec.hosts {
+        let owner = all
+            .iter()
+            .filter(|o| o.meta().uid != ep.meta().uid)
+            .filter(|o| o.spec.hosts.iter().any(|x| x.eq_ignore_ascii_case(h)))
+            .map(|o| Seniority::of(o.meta()))
+            .filter(|s| *s < mine)
+            .min();
+        if let Some(owner) = owner {
+            out.push((h.clone(), owner.id));
+        }
+    }
+    out
 }
 
 /// Traffic of each deployment: the spec's weights, or all of it to a single
@@ -152,6 +196,46 @@ async fn reconcile_inner(ep: &EmbeddingEndpoint, ctx: &Ctx) -> Result<Action, Er
         return Ok(Action::await_change());
     }
     let (key_secret_name, key_problem) = ensure_keys(ep, ctx, &ns).await?;
+    let not_allowed: Vec<&str> = ep
+        .spec
+        .hosts
+        .iter()
+        .filter(|h| !ctx.config.allowed_hosts.allows(&ns, h))
+        .map(String::as_str)
+        .collect();
+    let conflicts = if ep.spec.hosts.is_empty() {
+        Vec::new()
+    } else {
+        let all = ctx
+            .watched::<EmbeddingEndpoint>()
+            .list(&ListParams::default())
+            .await?
+            .items;
+        host_conflicts(ep, &all)
+    };
+    let host_problem = if !not_allowed.is_empty() {
+        Some((
+            REASON_HOST_NOT_ALLOWED,
+            format!(
+                "host name(s) not allowed in namespace {ns}: {}",
+                not_allowed.join(", ")
+            ),
+        ))
+    } else if !conflicts.is_empty() {
+        let list: Vec<String> = conflicts
+            .iter()
+            .map(|(h, owner)| format!("{h} (claimed by {owner})"))
+            .collect();
+        Some((
+            REASON_HOST_CONFLICT,
+            format!(
+                "host name(s) claimed by an older endpoint, not routed here: {}",
+                list.join(", ")
+            ),
+        ))
+    } else {
+        None
+    };
 
     let mut deps: Vec<EmbeddingDeployment> = ctx
         .api::<EmbeddingDeployment>(&ns)
@@ -200,9 +284,14 @@ async fn reconcile_inner(ep: &EmbeddingEndpoint, ctx: &Ctx) -> Result<Action, Er
         .map(|r| r.name.as_str())
         .collect();
     let generation = ep.metadata.generation;
-    let ready =
-        !serving.is_empty() && not_ready.is_empty() && missing.is_empty() && key_problem.is_none();
-    let (reason, message) = if let Some(p) = &key_problem {
+    let ready = !serving.is_empty()
+        && not_ready.is_empty()
+        && missing.is_empty()
+        && key_problem.is_none()
+        && host_problem.is_none();
+    let (reason, message) = if let Some((reason, p)) = &host_problem {
+        (*reason, p.clone())
+    } else if let Some(p) = &key_problem {
         ("KeySecretInvalid", p.clone())
     } else if !missing.is_empty() {
         (
@@ -237,7 +326,7 @@ async fn reconcile_inner(ep: &EmbeddingEndpoint, ctx: &Ctx) -> Result<Action, Er
         ),
         cond(
             "Degraded",
-            !ready && (key_problem.is_some() || !missing.is_empty()),
+            !ready && (key_problem.is_some() || host_problem.is_some() || !missing.is_empty()),
             reason,
             message,
             generation,
@@ -265,7 +354,7 @@ async fn reconcile_inner(ep: &EmbeddingEndpoint, ctx: &Ctx) -> Result<Action, Er
         if let Some(c) = changed.iter().find(|c| c.type_ == "Ready") {
             ctx.event(
                 ep,
-                !c.is_true() && !old.conditions.is_empty(),
+                !c.is_true() && (!old.conditions.is_empty() || host_problem.is_some()),
                 &c.reason,
                 c.message.clone(),
             )

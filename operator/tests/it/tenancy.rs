@@ -1,0 +1,102 @@
+//! Tenant isolation, as attacks on the real control plane: an endpoint in
+//! another namespace claiming an older endpoint's host name is refused
+//! (`HostConflict`, with an Event) and recovers when the owner goes; a host
+//! outside the namespace's allow-list is `HostNotAllowed`.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{DeleteParams, ListParams};
+use kube::Api;
+use medembed_api::crd::{find_condition, EmbeddingEndpoint};
+use medembed_operator::config::parse_allowed_hosts;
+use medembed_operator::OperatorConfig;
+use medembed_testsupport::wait;
+use serde_json::json;
+
+use crate::common::{create, LIMIT, STEP};
+
+/// Waits until endpoint `name`'s `Ready` condition has `reason` (or, with
+/// `not`, any other reason).
+async fn until_ready_reason(api: &Api<EmbeddingEndpoint>, name: &str, reason: &str, not: bool) {
+    let what = format!(
+        "{name} Ready reason {}{reason}",
+        if not { "not " } else { "" }
+    );
+    wait::until(&what, LIMIT, STEP, || async {
+        let e = api.get(name).await?;
+        let hit = e
+            .status
+            .as_ref()
+            .and_then(|s| find_condition(&s.conditions, "Ready").cloned())
+            .is_some_and(|c| (c.reason == reason) != not && (not || !c.is_true()));
+        Ok::<_, kube::Error>(hit.then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let st = futures::executor::block_on(api.get(name))
+            .ok()
+            .and_then(|d| d.status);
+        panic!("{e}\nstatus: {st:?}")
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hosts_claimed_across_namespaces() {
+    let _heavy = crate::common::exclusive().await;
+    let c = crate::common::cluster("op-owner").await;
+    let op_client = crate::common::operator_client(&c.cp, &c.admin, &c.op_ns).await;
+    // The thief's namespace sorts first: under "first namespace wins" it
+    // would have taken the host.
+    let thief_ns = c.cp.namespace("aaa-thief").await.expect("namespace");
+    let mut config = OperatorConfig::for_tests();
+    config.lease_namespace = c.op_ns.clone();
+    config.identity = Some("op-tenancy".into());
+    config.lease_duration_seconds = 4;
+    config.lease_renew_seconds = 1;
+    config.allowed_hosts = parse_allowed_hosts(&format!(
+        "{}=*.thief.example,chest.example.org",
+        thief_ns.name()
+    ))
+    .expect("allow-list");
+    let op = medembed_operator::start(config, op_client)
+        .await
+        .expect("operator starts");
+    let owner = c.ns.api::<EmbeddingEndpoint>();
+    let thief = thief_ns.api::<EmbeddingEndpoint>();
+    let spec = |hosts: &[&str]| json!({"auth": {"mode": "Unauthenticated"}, "hosts": hosts});
+
+    create(&owner, "chest", spec(&["chest.example.org"])).await;
+    // creationTimestamp has one-second resolution.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    create(&thief, "chest", spec(&["chest.example.org"])).await;
+    create(&thief, "own", spec(&["own.thief.example"])).await;
+    create(&thief, "elsewhere", spec(&["lab.example.org"])).await;
+
+    until_ready_reason(&thief, "chest", "HostConflict", false).await;
+    until_ready_reason(&owner, "chest", "HostConflict", true).await;
+    until_ready_reason(&thief, "own", "HostConflict", true).await;
+    until_ready_reason(&thief, "own", "HostNotAllowed", true).await;
+    until_ready_reason(&thief, "elsewhere", "HostNotAllowed", false).await;
+
+    // The refusal is an Event on the newer endpoint.
+    wait::until("host conflict event", LIMIT, STEP, || async {
+        let l = thief_ns.api::<Event>().list(&ListParams::default()).await?;
+        let hit = l.items.iter().any(|e| {
+            e.involved_object.kind.as_deref() == Some("EmbeddingEndpoint")
+                && e.involved_object.name.as_deref() == Some("chest")
+                && e.reason.as_deref() == Some("HostConflict")
+        });
+        Ok::<_, kube::Error>(hit.then_some(()))
+    })
+    .await
+    .expect("an event for the host conflict");
+
+    // The owner goes: the host is the other's now.
+    owner
+        .delete("chest", &DeleteParams::default())
+        .await
+        .expect("delete");
+    until_ready_reason(&thief, "chest", "HostConflict", true).await;
+    op.shutdown().await.expect("operator stops");
+}
