@@ -100,3 +100,89 @@ async fn hosts_claimed_across_namespaces() {
     until_ready_reason(&thief, "chest", "HostConflict", true).await;
     op.shutdown().await.expect("operator stops");
 }
+
+/// The workers' pods, built by the operator for each model source, pass the
+/// `restricted` Pod Security profile enforced by the real API server (a
+/// server-side dry run); the same pod without its security context is
+/// refused, which shows the profile is enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn worker_pods_pass_the_restricted_profile() {
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use kube::api::{Patch, PatchParams, PostParams};
+    use medembed_api::crd::{EmbeddingDeployment, EmbeddingDeploymentSpec};
+    use medembed_operator::resources::{self, EndpointSettings, WorkerDefaults};
+
+    let _heavy = crate::common::exclusive().await;
+    let c = crate::common::cluster("op-restricted").await;
+    let ns = c.ns.name().to_string();
+    Api::<Namespace>::all(c.admin.clone())
+        .patch(
+            &ns,
+            &PatchParams::apply("medembed-tests"),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                }},
+            })),
+        )
+        .await
+        .expect("label the namespace");
+    let defaults = WorkerDefaults {
+        image: "medembed/worker:test".into(),
+        fetch_image: "medembed/operator:test".into(),
+        listen_host: "0.0.0.0".into(),
+        port: 8080,
+    };
+    let pods = Api::<Pod>::namespaced(c.admin.clone(), &ns);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    for (i, model) in [
+        json!({"pvc": {"claimName": "models", "path": "v1"}}),
+        json!({"url": {"url": "https://models.example/m.tar.gz", "sha256": "0".repeat(64)}}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let spec: EmbeddingDeploymentSpec =
+            serde_json::from_value(json!({"endpoint": "chest", "model": model})).expect("spec");
+        let mut dep = EmbeddingDeployment::new("blue", spec);
+        dep.metadata.namespace = Some(ns.clone());
+        dep.metadata.uid = Some("0c7e1f6a-0000-4000-8000-000000000001".into());
+        let d = resources::deployment(&dep, &EndpointSettings::default(), &defaults)
+            .expect("deployment");
+        let template = d.spec.expect("spec").template;
+        let pod = |spec| Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("worker-{i}")),
+                labels: template.metadata.as_ref().and_then(|m| m.labels.clone()),
+                ..Default::default()
+            },
+            spec: Some(spec),
+            ..Default::default()
+        };
+        let spec = template.spec.clone().expect("pod spec");
+        pods.create(&dry, &pod(spec.clone()))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("model source {i}: the restricted profile refused the worker pod: {e}")
+            });
+        // Control: without the security contexts the same pod is refused.
+        let mut bare = spec;
+        bare.security_context = None;
+        for ctr in bare
+            .containers
+            .iter_mut()
+            .chain(bare.init_containers.iter_mut().flatten())
+        {
+            ctr.security_context = None;
+        }
+        match pods.create(&dry, &pod(bare)).await {
+            Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+            other => panic!("model source {i}: a bare pod was not refused: {other:?}"),
+        }
+    }
+}
