@@ -53,6 +53,26 @@ pub struct OperatorConfig {
     )]
     pub host_scoring_uri_template: String,
 
+    /// The gateway's namespace: when set, every worker deployment gets a
+    /// NetworkPolicy admitting ingress to its workers only from the gateway's
+    /// pods (this namespace, `--gateway-pod-labels`) and from
+    /// `--metrics-namespaces`, on the worker port.
+    #[arg(long, env = "MEDEMBED_GATEWAY_NAMESPACE")]
+    pub gateway_namespace: Option<String>,
+
+    /// Labels selecting the gateway's pods, `k=v,k=v`.
+    #[arg(
+        long,
+        env = "MEDEMBED_GATEWAY_POD_LABELS",
+        default_value = "app.kubernetes.io/name=medembed-gateway"
+    )]
+    pub gateway_pod_labels: String,
+
+    /// Namespaces (comma-separated) whose pods may scrape the workers'
+    /// `/metrics` (e.g. Prometheus's).
+    #[arg(long, env = "MEDEMBED_METRICS_NAMESPACES", default_value = "")]
+    pub metrics_namespaces: String,
+
     /// Host names each namespace's endpoints may claim: `NS=PATTERN,...`
     /// entries separated by `;`, a pattern being a host name or `*.SUFFIX`.
     /// An endpoint in a listed namespace naming another host is not ready
@@ -155,6 +175,45 @@ impl OperatorConfig {
         kube::runtime::controller::Config::default()
             .concurrency(self.concurrency)
             .debounce(Duration::from_millis(self.debounce_ms))
+    }
+
+    /// The workers' NetworkPolicy settings, when the gateway's namespace is
+    /// known.
+    pub fn network_policy(
+        &self,
+    ) -> Result<Option<crate::resources::NetworkPolicySettings>, String> {
+        let Some(ns) = self.gateway_namespace.clone().filter(|n| !n.is_empty()) else {
+            return Ok(None);
+        };
+        let mut labels = std::collections::BTreeMap::new();
+        for kv in self
+            .gateway_pod_labels
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("--gateway-pod-labels: {kv:?} is not k=v"))?;
+            labels.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        if labels.is_empty() {
+            return Err(
+                "--gateway-pod-labels is empty: every pod of the namespace would be admitted"
+                    .into(),
+            );
+        }
+        Ok(Some(crate::resources::NetworkPolicySettings {
+            gateway_namespace: ns,
+            gateway_labels: labels,
+            metrics_namespaces: self
+                .metrics_namespaces
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+        }))
     }
 
     /// The Lease's renewal period.

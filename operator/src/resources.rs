@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
@@ -398,6 +399,50 @@ pub fn deployment(
         "kind": "Deployment",
         "metadata": meta(&worker_name(&name), &ns, &labels, &owner),
         "spec": dspec,
+    }))?)
+}
+
+/// Who may reach the workers (see `--gateway-namespace`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkPolicySettings {
+    /// The gateway's namespace.
+    pub gateway_namespace: String,
+    /// Labels of the gateway's pods.
+    pub gateway_labels: BTreeMap<String, String>,
+    /// Namespaces allowed to scrape the workers.
+    pub metrics_namespaces: Vec<String>,
+}
+
+/// The workers' NetworkPolicy: ingress to this deployment's worker pods only
+/// from the gateway's pods (and scrapers), on the worker port; owned by the
+/// deployment, so garbage-collected with it.
+pub fn network_policy(
+    dep: &EmbeddingDeployment,
+    defaults: &WorkerDefaults,
+    np: &NetworkPolicySettings,
+) -> Result<NetworkPolicy, Error> {
+    let (name, ns) = name_ns(dep)?;
+    let labels = child_labels(&name, &dep.spec.endpoint);
+    let owner = owner_of(dep)?;
+    let mut from = vec![json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": np.gateway_namespace}},
+        "podSelector": {"matchLabels": np.gateway_labels},
+    })];
+    from.extend(np.metrics_namespaces.iter().map(
+        |m| json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": m}}}),
+    ));
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta(&worker_name(&name), &ns, &labels, &owner),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(&name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": from,
+                "ports": [{"port": defaults.port, "protocol": "TCP"}],
+            }],
+        },
     }))?)
 }
 

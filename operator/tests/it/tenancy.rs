@@ -1,7 +1,9 @@
 //! Tenant isolation, as attacks on the real control plane: an endpoint in
 //! another namespace claiming an older endpoint's host name is refused
 //! (`HostConflict`, with an Event) and recovers when the owner goes; a host
-//! outside the namespace's allow-list is `HostNotAllowed`.
+//! outside the namespace's allow-list is `HostNotAllowed`; the worker pods
+//! pass the `restricted` Pod Security profile; the workers admit only the
+//! gateway (NetworkPolicy).
 
 use std::time::Duration;
 
@@ -185,4 +187,85 @@ async fn worker_pods_pass_the_restricted_profile() {
             other => panic!("model source {i}: a bare pod was not refused: {other:?}"),
         }
     }
+}
+
+/// With the gateway's namespace known, each deployment's workers get a
+/// NetworkPolicy admitting only the gateway's pods (and scrapers), owned by
+/// the deployment and garbage-collected with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_admit_only_the_gateway() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use medembed_api::crd::EmbeddingDeployment;
+
+    let _heavy = crate::common::exclusive().await;
+    let c = crate::common::cluster("op-netpol").await;
+    let op_client = crate::common::operator_client(&c.cp, &c.admin, &c.op_ns).await;
+    let mut config = OperatorConfig::for_tests();
+    config.lease_namespace = c.op_ns.clone();
+    config.identity = Some("op-netpol".into());
+    config.lease_duration_seconds = 4;
+    config.lease_renew_seconds = 1;
+    config.gateway_namespace = Some("medembed-gw".into());
+    config.gateway_pod_labels =
+        "app.kubernetes.io/name=medembed-gateway,app.kubernetes.io/instance=m".into();
+    config.metrics_namespaces = "monitoring".into();
+    let op = medembed_operator::start(config, op_client)
+        .await
+        .expect("operator starts");
+    let ns = c.ns.name().to_string();
+    let models = tempfile::tempdir().expect("tempdir");
+    medembed_testsupport::repo::host_path_claim(&c.admin, &ns, "models", models.path())
+        .await
+        .expect("claim");
+    create(
+        &c.ns.api::<EmbeddingEndpoint>(),
+        "chest",
+        json!({"auth": {"mode": "Unauthenticated"}}),
+    )
+    .await;
+    let deps = c.ns.api::<EmbeddingDeployment>();
+    create(
+        &deps,
+        "blue",
+        json!({"endpoint": "chest", "model": {"pvc": {"claimName": "models"}}}),
+    )
+    .await;
+    let uid = deps.get("blue").await.expect("get").metadata.uid;
+    let nps = c.ns.api::<NetworkPolicy>();
+    let np = wait::until("the workers' NetworkPolicy", LIMIT, STEP, || async {
+        nps.get_opt("blue-worker").await
+    })
+    .await
+    .expect("NetworkPolicy created");
+    let owner = &np.metadata.owner_references.clone().expect("owned")[0];
+    assert_eq!(
+        (owner.kind.as_str(), Some(&owner.uid), owner.controller),
+        ("EmbeddingDeployment", uid.as_ref(), Some(true))
+    );
+    let v = serde_json::to_value(np.spec.expect("spec")).expect("json");
+    assert_eq!(v["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        v["podSelector"]["matchLabels"],
+        json!({"app.kubernetes.io/name": "medembed-worker", "app.kubernetes.io/instance": "blue"})
+    );
+    assert_eq!(
+        v["ingress"],
+        json!([{
+            "from": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "medembed-gw"}},
+                 "podSelector": {"matchLabels": {"app.kubernetes.io/name": "medembed-gateway", "app.kubernetes.io/instance": "m"}}},
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+            ],
+            "ports": [{"port": 8080, "protocol": "TCP"}],
+        }])
+    );
+    deps.delete("blue", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait::until("the NetworkPolicy collected", LIMIT, STEP, || async {
+        Ok::<_, kube::Error>(nps.get_opt("blue-worker").await?.is_none().then_some(()))
+    })
+    .await
+    .expect("garbage-collected with its deployment");
+    op.shutdown().await.expect("operator stops");
 }
