@@ -57,7 +57,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use medembed_api::crd::{
     find_condition, generated_key_secret_name, EmbeddingClient, EmbeddingDeployment,
     EmbeddingEndpoint, EmbeddingEndpointSpec, Seniority, ENDPOINT_KEY_ENTRIES, JWKS_CONFIG_MAP_KEY,
-    REASON_HOST_NOT_ALLOWED,
+    REASON_HOST_NOT_ALLOWED, REASON_SECRET_CONFLICT,
 };
 use medembed_api::workers::{worker_name, DEPLOYMENT_LABEL, WORKER_PORT_NAME};
 use serde::de::DeserializeOwned;
@@ -568,7 +568,13 @@ fn build(state: &State, host_template: Option<&str>, registry: &Registry) -> Tab
             hosts.push(expand(t, ns, name));
         }
         let auth = spec.auth.mode;
-        if auth == AuthMode::Key {
+        // A key Secret the operator refused (not the endpoint's own) gives
+        // no keys.
+        let secret_refused = ep.status.as_ref().is_some_and(|st| {
+            find_condition(&st.conditions, "Ready")
+                .is_some_and(|c| !c.is_true() && c.reason == REASON_SECRET_CONFLICT)
+        });
+        if auth == AuthMode::Key && !secret_refused {
             let secret = spec
                 .auth
                 .key_secret_name
@@ -793,5 +799,45 @@ mod tests {
         assert!(c.endpoints.contains("ns/chest"));
         assert_eq!(c.quota.as_ref().unwrap().requests_per_minute, Some(60));
         assert_eq!(registry.all().len(), 2);
+    }
+
+    /// What the operator refused is not served: the host names of an
+    /// endpoint outside its namespace's allow-list, the keys of a key Secret
+    /// it does not own.
+    #[test]
+    fn refused_hosts_and_key_secrets_are_not_served() {
+        let registry = Registry::default();
+        let mut state = State::default();
+        let k = |n: &str| ("ns".to_string(), n.to_string());
+        let refused = |reason: &str| json!({"conditions": [{"type": "Ready", "status": "False", "reason": reason, "message": ""}]});
+        state.endpoints.insert(
+            k("squat"),
+            obj(json!({
+                "apiVersion": "medembed.io/v1alpha1", "kind": "EmbeddingEndpoint",
+                "metadata": {"name": "squat", "namespace": "ns"},
+                "spec": {"hosts": ["chest.example.org"], "auth": {"mode": "Unauthenticated"}},
+                "status": refused("HostNotAllowed"),
+            })),
+        );
+        state.endpoints.insert(
+            k("planted"),
+            obj(json!({
+                "apiVersion": "medembed.io/v1alpha1", "kind": "EmbeddingEndpoint",
+                "metadata": {"name": "planted", "namespace": "ns"},
+                "spec": {"auth": {"mode": "Key"}},
+                "status": refused("SecretConflict"),
+            })),
+        );
+        state.secrets.insert(
+            k("planted-keys"),
+            SecretView {
+                hashed: BTreeMap::from([("primaryKey".to_string(), [3u8; 32])]),
+                hashes: BTreeMap::new(),
+            },
+        );
+        let t = build(&state, None, &registry);
+        assert!(t.route(Some("chest.example.org"), "/score").is_none());
+        assert!(t.route(None, "/endpoints/ns/squat/score").is_some());
+        assert!(t.client_by_key(&[3u8; 32]).is_none());
     }
 }

@@ -77,6 +77,11 @@ pub const REASON_HOST_CONFLICT: &str = "HostConflict";
 /// Reason of an endpoint's `Ready=False` when one of its host names is outside
 /// its namespace's allow-list (the gateway does not route its host names).
 pub const REASON_HOST_NOT_ALLOWED: &str = "HostNotAllowed";
+/// Reason of an endpoint's `Ready=False` when its generated key Secret
+/// (`NAME-keys`) exists but was not created for it (no owner reference with
+/// its UID): the operator neither adopts nor overwrites it, and the gateway
+/// accepts no endpoint key for it.
+pub const REASON_SECRET_CONFLICT: &str = "SecretConflict";
 /// Reason of a client's `Ready=False` when an older client (or endpoint key)
 /// holds one of its key hashes (the older one keeps authenticating with it).
 pub const REASON_DUPLICATE_KEY: &str = "DuplicateKey";

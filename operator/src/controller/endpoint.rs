@@ -20,6 +20,7 @@ use kube::{Resource, ResourceExt};
 use medembed_api::crd::{
     find_condition, AuthMode, EmbeddingDeployment, EmbeddingEndpoint, EmbeddingEndpointStatus,
     EndpointDeploymentStatus, Seniority, REASON_HOST_CONFLICT, REASON_HOST_NOT_ALLOWED,
+    REASON_SECRET_CONFLICT,
 };
 use serde_json::json;
 
@@ -78,6 +79,16 @@ async fn reconcile(ep: Arc<EmbeddingEndpoint>, ctx: Arc<Ctx>) -> Result<Action, 
     Ok(action)
 }
 
+const KEY_SECRET_INVALID: &str = "KeySecretInvalid";
+
+/// Whether `secret` has `ep` (this very object: its UID) as an owner.
+fn owned_by(secret: &Secret, ep: &EmbeddingEndpoint) -> bool {
+    ep.meta()
+        .uid
+        .as_ref()
+        .is_some_and(|uid| secret.owner_references().iter().any(|o| &o.uid == uid))
+}
+
 fn shares_host(a: &EmbeddingEndpoint, b: &EmbeddingEndpoint) -> bool {
     a.spec
         .hosts
@@ -123,13 +134,27 @@ async fn ensure_keys(
     ep: &EmbeddingEndpoint,
     ctx: &Ctx,
     ns: &str,
-) -> Result<(Option<String>, Option<String>), Error> {
+) -> Result<(Option<String>, Option<(&'static str, String)>), Error> {
     let secrets = ctx.api::<Secret>(ns);
     let generated = medembed_api::crd::generated_key_secret_name(&ep.name_any());
     let wants_generated =
         ep.spec.auth.mode == AuthMode::Key && ep.spec.auth.key_secret_name.is_none();
     if wants_generated {
-        if secrets.get_opt(&generated).await?.is_none() {
+        if let Some(existing) = secrets.get_opt(&generated).await? {
+            // Adopted only when this endpoint created it: a Secret of that
+            // name made by anyone else holds keys someone else knows.
+            if !owned_by(&existing, ep) {
+                return Ok((
+                    None,
+                    Some((
+                        REASON_SECRET_CONFLICT,
+                        format!(
+                            "Secret {generated} exists and is not owned by this endpoint; delete it or name a key Secret in spec.auth.keySecretName"
+                        ),
+                    )),
+                ));
+            }
+        } else {
             let s =
                 resources::key_secret(ep, &resources::generate_key(), &resources::generate_key())?;
             match secrets
@@ -159,11 +184,7 @@ async fn ensure_keys(
     }
     // Not wanted (any more): remove a Secret this endpoint generated.
     if let Some(s) = secrets.get_opt(&generated).await? {
-        let ours = s
-            .owner_references()
-            .iter()
-            .any(|o| Some(&o.uid) == ep.meta().uid.as_ref());
-        if ours {
+        if owned_by(&s, ep) {
             match secrets.delete(&generated, &DeleteParams::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -174,11 +195,16 @@ async fn ensure_keys(
     match (&ep.spec.auth.mode, &ep.spec.auth.key_secret_name) {
         (AuthMode::Key, Some(name)) => {
             let problem = match secrets.get_opt(name).await? {
-                None => Some(format!("Secret {name} not found")),
+                None => Some((KEY_SECRET_INVALID, format!("Secret {name} not found"))),
                 Some(s) => {
                     let data = s.data.unwrap_or_default();
                     let primary = medembed_api::crd::ENDPOINT_KEY_ENTRIES[0];
-                    (!data.contains_key(primary)).then(|| format!("Secret {name} has no {primary}"))
+                    (!data.contains_key(primary)).then(|| {
+                        (
+                            KEY_SECRET_INVALID,
+                            format!("Secret {name} has no {primary}"),
+                        )
+                    })
                 }
             };
             Ok((Some(name.clone()), problem))
@@ -291,8 +317,8 @@ async fn reconcile_inner(ep: &EmbeddingEndpoint, ctx: &Ctx) -> Result<Action, Er
         && host_problem.is_none();
     let (reason, message) = if let Some((reason, p)) = &host_problem {
         (*reason, p.clone())
-    } else if let Some(p) = &key_problem {
-        ("KeySecretInvalid", p.clone())
+    } else if let Some((reason, p)) = &key_problem {
+        (*reason, p.clone())
     } else if !missing.is_empty() {
         (
             "DeploymentNotFound",
@@ -354,7 +380,10 @@ async fn reconcile_inner(ep: &EmbeddingEndpoint, ctx: &Ctx) -> Result<Action, Er
         if let Some(c) = changed.iter().find(|c| c.type_ == "Ready") {
             ctx.event(
                 ep,
-                !c.is_true() && (!old.conditions.is_empty() || host_problem.is_some()),
+                !c.is_true()
+                    && (!old.conditions.is_empty()
+                        || host_problem.is_some()
+                        || key_problem.is_some()),
                 &c.reason,
                 c.message.clone(),
             )

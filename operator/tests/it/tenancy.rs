@@ -1,7 +1,9 @@
 //! Tenant isolation, as attacks on the real control plane: an endpoint in
 //! another namespace claiming an older endpoint's host name is refused
 //! (`HostConflict`, with an Event) and recovers when the owner goes; a host
-//! outside the namespace's allow-list is `HostNotAllowed`; the worker pods
+//! outside the namespace's allow-list is `HostNotAllowed`; a planted key
+//! Secret is `SecretConflict`, neither adopted nor overwritten; a copied key
+//! hash is `DuplicateKey` on the newer client; the worker pods
 //! pass the `restricted` Pod Security profile; the workers admit only the
 //! gateway (NetworkPolicy).
 
@@ -9,8 +11,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{DeleteParams, ListParams};
-use kube::Api;
-use medembed_api::crd::{find_condition, EmbeddingEndpoint};
+use kube::{Api, ResourceExt};
+use medembed_api::crd::{find_condition, EmbeddingClient, EmbeddingEndpoint};
 use medembed_operator::config::parse_allowed_hosts;
 use medembed_operator::OperatorConfig;
 use medembed_testsupport::wait;
@@ -32,6 +34,31 @@ async fn until_ready_reason(api: &Api<EmbeddingEndpoint>, name: &str, reason: &s
             .as_ref()
             .and_then(|s| find_condition(&s.conditions, "Ready").cloned())
             .is_some_and(|c| (c.reason == reason) != not && (not || !c.is_true()));
+        Ok::<_, kube::Error>(hit.then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let st = futures::executor::block_on(api.get(name))
+            .ok()
+            .and_then(|d| d.status);
+        panic!("{e}\nstatus: {st:?}")
+    });
+}
+
+/// Waits until client `name`'s `Ready` reason is (or, with `not`, is not)
+/// `reason`.
+async fn until_client_reason(api: &Api<EmbeddingClient>, name: &str, reason: &str, not: bool) {
+    let what = format!(
+        "client {name} Ready reason {}{reason}",
+        if not { "not " } else { "" }
+    );
+    wait::until(&what, LIMIT, STEP, || async {
+        let e = api.get(name).await?;
+        let hit = e
+            .status
+            .as_ref()
+            .and_then(|s| find_condition(&s.conditions, "Ready").cloned())
+            .is_some_and(|c| (c.reason == reason) != not);
         Ok::<_, kube::Error>(hit.then_some(()))
     })
     .await
@@ -93,6 +120,80 @@ async fn hosts_claimed_across_namespaces() {
     })
     .await
     .expect("an event for the host conflict");
+
+    // A key Secret planted under the generated name before the endpoint
+    // exists is neither adopted nor overwritten.
+    let secrets = thief_ns.api::<k8s_openapi::api::core::v1::Secret>();
+    let planted: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "keyed-keys"},
+        "stringData": {"primaryKey": "known-to-the-planter"},
+    }))
+    .expect("secret");
+    secrets
+        .create(&Default::default(), &planted)
+        .await
+        .expect("plant the Secret");
+    create(&thief, "keyed", json!({"auth": {"mode": "Key"}})).await;
+    until_ready_reason(&thief, "keyed", "SecretConflict", false).await;
+    let after = secrets.get("keyed-keys").await.expect("secret");
+    assert!(after.owner_references().is_empty(), "adopted");
+    let data = after.data.expect("data");
+    assert_eq!(data.len(), 1, "rewritten");
+    assert_eq!(data["primaryKey"].0, b"known-to-the-planter");
+    // Its own Secret, once the planted one is gone, is generated and owned.
+    secrets
+        .delete("keyed-keys", &DeleteParams::default())
+        .await
+        .expect("delete");
+    until_ready_reason(&thief, "keyed", "SecretConflict", true).await;
+    let own = secrets.get("keyed-keys").await.expect("generated secret");
+    let uid = thief.get("keyed").await.expect("endpoint").metadata.uid;
+    assert!(own
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == uid.as_ref()));
+
+    // A newer client copying an older client's key hash (in any namespace)
+    // does not get it.
+    let hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    for (ns_api, secrets_api) in [
+        (
+            c.ns.api::<EmbeddingClient>(),
+            c.ns.api::<k8s_openapi::api::core::v1::Secret>(),
+        ),
+        (thief_ns.api::<EmbeddingClient>(), secrets.clone()),
+    ] {
+        let s: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+            "metadata": {"name": "reader-hashes"},
+            "stringData": {"primary-sha256": hash},
+        }))
+        .expect("secret");
+        secrets_api
+            .create(&Default::default(), &s)
+            .await
+            .expect("hash Secret");
+        create(
+            &ns_api,
+            "reader",
+            json!({"endpoints": ["chest"], "keys": {"secretName": "reader-hashes"}}),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    until_client_reason(
+        &thief_ns.api::<EmbeddingClient>(),
+        "reader",
+        "DuplicateKey",
+        false,
+    )
+    .await;
+    until_client_reason(
+        &c.ns.api::<EmbeddingClient>(),
+        "reader",
+        "DuplicateKey",
+        true,
+    )
+    .await;
 
     // The owner goes: the host is the other's now.
     owner
