@@ -11,9 +11,9 @@
 //!   mode, a token identity for Token mode; anything for Unauthenticated).
 //!
 //! Otherwise the first problem found gives the reason (`KeySecretNotFound`,
-//! `KeySecretInvalid`, `DuplicateKey` (an older client holds one of its key
-//! hashes; the gateway keeps the key for the older one), `EndpointNotFound`,
-//! `NoUsableCredentials`) and the
+//! `KeySecretInvalid`, `EndpointNotFound`, `NoUsableCredentials`,
+//! `DuplicateKey`: an older client holds one of its key hashes, and the
+//! gateway keeps the key for the older one) and the
 //! message lists them all. Messages name Secrets and entries, never their
 //! content.
 //!
@@ -272,10 +272,11 @@ async fn reconcile_inner(c: &EmbeddingClient, ctx: &Ctx) -> Result<Action, Error
         }
     }
     let mut problems = key_secret_problems(c, secret.as_ref());
-    if problems.is_empty() {
+    let secret_ok = problems.is_empty();
+    problems.extend(endpoint_problems(c, &found));
+    if secret_ok {
         problems.extend(duplicate_key_problems(c, secret.as_ref(), ctx).await?);
     }
-    problems.extend(endpoint_problems(c, &found));
 
     let generation = c.metadata.generation;
     let ready = problems.is_empty();
