@@ -59,8 +59,9 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
 use medembed_api::crd::{
-    generated_key_secret_name, EmbeddingClient, EmbeddingDeployment, EmbeddingEndpoint,
-    EmbeddingEndpointSpec, ENDPOINT_KEY_ENTRIES, JWKS_CONFIG_MAP_KEY,
+    find_condition, generated_key_secret_name, EmbeddingClient, EmbeddingDeployment,
+    EmbeddingEndpoint, EmbeddingEndpointSpec, Seniority, ENDPOINT_KEY_ENTRIES, JWKS_CONFIG_MAP_KEY,
+    REASON_HOST_NOT_ALLOWED, REASON_SECRET_CONFLICT,
 };
 use medembed_api::workers::{worker_name, DEPLOYMENT_LABEL, WORKER_PORT_NAME};
 use serde::de::DeserializeOwned;
@@ -523,6 +524,7 @@ fn build(state: &State, host_template: Option<&str>, registry: &Registry) -> Tab
     for ((ns, name), ep) in sorted {
         let spec = &ep.spec;
         let eid = id(ns, name);
+        let seniority = Seniority::of(ep.meta());
         let mut deployments: BTreeMap<String, Arc<Deployment>> = BTreeMap::new();
         for d in deps_of
             .get(&(ns.clone(), name.clone()))
@@ -584,12 +586,28 @@ fn build(state: &State, host_template: Option<&str>, registry: &Registry) -> Tab
                 traffic.push(((*one).clone(), 100));
             }
         }
-        let mut hosts = spec.hosts.clone();
+        // Host names outside the namespace's allow-list are not routed once
+        // the operator has said so.
+        let refused = ep.status.as_ref().is_some_and(|st| {
+            find_condition(&st.conditions, "Ready")
+                .is_some_and(|c| !c.is_true() && c.reason == REASON_HOST_NOT_ALLOWED)
+        });
+        let mut hosts = if refused {
+            Vec::new()
+        } else {
+            spec.hosts.clone()
+        };
         if let Some(t) = host_template {
             hosts.push(expand(t, ns, name));
         }
         let auth = spec.auth.mode;
-        if auth == AuthMode::Key {
+        // A key Secret the operator refused (not the endpoint's own) gives
+        // no keys.
+        let secret_refused = ep.status.as_ref().is_some_and(|st| {
+            find_condition(&st.conditions, "Ready")
+                .is_some_and(|c| !c.is_true() && c.reason == REASON_SECRET_CONFLICT)
+        });
+        if auth == AuthMode::Key && !secret_refused {
             let secret = spec
                 .auth
                 .key_secret_name
@@ -607,33 +625,39 @@ fn build(state: &State, host_template: Option<&str>, registry: &Registry) -> Tab
                     }
                 }
                 if !key_hashes.is_empty() {
-                    clients.push(TableClient {
-                        id: format!("{eid}:endpoint-key"),
-                        endpoints: HashSet::from([eid.clone()]),
-                        key_hashes,
-                        token: None,
-                        quota: None,
-                        dry_run: false,
-                    });
+                    clients.push((
+                        seniority.clone(),
+                        TableClient {
+                            id: format!("{eid}:endpoint-key"),
+                            endpoints: HashSet::from([eid.clone()]),
+                            key_hashes,
+                            token: None,
+                            quota: None,
+                            dry_run: false,
+                        },
+                    ));
                 }
             }
         }
         let rs = &spec.request_settings;
-        endpoints.push(Endpoint {
-            id: eid.clone(),
-            hosts,
-            path_prefix: format!("/endpoints/{ns}/{name}"),
-            auth,
-            token: endpoint_token(ns, name, spec, state),
-            traffic,
-            mirror,
-            timeout: Duration::from_millis(u64::from(rs.request_timeout_ms.max(1))),
-            max_body_bytes: rs.max_body_bytes,
-            max_rows: rs.max_rows_per_request,
-            default_quota: spec.default_client_quota.clone(),
-            response_format: spec.response_format,
-            deployments,
-        });
+        endpoints.push((
+            seniority,
+            Endpoint {
+                id: eid.clone(),
+                hosts,
+                path_prefix: format!("/endpoints/{ns}/{name}"),
+                auth,
+                token: endpoint_token(ns, name, spec, state),
+                traffic,
+                mirror,
+                timeout: Duration::from_millis(u64::from(rs.request_timeout_ms.max(1))),
+                max_body_bytes: rs.max_body_bytes,
+                max_rows: rs.max_rows_per_request,
+                default_quota: spec.default_client_quota.clone(),
+                response_format: spec.response_format,
+                deployments,
+            },
+        ));
     }
     let mut sorted: Vec<(&Key, &EmbeddingClient)> = state.clients.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
@@ -657,19 +681,22 @@ fn build(state: &State, host_template: Option<&str>, registry: &Registry) -> Tab
                 }
             }
         }
-        clients.push(TableClient {
-            id: id(ns, name),
-            endpoints: spec.endpoints.iter().map(|e| id(ns, e)).collect(),
-            key_hashes,
-            token: spec.token.as_ref().map(|t| ClientToken {
-                subject: t.subject.clone(),
-                claims: t.claims.clone(),
-            }),
-            quota: spec.quota.clone(),
-            dry_run: spec.dry_run,
-        });
+        clients.push((
+            Seniority::of(c.meta()),
+            TableClient {
+                id: id(ns, name),
+                endpoints: spec.endpoints.iter().map(|e| id(ns, e)).collect(),
+                key_hashes,
+                token: spec.token.as_ref().map(|t| ClientToken {
+                    subject: t.subject.clone(),
+                    claims: t.claims.clone(),
+                }),
+                quota: spec.quota.clone(),
+                dry_run: spec.dry_run,
+            },
+        ));
     }
-    Table::new(endpoints, clients).pruning(registry)
+    Table::ranked(endpoints, clients).pruning(registry)
 }
 
 #[cfg(test)]
@@ -849,5 +876,45 @@ mod tests {
         assert!(c.endpoints.contains("ns/chest"));
         assert_eq!(c.quota.as_ref().unwrap().requests_per_minute, Some(60));
         assert_eq!(registry.all().len(), 2);
+    }
+
+    /// What the operator refused is not served: the host names of an
+    /// endpoint outside its namespace's allow-list, the keys of a key Secret
+    /// it does not own.
+    #[test]
+    fn refused_hosts_and_key_secrets_are_not_served() {
+        let registry = Registry::default();
+        let mut state = State::default();
+        let k = |n: &str| ("ns".to_string(), n.to_string());
+        let refused = |reason: &str| json!({"conditions": [{"type": "Ready", "status": "False", "reason": reason, "message": ""}]});
+        state.endpoints.insert(
+            k("squat"),
+            obj(json!({
+                "apiVersion": "medembed.io/v1alpha1", "kind": "EmbeddingEndpoint",
+                "metadata": {"name": "squat", "namespace": "ns"},
+                "spec": {"hosts": ["chest.example.org"], "auth": {"mode": "Unauthenticated"}},
+                "status": refused("HostNotAllowed"),
+            })),
+        );
+        state.endpoints.insert(
+            k("planted"),
+            obj(json!({
+                "apiVersion": "medembed.io/v1alpha1", "kind": "EmbeddingEndpoint",
+                "metadata": {"name": "planted", "namespace": "ns"},
+                "spec": {"auth": {"mode": "Key"}},
+                "status": refused("SecretConflict"),
+            })),
+        );
+        state.secrets.insert(
+            k("planted-keys"),
+            SecretView {
+                hashed: BTreeMap::from([("primaryKey".to_string(), [3u8; 32])]),
+                hashes: BTreeMap::new(),
+            },
+        );
+        let t = build(&state, None, &registry);
+        assert!(t.route(Some("chest.example.org"), "/score").is_none());
+        assert!(t.route(None, "/endpoints/ns/squat/score").is_some());
+        assert!(t.client_by_key(&[3u8; 32]).is_none());
     }
 }

@@ -20,7 +20,7 @@ use crate::balance::Worker;
 
 /// A client's limits and an endpoint's auth mode are the custom resources'
 /// own types, in both configuration modes.
-pub use medembed_api::crd::{AuthMode, ClientQuota};
+pub use medembed_api::crd::{AuthMode, ClientQuota, Seniority};
 
 /// Where the signing keys of a token issuer come from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -186,26 +186,65 @@ impl Table {
         self
     }
 
-    /// Builds the indexes. A host or key claimed twice keeps its first owner.
+    /// Builds the indexes from endpoints and clients in order of precedence:
+    /// a host or key claimed twice keeps its first owner (the static file's
+    /// order).
     pub fn new(endpoints: Vec<Endpoint>, clients: Vec<Client>) -> Self {
-        let endpoints: Vec<Arc<Endpoint>> = endpoints.into_iter().map(Arc::new).collect();
-        let clients: Vec<Arc<Client>> = clients.into_iter().map(Arc::new).collect();
-        let mut by_host = HashMap::new();
+        let rank = |i: usize, id: &str| Seniority {
+            created: i as i64,
+            id: id.to_string(),
+        };
+        let endpoints = endpoints
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (rank(i, &e.id), e))
+            .collect();
+        let clients = clients
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (rank(i, &c.id), c))
+            .collect();
+        Self::ranked(endpoints, clients)
+    }
+
+    /// Builds the indexes. A host name claimed by several endpoints, or a key
+    /// hash held by several clients, belongs to the one with the smallest
+    /// [`Seniority`] (the oldest), whatever the order given: a newer endpoint
+    /// or client never takes a host or a key away from an older one. The
+    /// others keep their path prefix and their other hosts and keys.
+    pub fn ranked(
+        endpoints: Vec<(Seniority, Endpoint)>,
+        clients: Vec<(Seniority, Client)>,
+    ) -> Self {
+        let mut endpoints = endpoints;
+        endpoints.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut clients = clients;
+        clients.sort_by(|a, b| a.0.cmp(&b.0));
+        let endpoints: Vec<Arc<Endpoint>> =
+            endpoints.into_iter().map(|(_, e)| Arc::new(e)).collect();
+        let clients: Vec<Arc<Client>> = clients.into_iter().map(|(_, c)| Arc::new(c)).collect();
+        let mut by_host: HashMap<String, Arc<Endpoint>> = HashMap::new();
         let mut by_prefix = Vec::new();
         for e in &endpoints {
             for h in &e.hosts {
-                by_host
+                let owner = by_host
                     .entry(normalize_host(h))
                     .or_insert_with(|| e.clone());
+                if !Arc::ptr_eq(owner, e) {
+                    tracing::debug!(host = %h, owner = %owner.id, endpoint = %e.id, "host name claimed by an older endpoint; not routed to this one");
+                }
             }
             by_prefix.push((e.path_prefix.clone(), e.clone()));
         }
         // Longest prefix first.
         by_prefix.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
-        let mut by_key = HashMap::new();
+        let mut by_key: HashMap<[u8; 32], (Arc<Client>, KeySlot)> = HashMap::new();
         for c in &clients {
             for (hash, slot) in &c.key_hashes {
-                by_key.entry(*hash).or_insert_with(|| (c.clone(), *slot));
+                let owner = by_key.entry(*hash).or_insert_with(|| (c.clone(), *slot));
+                if !Arc::ptr_eq(&owner.0, c) {
+                    tracing::debug!(owner = %owner.0.id, client = %c.id, "key held by an older client; not accepted for this one");
+                }
             }
         }
         Table {
@@ -270,5 +309,101 @@ mod tests {
         assert_eq!(normalize_host("Chest.Example:8443"), "chest.example");
         assert_eq!(normalize_host("chest.example"), "chest.example");
         assert_eq!(normalize_host("[::1]:80"), "::1");
+    }
+
+    fn endpoint(id: &str, hosts: &[&str]) -> Endpoint {
+        Endpoint {
+            id: id.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            path_prefix: format!("/endpoints/{id}"),
+            auth: AuthMode::Key,
+            token: None,
+            traffic: Vec::new(),
+            mirror: None,
+            timeout: Duration::from_secs(1),
+            max_body_bytes: 1,
+            max_rows: 1,
+            default_quota: None,
+            response_format: ResponseFormat::default(),
+            deployments: BTreeMap::new(),
+        }
+    }
+
+    fn client(id: &str, hash: u8) -> Client {
+        Client {
+            id: id.into(),
+            endpoints: HashSet::new(),
+            key_hashes: vec![([hash; 32], KeySlot::Primary)],
+            token: None,
+            quota: None,
+            dry_run: false,
+        }
+    }
+
+    fn age(created: i64, id: &str) -> Seniority {
+        Seniority {
+            created,
+            id: id.into(),
+        }
+    }
+
+    /// The attack: a tenant in a namespace sorting first ("aaa") claims the
+    /// host of an older endpoint in "radiology" to receive its images.
+    #[test]
+    fn a_host_claimed_twice_goes_to_the_older_endpoint_whatever_the_namespace() {
+        for flip in [false, true] {
+            let mut eps = vec![
+                (
+                    age(100, "radiology/chest"),
+                    endpoint("radiology/chest", &["chest.example.org"]),
+                ),
+                (
+                    age(200, "aaa/thief"),
+                    endpoint("aaa/thief", &["Chest.example.org", "own.example.org"]),
+                ),
+            ];
+            if flip {
+                eps.reverse();
+            }
+            let t = Table::ranked(eps, Vec::new());
+            assert_eq!(
+                t.route(Some("chest.example.org"), "/score").unwrap().id,
+                "radiology/chest"
+            );
+            // The newer one keeps what nobody else claims.
+            assert_eq!(
+                t.route(Some("own.example.org"), "/score").unwrap().id,
+                "aaa/thief"
+            );
+            assert_eq!(
+                t.route(None, "/endpoints/aaa/thief/score").unwrap().id,
+                "aaa/thief"
+            );
+        }
+        // Same age: namespace/name decides, the same way every time.
+        let t = Table::ranked(
+            vec![
+                (age(5, "b/x"), endpoint("b/x", &["h.example"])),
+                (age(5, "a/y"), endpoint("a/y", &["h.example"])),
+            ],
+            Vec::new(),
+        );
+        assert_eq!(t.route(Some("h.example"), "/score").unwrap().id, "a/y");
+    }
+
+    /// The attack: a newer client copies an older client's key hash.
+    #[test]
+    fn a_key_held_twice_stays_with_the_older_client() {
+        for flip in [false, true] {
+            let mut clients = vec![
+                (age(100, "radiology/reader"), client("radiology/reader", 7)),
+                (age(200, "aaa/copy"), client("aaa/copy", 7)),
+            ];
+            if flip {
+                clients.reverse();
+            }
+            let t = Table::ranked(Vec::new(), clients);
+            assert_eq!(t.client_by_key(&[7; 32]).unwrap().0.id, "radiology/reader");
+        }
     }
 }

@@ -53,6 +53,34 @@ pub struct OperatorConfig {
     )]
     pub host_scoring_uri_template: String,
 
+    /// The gateway's namespace: when set, every worker deployment gets a
+    /// NetworkPolicy admitting ingress to its workers only from the gateway's
+    /// pods (this namespace, `--gateway-pod-labels`) and from
+    /// `--metrics-namespaces`, on the worker port.
+    #[arg(long, env = "MEDEMBED_GATEWAY_NAMESPACE")]
+    pub gateway_namespace: Option<String>,
+
+    /// Labels selecting the gateway's pods, `k=v,k=v`.
+    #[arg(
+        long,
+        env = "MEDEMBED_GATEWAY_POD_LABELS",
+        default_value = "app.kubernetes.io/name=medembed-gateway"
+    )]
+    pub gateway_pod_labels: String,
+
+    /// Namespaces (comma-separated) whose pods may scrape the workers'
+    /// `/metrics` (e.g. Prometheus's).
+    #[arg(long, env = "MEDEMBED_METRICS_NAMESPACES", default_value = "")]
+    pub metrics_namespaces: String,
+
+    /// Host names each namespace's endpoints may claim: `NS=PATTERN,...`
+    /// entries separated by `;`, a pattern being a host name or `*.SUFFIX`.
+    /// An endpoint in a listed namespace naming another host is not ready
+    /// (`HostNotAllowed`) and the gateway does not route its host names;
+    /// namespaces not listed are unrestricted unless a `*` entry is given.
+    #[arg(long, env = "MEDEMBED_ALLOWED_HOSTS", value_parser = parse_allowed_hosts, default_value = "")]
+    pub allowed_hosts: AllowedHosts,
+
     /// Name of the leader-election Lease.
     #[arg(long, env = "MEDEMBED_LEASE_NAME", default_value = "medembed-operator")]
     pub lease_name: String,
@@ -94,6 +122,41 @@ pub struct OperatorConfig {
     pub log_format: LogFormat,
 }
 
+/// Per-namespace allow-list of host patterns (see `--allowed-hosts`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedHosts(pub std::collections::BTreeMap<String, Vec<String>>);
+
+impl AllowedHosts {
+    /// Whether an endpoint in `namespace` may claim `host`.
+    pub fn allows(&self, namespace: &str, host: &str) -> bool {
+        match self.0.get(namespace).or_else(|| self.0.get("*")) {
+            None => true,
+            Some(patterns) => patterns
+                .iter()
+                .any(|p| medembed_api::crd::host_matches(p, host)),
+        }
+    }
+}
+
+/// Parses `NS=PATTERN,PATTERN;NS2=PATTERN`.
+pub fn parse_allowed_hosts(s: &str) -> Result<AllowedHosts, String> {
+    let mut map = std::collections::BTreeMap::new();
+    for entry in s.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let (ns, patterns) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("{entry:?}: expected NAMESPACE=PATTERN[,PATTERN...]"))?;
+        let patterns: Vec<String> = patterns
+            .split(',')
+            .map(|p| p.trim().to_ascii_lowercase())
+            .filter(|p| !p.is_empty())
+            .collect();
+        map.entry(ns.trim().to_string())
+            .or_insert_with(Vec::new)
+            .extend(patterns);
+    }
+    Ok(AllowedHosts(map))
+}
+
 impl OperatorConfig {
     /// Defaults, for tests and embedding (listener on 127.0.0.1, port 0).
     pub fn for_tests() -> Self {
@@ -112,6 +175,45 @@ impl OperatorConfig {
         kube::runtime::controller::Config::default()
             .concurrency(self.concurrency)
             .debounce(Duration::from_millis(self.debounce_ms))
+    }
+
+    /// The workers' NetworkPolicy settings, when the gateway's namespace is
+    /// known.
+    pub fn network_policy(
+        &self,
+    ) -> Result<Option<crate::resources::NetworkPolicySettings>, String> {
+        let Some(ns) = self.gateway_namespace.clone().filter(|n| !n.is_empty()) else {
+            return Ok(None);
+        };
+        let mut labels = std::collections::BTreeMap::new();
+        for kv in self
+            .gateway_pod_labels
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("--gateway-pod-labels: {kv:?} is not k=v"))?;
+            labels.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        if labels.is_empty() {
+            return Err(
+                "--gateway-pod-labels is empty: every pod of the namespace would be admitted"
+                    .into(),
+            );
+        }
+        Ok(Some(crate::resources::NetworkPolicySettings {
+            gateway_namespace: ns,
+            gateway_labels: labels,
+            metrics_namespaces: self
+                .metrics_namespaces
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+        }))
     }
 
     /// The Lease's renewal period.
@@ -133,8 +235,24 @@ impl OperatorConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allowed_hosts_per_namespace() {
+        let a = parse_allowed_hosts("radiology=*.rad.example, chest.example ; lab=lab.example")
+            .unwrap();
+        assert!(a.allows("radiology", "x.rad.example"));
+        assert!(a.allows("radiology", "chest.example"));
+        assert!(!a.allows("radiology", "lab.example"));
+        assert!(!a.allows("lab", "chest.example"));
+        assert!(a.allows("other", "anything.example"));
+        let strict = parse_allowed_hosts("*=*.shared.example").unwrap();
+        assert!(!strict.allows("other", "anything.example"));
+        assert!(parse_allowed_hosts("nonsense").is_err());
+        assert_eq!(parse_allowed_hosts("").unwrap(), AllowedHosts::default());
+    }
 
     #[test]
     fn scoring_uri_by_host_or_path() {

@@ -54,6 +54,7 @@ pub fn cluster_role() -> Result<ClusterRole, Error> {
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "delete"]},
             {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": crud},
             {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": crud},
+            {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get"]},
             {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},

@@ -110,6 +110,7 @@ fn identity(config: &OperatorConfig) -> String {
 /// Starts the operator with `client`: the HTTP listener at once, then leader
 /// election; the controllers run while this replica leads.
 pub async fn start(config: OperatorConfig, client: Client) -> Result<RunningOperator, Error> {
+    config.network_policy().map_err(Error::InvalidObject)?;
     let metrics =
         metrics::Metrics::new().map_err(|e| Error::InvalidObject(format!("metrics: {e}")))?;
     let health = Arc::new(http::Health {

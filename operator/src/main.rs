@@ -37,6 +37,12 @@ enum Command {
         /// The directory to unpack into.
         #[arg(long)]
         dest: PathBuf,
+        /// Seconds the whole download may take.
+        #[arg(long, default_value_t = 3600)]
+        timeout_seconds: u64,
+        /// Most bytes downloaded.
+        #[arg(long, default_value_t = 50 << 30)]
+        max_bytes: u64,
     },
 }
 
@@ -60,12 +66,24 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::FetchModel { url, sha256, dest }) => {
+        Some(Command::FetchModel {
+            url,
+            sha256,
+            dest,
+            timeout_seconds,
+            max_bytes,
+        }) => {
+            let limits = medembed_operator::fetch::Limits {
+                timeout: std::time::Duration::from_secs(timeout_seconds),
+                max_bytes,
+            };
             init_logging(cli.config.log_format, "info");
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            if let Err(e) = rt.block_on(medembed_operator::fetch::fetch(&url, &sha256, &dest)) {
+            if let Err(e) = rt.block_on(medembed_operator::fetch::fetch_with(
+                &url, &sha256, &dest, limits,
+            )) {
                 tracing::error!(error = %e, "fetching the model failed");
                 // Shown as the init container's termination message.
                 let _ = std::fs::write("/dev/termination-log", e.to_string());

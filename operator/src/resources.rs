@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
@@ -48,6 +49,40 @@ pub const UTILIZATION_METRIC: &str = "medembed_worker_utilization_percent";
 pub const MODEL_MOUNT: &str = "/var/lib/medembed/model";
 /// Where the worker's caches (TensorRT engines) live.
 pub const CACHE_MOUNT: &str = "/var/cache/medembed";
+
+/// Where the worker's (and the fetch container's) scratch volume is mounted:
+/// the root filesystem is read-only.
+pub const TMP_MOUNT: &str = "/tmp";
+/// Size limit of the scratch volume at [`TMP_MOUNT`].
+pub const TMP_SIZE: &str = "1Gi";
+/// Size limit of the cache volume at [`CACHE_MOUNT`] (TensorRT engines).
+pub const CACHE_SIZE: &str = "16Gi";
+/// The non-root user and group the workers run as (the images' `USER`).
+pub const WORKER_UID: i64 = 65532;
+
+/// The pod-level security context of the workers: the `restricted` Pod
+/// Security profile.
+fn pod_security() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": WORKER_UID,
+        "runAsGroup": WORKER_UID,
+        "fsGroup": WORKER_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+/// The container-level security context of every worker container (init
+/// containers included): the `restricted` profile, read-only root.
+fn container_security() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
 
 /// Operator-wide settings that shape the children.
 #[derive(Debug, Clone)]
@@ -216,7 +251,10 @@ pub fn deployment(
     let settings_hash = hash_map(&worker_settings(dep, endpoint).to_env());
 
     // The model volume and where the worker finds the model in it.
-    let mut volumes = vec![json!({"name": "cache", "emptyDir": {}})];
+    let mut volumes = vec![
+        json!({"name": "cache", "emptyDir": {"sizeLimit": CACHE_SIZE}}),
+        json!({"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}}),
+    ];
     let mut init_containers: Vec<Value> = Vec::new();
     let sub = |p: &Option<String>| {
         p.as_deref()
@@ -246,8 +284,11 @@ pub fn deployment(
             "name": "fetch-model",
             "image": defaults.fetch_image,
             "args": ["fetch-model", "--url", url.url, "--sha256", url.sha256, "--dest", MODEL_MOUNT],
-            "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT}],
-            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true},
+            "volumeMounts": [
+                {"name": "model", "mountPath": MODEL_MOUNT},
+                {"name": "tmp", "mountPath": TMP_MOUNT},
+            ],
+            "securityContext": container_security(),
         }));
         model_dir = MODEL_MOUNT.to_string();
     } else {
@@ -304,10 +345,12 @@ pub fn deployment(
             "volumeMounts": [
                 {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": true},
                 {"name": "cache", "mountPath": CACHE_MOUNT},
+                {"name": "tmp", "mountPath": TMP_MOUNT},
             ],
             "terminationMessagePolicy": "FallbackToLogsOnError",
-            "securityContext": {"allowPrivilegeEscalation": false},
+            "securityContext": container_security(),
         }],
+        "securityContext": pod_security(),
         "volumes": volumes,
     });
     let ps = pod_spec
@@ -356,6 +399,50 @@ pub fn deployment(
         "kind": "Deployment",
         "metadata": meta(&worker_name(&name), &ns, &labels, &owner),
         "spec": dspec,
+    }))?)
+}
+
+/// Who may reach the workers (see `--gateway-namespace`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkPolicySettings {
+    /// The gateway's namespace.
+    pub gateway_namespace: String,
+    /// Labels of the gateway's pods.
+    pub gateway_labels: BTreeMap<String, String>,
+    /// Namespaces allowed to scrape the workers.
+    pub metrics_namespaces: Vec<String>,
+}
+
+/// The workers' NetworkPolicy: ingress to this deployment's worker pods only
+/// from the gateway's pods (and scrapers), on the worker port; owned by the
+/// deployment, so garbage-collected with it.
+pub fn network_policy(
+    dep: &EmbeddingDeployment,
+    defaults: &WorkerDefaults,
+    np: &NetworkPolicySettings,
+) -> Result<NetworkPolicy, Error> {
+    let (name, ns) = name_ns(dep)?;
+    let labels = child_labels(&name, &dep.spec.endpoint);
+    let owner = owner_of(dep)?;
+    let mut from = vec![json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": np.gateway_namespace}},
+        "podSelector": {"matchLabels": np.gateway_labels},
+    })];
+    from.extend(np.metrics_namespaces.iter().map(
+        |m| json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": m}}}),
+    ));
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta(&worker_name(&name), &ns, &labels, &owner),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(&name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": from,
+                "ports": [{"port": defaults.port, "protocol": "TCP"}],
+            }],
+        },
     }))?)
 }
 

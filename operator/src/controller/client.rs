@@ -11,7 +11,9 @@
 //!   mode, a token identity for Token mode; anything for Unauthenticated).
 //!
 //! Otherwise the first problem found gives the reason (`KeySecretNotFound`,
-//! `KeySecretInvalid`, `EndpointNotFound`, `NoUsableCredentials`) and the
+//! `KeySecretInvalid`, `EndpointNotFound`, `NoUsableCredentials`,
+//! `DuplicateKey`: an older client holds one of its key hashes, and the
+//! gateway keeps the key for the older one) and the
 //! message lists them all. Messages name Secrets and entries, never their
 //! content.
 //!
@@ -26,12 +28,15 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Resource, ResourceExt};
-use medembed_api::crd::{AuthMode, EmbeddingClient, EmbeddingClientStatus, EmbeddingEndpoint};
+use medembed_api::crd::{
+    AuthMode, EmbeddingClient, EmbeddingClientStatus, EmbeddingEndpoint, Seniority,
+    REASON_DUPLICATE_KEY,
+};
 use serde_json::json;
 
 use super::{key_of, now_rfc3339, Ctx};
@@ -150,6 +155,70 @@ pub fn key_secret_problems(c: &EmbeddingClient, secret: Option<&Secret>) -> Vec<
     out
 }
 
+/// The key hashes (lower-case hex) a client's Secret gives it.
+pub fn key_hashes(c: &EmbeddingClient, secret: Option<&Secret>) -> Vec<String> {
+    let (Some(keys), Some(secret)) = (&c.spec.keys, secret) else {
+        return Vec::new();
+    };
+    let data = secret.data.clone().unwrap_or_default();
+    [&keys.primary_key, &keys.secondary_key]
+        .into_iter()
+        .filter_map(|k| data.get(k))
+        .filter(|v| is_hex_sha256(&v.0))
+        .map(|v| String::from_utf8_lossy(v.0.trim_ascii()).to_ascii_lowercase())
+        .collect()
+}
+
+/// `DuplicateKey` when an older client (by [`Seniority`]) holds one of this
+/// client's key hashes: the gateway keeps the key for the older one, so a
+/// client can never take over another's key. Another namespace's client is
+/// not named.
+async fn duplicate_key_problems(
+    c: &EmbeddingClient,
+    secret: Option<&Secret>,
+    ctx: &Ctx,
+) -> Result<Vec<Problem>, Error> {
+    let mine = key_hashes(c, secret);
+    if mine.is_empty() {
+        return Ok(Vec::new());
+    }
+    let me = Seniority::of(c.meta());
+    let ns = c.namespace().unwrap_or_default();
+    let mut older: Vec<EmbeddingClient> = ctx
+        .watched::<EmbeddingClient>()
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|o| o.spec.keys.is_some() && Seniority::of(o.meta()) < me)
+        .collect();
+    older.sort_by_key(|o| Seniority::of(o.meta()));
+    for o in older {
+        let (Some(k), Some(ons)) = (&o.spec.keys, o.namespace()) else {
+            continue;
+        };
+        let theirs = key_hashes(
+            &o,
+            ctx.api::<Secret>(&ons)
+                .get_opt(&k.secret_name)
+                .await?
+                .as_ref(),
+        );
+        if mine.iter().any(|h| theirs.contains(h)) {
+            let who = if ons == ns {
+                format!("client {}", o.name_any())
+            } else {
+                "a client in another namespace".to_string()
+            };
+            return Ok(vec![problem(
+                REASON_DUPLICATE_KEY,
+                format!("a key hash of this client is held by an older {who}; the gateway accepts that key for the older one only"),
+            )]);
+        }
+    }
+    Ok(Vec::new())
+}
+
 /// The problems of the endpoints the client names: missing ones, and ones
 /// whose auth mode takes none of its credentials. `found` holds those that
 /// exist.
@@ -203,7 +272,11 @@ async fn reconcile_inner(c: &EmbeddingClient, ctx: &Ctx) -> Result<Action, Error
         }
     }
     let mut problems = key_secret_problems(c, secret.as_ref());
+    let secret_ok = problems.is_empty();
     problems.extend(endpoint_problems(c, &found));
+    if secret_ok {
+        problems.extend(duplicate_key_problems(c, secret.as_ref(), ctx).await?);
+    }
 
     let generation = c.metadata.generation;
     let ready = problems.is_empty();

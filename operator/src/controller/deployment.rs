@@ -3,7 +3,8 @@
 //!
 //! One reconcile: read the endpoint (for its request settings and response
 //! format), check the model source, apply ConfigMap, Deployment, Service,
-//! PodDisruptionBudget and HPA (or delete an HPA no longer wanted), then
+//! PodDisruptionBudget, NetworkPolicy (when the gateway's namespace is
+//! known) and HPA (or delete an HPA no longer wanted), then
 //! compute the status from the worker Deployment and its pods, write it when
 //! it changed, and publish an event for each condition that changed.
 
@@ -14,6 +15,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -48,6 +50,7 @@ pub async fn run(ctx: Arc<Ctx>) {
         .owns(ctx.watched::<ConfigMap>(), managed.clone())
         .owns(ctx.watched::<PodDisruptionBudget>(), managed.clone())
         .owns(ctx.watched::<HorizontalPodAutoscaler>(), managed.clone())
+        .owns(ctx.watched::<NetworkPolicy>(), managed.clone())
         .watches(ctx.watched::<Pod>(), managed, |pod| {
             let ns = pod.namespace()?;
             let name = pod.labels().get(DEPLOYMENT_LABEL)?.clone();
@@ -148,6 +151,14 @@ async fn reconcile_inner(dep: &EmbeddingDeployment, ctx: &Ctx) -> Result<Action,
     .await?;
     apply(ctx, &ns, &resources::service(dep, &ctx.defaults)?).await?;
     apply(ctx, &ns, &resources::pdb(dep)?).await?;
+    if let Some(np) = &ctx.network_policy {
+        apply(
+            ctx,
+            &ns,
+            &resources::network_policy(dep, &ctx.defaults, np)?,
+        )
+        .await?;
+    }
     match resources::hpa(dep)? {
         Some(h) => apply(ctx, &ns, &h).await?,
         None => prune_hpa(ctx, &ns, dep).await?,

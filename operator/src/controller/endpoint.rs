@@ -19,7 +19,8 @@ use kube::runtime::{watcher, Controller};
 use kube::{Resource, ResourceExt};
 use medembed_api::crd::{
     find_condition, AuthMode, EmbeddingDeployment, EmbeddingEndpoint, EmbeddingEndpointStatus,
-    EndpointDeploymentStatus,
+    EndpointDeploymentStatus, Seniority, REASON_HOST_CONFLICT, REASON_HOST_NOT_ALLOWED,
+    REASON_SECRET_CONFLICT,
 };
 use serde_json::json;
 
@@ -32,22 +33,39 @@ const NAME: &str = "endpoint";
 
 /// Runs the controller until the returned future is dropped.
 pub async fn run(ctx: Arc<Ctx>) {
-    Controller::new(
+    let controller = Controller::new(
         ctx.watched::<EmbeddingEndpoint>(),
         watcher::Config::default(),
-    )
-    .with_config(ctx.config.controller())
-    .watches(
-        ctx.watched::<EmbeddingDeployment>(),
-        watcher::Config::default(),
-        |d| {
-            let ns = d.namespace()?;
-            Some(ObjectRef::new(&d.spec.endpoint).within(&ns))
-        },
-    )
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| futures::future::ready(()))
-    .await;
+    );
+    let store = controller.store();
+    controller
+        .with_config(ctx.config.controller())
+        // A change to an endpoint (its deletion included) may settle another's
+        // host conflict: reconcile every endpoint sharing one of its hosts.
+        .watches(
+            ctx.watched::<EmbeddingEndpoint>(),
+            watcher::Config::default(),
+            move |changed| {
+                let uid = changed.meta().uid.clone();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|other| other.meta().uid != uid && shares_host(&changed, other))
+                    .map(|other| ObjectRef::from_obj(&*other))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            ctx.watched::<EmbeddingDeployment>(),
+            watcher::Config::default(),
+            |d| {
+                let ns = d.namespace()?;
+                Some(ObjectRef::new(&d.spec.endpoint).within(&ns))
+            },
+        )
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
 }
 
 fn error_policy(ep: Arc<EmbeddingEndpoint>, error: &Error, ctx: Arc<Ctx>) -> Action {
@@ -59,6 +77,43 @@ async fn reconcile(ep: Arc<EmbeddingEndpoint>, ctx: Arc<Ctx>) -> Result<Action, 
     let action = reconcile_inner(&ep, &ctx).await?;
     ctx.succeeded(NAME, &key_of(&*ep), started);
     Ok(action)
+}
+
+const KEY_SECRET_INVALID: &str = "KeySecretInvalid";
+
+/// Whether `secret` has `ep` (this very object: its UID) as an owner.
+fn owned_by(secret: &Secret, ep: &EmbeddingEndpoint) -> bool {
+    ep.meta()
+        .uid
+        .as_ref()
+        .is_some_and(|uid| secret.owner_references().iter().any(|o| &o.uid == uid))
+}
+
+fn shares_host(a: &EmbeddingEndpoint, b: &EmbeddingEndpoint) -> bool {
+    a.spec
+        .hosts
+        .iter()
+        .any(|h| b.spec.hosts.iter().any(|o| o.eq_ignore_ascii_case(h)))
+}
+
+/// The host names of `ep` claimed by an older endpoint (the gateway routes
+/// them to that one), each with its owner's `namespace/name`.
+pub fn host_conflicts(ep: &EmbeddingEndpoint, all: &[EmbeddingEndpoint]) -> Vec<(String, String)> {
+    let mine = Seniority::of(ep.meta());
+    let mut out = Vec::new();
+    for h in &ep.spec.hosts {
+        let owner = all
+            .iter()
+            .filter(|o| o.meta().uid != ep.meta().uid)
+            .filter(|o| o.spec.hosts.iter().any(|x| x.eq_ignore_ascii_case(h)))
+            .map(|o| Seniority::of(o.meta()))
+            .filter(|s| *s < mine)
+            .min();
+        if let Some(owner) = owner {
+            out.push((h.clone(), owner.id));
+        }
+    }
+    out
 }
 
 /// Traffic of each deployment: the spec's weights, or all of it to a single
@@ -79,13 +134,27 @@ async fn ensure_keys(
     ep: &EmbeddingEndpoint,
     ctx: &Ctx,
     ns: &str,
-) -> Result<(Option<String>, Option<String>), Error> {
+) -> Result<(Option<String>, Option<(&'static str, String)>), Error> {
     let secrets = ctx.api::<Secret>(ns);
     let generated = medembed_api::crd::generated_key_secret_name(&ep.name_any());
     let wants_generated =
         ep.spec.auth.mode == AuthMode::Key && ep.spec.auth.key_secret_name.is_none();
     if wants_generated {
-        if secrets.get_opt(&generated).await?.is_none() {
+        if let Some(existing) = secrets.get_opt(&generated).await? {
+            // Adopted only when this endpoint created it: a Secret of that
+            // name made by anyone else holds keys someone else knows.
+            if !owned_by(&existing, ep) {
+                return Ok((
+                    None,
+                    Some((
+                        REASON_SECRET_CONFLICT,
+                        format!(
+                            "Secret {generated} exists and is not owned by this endpoint; delete it or name a key Secret in spec.auth.keySecretName"
+                        ),
+                    )),
+                ));
+            }
+        } else {
             let s =
                 resources::key_secret(ep, &resources::generate_key(), &resources::generate_key())?;
             match secrets
@@ -115,11 +184,7 @@ async fn ensure_keys(
     }
     // Not wanted (any more): remove a Secret this endpoint generated.
     if let Some(s) = secrets.get_opt(&generated).await? {
-        let ours = s
-            .owner_references()
-            .iter()
-            .any(|o| Some(&o.uid) == ep.meta().uid.as_ref());
-        if ours {
+        if owned_by(&s, ep) {
             match secrets.delete(&generated, &DeleteParams::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -130,11 +195,16 @@ async fn ensure_keys(
     match (&ep.spec.auth.mode, &ep.spec.auth.key_secret_name) {
         (AuthMode::Key, Some(name)) => {
             let problem = match secrets.get_opt(name).await? {
-                None => Some(format!("Secret {name} not found")),
+                None => Some((KEY_SECRET_INVALID, format!("Secret {name} not found"))),
                 Some(s) => {
                     let data = s.data.unwrap_or_default();
                     let primary = medembed_api::crd::ENDPOINT_KEY_ENTRIES[0];
-                    (!data.contains_key(primary)).then(|| format!("Secret {name} has no {primary}"))
+                    (!data.contains_key(primary)).then(|| {
+                        (
+                            KEY_SECRET_INVALID,
+                            format!("Secret {name} has no {primary}"),
+                        )
+                    })
                 }
             };
             Ok((Some(name.clone()), problem))
@@ -152,6 +222,46 @@ async fn reconcile_inner(ep: &EmbeddingEndpoint, ctx: &Ctx) -> Result<Action, Er
         return Ok(Action::await_change());
     }
     let (key_secret_name, key_problem) = ensure_keys(ep, ctx, &ns).await?;
+    let not_allowed: Vec<&str> = ep
+        .spec
+        .hosts
+        .iter()
+        .filter(|h| !ctx.config.allowed_hosts.allows(&ns, h))
+        .map(String::as_str)
+        .collect();
+    let conflicts = if ep.spec.hosts.is_empty() {
+        Vec::new()
+    } else {
+        let all = ctx
+            .watched::<EmbeddingEndpoint>()
+            .list(&ListParams::default())
+            .await?
+            .items;
+        host_conflicts(ep, &all)
+    };
+    let host_problem = if !not_allowed.is_empty() {
+        Some((
+            REASON_HOST_NOT_ALLOWED,
+            format!(
+                "host name(s) not allowed in namespace {ns}: {}",
+                not_allowed.join(", ")
+            ),
+        ))
+    } else if !conflicts.is_empty() {
+        let list: Vec<String> = conflicts
+            .iter()
+            .map(|(h, owner)| format!("{h} (claimed by {owner})"))
+            .collect();
+        Some((
+            REASON_HOST_CONFLICT,
+            format!(
+                "host name(s) claimed by an older endpoint, not routed here: {}",
+                list.join(", ")
+            ),
+        ))
+    } else {
+        None
+    };
 
     let mut deps: Vec<EmbeddingDeployment> = ctx
         .api::<EmbeddingDeployment>(&ns)
@@ -200,10 +310,15 @@ async fn reconcile_inner(ep: &EmbeddingEndpoint, ctx: &Ctx) -> Result<Action, Er
         .map(|r| r.name.as_str())
         .collect();
     let generation = ep.metadata.generation;
-    let ready =
-        !serving.is_empty() && not_ready.is_empty() && missing.is_empty() && key_problem.is_none();
-    let (reason, message) = if let Some(p) = &key_problem {
-        ("KeySecretInvalid", p.clone())
+    let ready = !serving.is_empty()
+        && not_ready.is_empty()
+        && missing.is_empty()
+        && key_problem.is_none()
+        && host_problem.is_none();
+    let (reason, message) = if let Some((reason, p)) = &host_problem {
+        (*reason, p.clone())
+    } else if let Some((reason, p)) = &key_problem {
+        (*reason, p.clone())
     } else if !missing.is_empty() {
         (
             "DeploymentNotFound",
@@ -237,7 +352,7 @@ async fn reconcile_inner(ep: &EmbeddingEndpoint, ctx: &Ctx) -> Result<Action, Er
         ),
         cond(
             "Degraded",
-            !ready && (key_problem.is_some() || !missing.is_empty()),
+            !ready && (key_problem.is_some() || host_problem.is_some() || !missing.is_empty()),
             reason,
             message,
             generation,
@@ -265,7 +380,10 @@ async fn reconcile_inner(ep: &EmbeddingEndpoint, ctx: &Ctx) -> Result<Action, Er
         if let Some(c) = changed.iter().find(|c| c.type_ == "Ready") {
             ctx.event(
                 ep,
-                !c.is_true() && !old.conditions.is_empty(),
+                !c.is_true()
+                    && (!old.conditions.is_empty()
+                        || host_problem.is_some()
+                        || key_problem.is_some()),
                 &c.reason,
                 c.message.clone(),
             )

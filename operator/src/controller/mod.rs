@@ -42,6 +42,8 @@ pub struct Ctx {
     pub defaults: WorkerDefaults,
     /// Metrics.
     pub metrics: Metrics,
+    /// The workers' NetworkPolicy settings (none: no policy).
+    pub network_policy: Option<crate::resources::NetworkPolicySettings>,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -70,11 +72,16 @@ impl Ctx {
                 instance: Some(identity.to_string()),
             },
         );
+        let network_policy = config.network_policy().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "no NetworkPolicy for the workers");
+            None
+        });
         Ctx {
             client,
             config,
             defaults,
             metrics,
+            network_policy,
             recorder,
             failures: Mutex::new(HashMap::new()),
         }

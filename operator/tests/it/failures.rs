@@ -266,6 +266,7 @@ fn merged(base: &Value, patch: Value) -> Value {
 }
 
 const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+const HASH2: &str = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752";
 
 async fn until_client(
     api: &kube::Api<EmbeddingClient>,
@@ -359,7 +360,8 @@ async fn clients_report_what_keeps_them_from_calling(env: &crate::common::Env) {
 
     // Fixes are followed: the Secret appears (not watched: rechecked), the
     // endpoint appears (watched).
-    secret(&secrets, "late-keys", json!({"primary-sha256": HASH})).await;
+    // (Its own key: a hash another client holds would be `DuplicateKey`.)
+    secret(&secrets, "late-keys", json!({"primary-sha256": HASH2})).await;
     create(&eps, "later", json!({"auth": {"mode": "Unauthenticated"}})).await;
     until_client(&clients, "late", true, "Valid").await;
     until_client(&clients, "lost", true, "Valid").await;

@@ -1,6 +1,7 @@
 //! The operator's integration tests, in one binary: the committed CRDs and
 //! RBAC ([`crds`]), refusals and failure conditions ([`failures`]), leader
-//! election ([`leader`]), a deployment's life ([`lifecycle`]) and the
+//! election ([`leader`]), a deployment's life ([`lifecycle`]), tenant
+//! isolation ([`tenancy`]) and the
 //! ignored benchmark ([`bench`]); shared set-up in [`common`]. Tests that
 //! start a control plane take [`common::exclusive`] for their whole run.
 
@@ -10,3 +11,4 @@ mod crds;
 mod failures;
 mod leader;
 mod lifecycle;
+mod tenancy;

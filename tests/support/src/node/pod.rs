@@ -1075,6 +1075,10 @@ impl Sources<'_> {
             write_file(&path, kc.as_bytes())?;
             env.set("KUBECONFIG", &path.to_string_lossy());
         }
+        // The agent's own variables hold host paths already (a mount at
+        // `/tmp` must not rewrite the pod directory under `/tmp`); only what
+        // the pod sets below is rewritten.
+        let agent_vars = env.vars.clone();
 
         for ef in c.env_from.iter().flatten() {
             let prefix = ef.prefix.clone().unwrap_or_default();
@@ -1155,7 +1159,8 @@ impl Sources<'_> {
             .vars
             .iter()
             .map(|(k, v)| {
-                let v = if k == "MEDEMBED_MOUNTS" {
+                let own = agent_vars.iter().any(|(ak, av)| ak == k && av == v);
+                let v = if own || k == "MEDEMBED_MOUNTS" {
                     v.clone()
                 } else {
                     rewrite_mounts(v, &mounts)
