@@ -109,13 +109,26 @@ async fn deployment_lifecycle() {
         assert_eq!(c.image.as_deref(), Some(crate::common::WORKER_IMAGE));
         let probe = c.readiness_probe.clone().expect("readiness probe");
         assert_eq!(probe.http_get.expect("http").path.as_deref(), Some("/readyz"));
-        let svc = env.ns.api::<Service>().get("blue-worker").await.expect("service");
+        // The children are applied one after another: wait for each.
+        let svc = wait::until("worker Service exists", LIMIT, STEP, || async {
+            env.ns.api::<Service>().get_opt("blue-worker").await
+        })
+        .await
+        .expect("service");
         assert_eq!(svc.spec.expect("svc spec").selector.expect("selector").get("app.kubernetes.io/instance").map(String::as_str), Some("blue"));
-        let cm = env.ns.api::<ConfigMap>().get("blue-worker-config").await.expect("configmap");
+        let cm = wait::until("worker ConfigMap exists", LIMIT, STEP, || async {
+            env.ns.api::<ConfigMap>().get_opt("blue-worker-config").await
+        })
+        .await
+        .expect("configmap");
         let data = cm.data.expect("data");
         assert_eq!(data.get("MEDEMBED_MAX_BATCH_IMAGES").map(String::as_str), Some("8"));
         assert_eq!(data.get("MEDEMBED_REQUEST_TIMEOUT_MS").map(String::as_str), Some("5000"));
-        let pdb = env.ns.api::<PodDisruptionBudget>().get("blue-worker").await.expect("pdb");
+        let pdb = wait::until("worker PodDisruptionBudget exists", LIMIT, STEP, || async {
+            env.ns.api::<PodDisruptionBudget>().get_opt("blue-worker").await
+        })
+        .await
+        .expect("pdb");
         assert!(pdb.spec.expect("pdb spec").max_unavailable.is_some());
         assert!(env.ns.api::<HorizontalPodAutoscaler>().get_opt("blue-worker").await.expect("get hpa").is_none());
         // Every child is written by the one field manager.
