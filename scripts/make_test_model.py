@@ -101,6 +101,11 @@ model is about 0.6 B parameters; this one is under a million).
 """
 
 
+def named_arrays(**arrays):
+    """Initializers from arrays, each named by its keyword (in order)."""
+    return [numpy_helper.from_array(a, name) for name, a in arrays.items()]
+
+
 def l2_normalise_nodes(inp, out, prefix):
     """Nodes computing out = inp / max(||inp||_2 over axis 1, 1e-12)."""
     return [
@@ -144,12 +149,7 @@ def build_image(rng):
         helper.make_node("MatMul", ["img_h", "img_w2"], ["img_proj_mm"]),
         helper.make_node("Add", ["img_proj_mm", "img_b2"], ["img_proj"]),
     ] + norm_nodes
-    inits = [
-        numpy_helper.from_array(w1, "img_w1"),
-        numpy_helper.from_array(b1, "img_b1"),
-        numpy_helper.from_array(w2, "img_w2"),
-        numpy_helper.from_array(b2, "img_b2"),
-    ] + norm_inits
+    inits = named_arrays(img_w1=w1, img_b1=b1, img_w2=w2, img_b2=b2) + norm_inits
     graph = helper.make_graph(
         nodes,
         "medimageinsight_test_random_image",
@@ -200,11 +200,7 @@ def build_text(rng):
         helper.make_node("MatMul", ["txt_feat", "txt_w"], ["txt_proj_mm"]),
         helper.make_node("Add", ["txt_proj_mm", "txt_b"], ["txt_proj"]),
     ] + norm_nodes
-    inits = [
-        numpy_helper.from_array(emb, "txt_emb"),
-        numpy_helper.from_array(pos, "txt_pos"),
-        numpy_helper.from_array(w, "txt_w"),
-        numpy_helper.from_array(b, "txt_b"),
+    inits = named_arrays(txt_emb=emb, txt_pos=pos, txt_w=w, txt_b=b) + [
         c64("txt_buckets", TEXT_BUCKETS),
         c64("txt_axis1", [1]),
         c64("txt_axis2", [2]),

@@ -494,6 +494,13 @@ impl<B: Body + Unpin, G: Unpin> Body for Guarded<B, G> {
 mod tests {
     use super::*;
 
+    /// The default configuration with one change.
+    fn with(change: impl FnOnce(&mut ServeConfig)) -> ServeConfig {
+        let mut c = ServeConfig::default();
+        change(&mut c);
+        c
+    }
+
     use std::convert::Infallible;
     use std::net::SocketAddr;
 
@@ -611,10 +618,7 @@ mod tests {
 
     #[tokio::test]
     async fn connection_cap_holds_back_the_next_connection() {
-        let cfg = ServeConfig {
-            max_connections: Some(1),
-            ..Default::default()
-        };
+        let cfg = with(|c| c.max_connections = Some(1));
         let s = start(cfg, PlainTcp, Slow::new(Duration::ZERO)).await;
         let mut first = TcpStream::connect(s.addr).await.unwrap();
         assert!(get(&mut first).await.starts_with("HTTP/1.1 200"));
@@ -640,10 +644,7 @@ mod tests {
 
     #[tokio::test]
     async fn header_read_timeout_closes_silent_and_slow_heads() {
-        let cfg = ServeConfig {
-            header_read_timeout: Some(Duration::from_millis(200)),
-            ..Default::default()
-        };
+        let cfg = with(|c| c.header_read_timeout = Some(Duration::from_millis(200)));
         let s = start(cfg, PlainTcp, Slow::new(Duration::ZERO)).await;
         // Nothing at all.
         let mut silent = TcpStream::connect(s.addr).await.unwrap();
@@ -660,10 +661,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_timeout_closes_idle_connections_but_not_busy_ones() {
-        let cfg = ServeConfig {
-            idle_timeout: Some(Duration::from_millis(200)),
-            ..Default::default()
-        };
+        let cfg = with(|c| c.idle_timeout = Some(Duration::from_millis(200)));
         let s = start(cfg, PlainTcp, Slow::new(Duration::from_millis(600))).await;
         // A request longer than the idle timeout is answered in full.
         let mut c = TcpStream::connect(s.addr).await.unwrap();
@@ -700,10 +698,7 @@ mod tests {
 
     #[tokio::test]
     async fn handshake_timeout_drops_the_connection() {
-        let cfg = ServeConfig {
-            handshake_timeout: Duration::from_millis(200),
-            ..Default::default()
-        };
+        let cfg = with(|c| c.handshake_timeout = Duration::from_millis(200));
         let s = start(cfg, Stuck, Slow::new(Duration::ZERO)).await;
         let mut c = TcpStream::connect(s.addr).await.unwrap();
         assert!(closed_within(&mut c, Duration::from_secs(3)).await);
@@ -712,10 +707,7 @@ mod tests {
 
     #[tokio::test]
     async fn http2_streams_are_capped_per_connection() {
-        let cfg = ServeConfig {
-            http2_max_concurrent_streams: Some(1),
-            ..Default::default()
-        };
+        let cfg = with(|c| c.http2_max_concurrent_streams = Some(1));
         let svc = Slow::new(Duration::from_millis(200));
         let most = svc.most.clone();
         let s = start(cfg, PlainTcp, svc).await;

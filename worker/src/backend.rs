@@ -276,20 +276,27 @@ fn load_checked(
     Ok(session)
 }
 
-impl ImageModel {
+/// Opens a model directory's graphs with one set of session options.
+#[derive(Debug, Clone, Copy)]
+pub struct Loader<'a> {
+    /// The model directory.
+    pub model: &'a ModelDir,
+    /// Session options.
+    pub opts: &'a SessionOptions,
+    /// ONNX Runtime's library, when not the default.
+    pub library: Option<&'a Path>,
+}
+
+impl Loader<'_> {
     /// Opens the image graph and checks it against the config.
-    pub fn load(
-        model: &ModelDir,
-        opts: &SessionOptions,
-        library: Option<&Path>,
-    ) -> Result<Self, ModelError> {
-        let c = &model.config;
+    pub fn image(&self) -> Result<ImageModel, ModelError> {
+        let (model, c) = (self.model, &self.model.config);
         let size = i64::from(c.image.size);
         let session = load_checked(
             model,
             &c.image.onnx,
-            opts,
-            library,
+            self.opts,
+            self.library,
             &[Expect {
                 name: &c.image.input,
                 ty: TensorElementType::Float32,
@@ -301,7 +308,7 @@ impl ImageModel {
                 dims: vec![c.embedding_dim as i64],
             }],
         )?;
-        Ok(Self {
+        Ok(ImageModel {
             session,
             input: c.image.input.clone(),
             output: c.image.output.clone(),
@@ -310,6 +317,45 @@ impl ImageModel {
         })
     }
 
+    /// Opens the text graph and checks it against the config.
+    pub fn text(&self) -> Result<TextModel, ModelError> {
+        let (model, c) = (self.model, &self.model.config);
+        let ctx = c.text.context_length as i64;
+        let session = load_checked(
+            model,
+            &c.text.onnx,
+            self.opts,
+            self.library,
+            &[
+                Expect {
+                    name: &c.text.input_ids,
+                    ty: TensorElementType::Int64,
+                    dims: vec![ctx],
+                },
+                Expect {
+                    name: &c.text.attention_mask,
+                    ty: TensorElementType::Int64,
+                    dims: vec![ctx],
+                },
+            ],
+            &[Expect {
+                name: &c.text.output,
+                ty: TensorElementType::Float32,
+                dims: vec![c.embedding_dim as i64],
+            }],
+        )?;
+        Ok(TextModel {
+            session,
+            input_ids: c.text.input_ids.clone(),
+            attention_mask: c.text.attention_mask.clone(),
+            output: c.text.output.clone(),
+            context: c.text.context_length,
+            dim: c.embedding_dim,
+        })
+    }
+}
+
+impl ImageModel {
     /// Embedding size.
     pub fn dim(&self) -> usize {
         self.dim
@@ -330,47 +376,6 @@ impl ImageModel {
 }
 
 impl TextModel {
-    /// Opens the text graph and checks it against the config.
-    pub fn load(
-        model: &ModelDir,
-        opts: &SessionOptions,
-        library: Option<&Path>,
-    ) -> Result<Self, ModelError> {
-        let c = &model.config;
-        let ctx = c.text.context_length as i64;
-        let session = load_checked(
-            model,
-            &c.text.onnx,
-            opts,
-            library,
-            &[
-                Expect {
-                    name: &c.text.input_ids,
-                    ty: TensorElementType::Int64,
-                    dims: vec![ctx],
-                },
-                Expect {
-                    name: &c.text.attention_mask,
-                    ty: TensorElementType::Int64,
-                    dims: vec![ctx],
-                },
-            ],
-            &[Expect {
-                name: &c.text.output,
-                ty: TensorElementType::Float32,
-                dims: vec![c.embedding_dim as i64],
-            }],
-        )?;
-        Ok(Self {
-            session,
-            input_ids: c.text.input_ids.clone(),
-            attention_mask: c.text.attention_mask.clone(),
-            output: c.text.output.clone(),
-            context: c.text.context_length,
-            dim: c.embedding_dim,
-        })
-    }
-
     /// Embedding size.
     pub fn dim(&self) -> usize {
         self.dim

@@ -305,7 +305,7 @@ mod tests {
         let windowing = Windowing::default();
         assert_eq!(
             decode(&bytes, &limits, &windowing).unwrap(),
-            crate::dicom::decode(&bytes, &limits, &windowing).unwrap()
+            crate::dicom::decode_reserving(&bytes, &limits, &windowing, &mut |_| Ok(())).unwrap()
         );
     }
 }

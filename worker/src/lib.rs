@@ -47,7 +47,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use config::WorkerConfig;
 
-use crate::backend::{ImageModel, SessionOptions, TextModel};
+use crate::backend::{Loader, SessionOptions};
 use crate::batch::{BatchPolicy, Pipeline, PipelineParts};
 use crate::config::StandardizeMode;
 use crate::metrics::Metrics;
@@ -69,9 +69,14 @@ pub fn load_scorer(cfg: &WorkerConfig, metrics: &Metrics) -> anyhow::Result<Scor
     let lib = cfg.ort_library.as_deref();
     let mut image_models = Vec::with_capacity(cfg.sessions);
     let mut text_models = Vec::with_capacity(cfg.sessions);
+    let loader = Loader {
+        model: &model,
+        opts: &opts,
+        library: lib,
+    };
     for _ in 0..cfg.sessions {
-        image_models.push(ImageModel::load(&model, &opts, lib)?);
-        text_models.push(TextModel::load(&model, &opts, lib)?);
+        image_models.push(loader.image()?);
+        text_models.push(loader.text()?);
     }
     let tokenizer = Arc::new(TextTokenizer::load(
         &model.file(&c.text.tokenizer),

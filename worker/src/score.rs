@@ -14,7 +14,7 @@ use futures::future::try_join_all;
 use medembed_api::{Embeddings, ErrorCode, RowEmbeddings, ScoreRequest};
 use tokio::sync::oneshot;
 
-use crate::batch::{ImageJob, ItemError, JobMeta, Pipeline, TextJob};
+use crate::batch::{Admission, ImageJob, ItemError, JobMeta, Permit, Pipeline, TextJob};
 use crate::error::ApiError;
 use crate::tokenize::TextTokenizer;
 
@@ -60,26 +60,8 @@ impl Scorer {
     ) -> Result<Embeddings, ApiError> {
         let n_images = req.image_count();
         let n_texts = req.text_count();
-        let image_permit = if n_images > 0 {
-            Some(
-                self.pipeline
-                    .image_admission
-                    .try_acquire(n_images)
-                    .ok_or(ApiError::Overloaded("image queue full"))?,
-            )
-        } else {
-            None
-        };
-        let text_permit = if n_texts > 0 {
-            Some(
-                self.pipeline
-                    .text_admission
-                    .try_acquire(n_texts)
-                    .ok_or(ApiError::Overloaded("text queue full"))?,
-            )
-        } else {
-            None
-        };
+        let image_permit = admit(&self.pipeline.image_admission, n_images, "image queue full")?;
+        let text_permit = admit(&self.pipeline.text_admission, n_texts, "text queue full")?;
         let admitted = Instant::now();
         let meta = |reply| JobMeta {
             admitted,
@@ -173,4 +155,15 @@ async fn wait(
         // The pipeline dropped the job: it is shutting down.
         Err(_) => Err(ApiError::Unavailable("worker is shutting down")),
     }
+}
+
+/// Room for `n` items in a queue (none needed for none), or 429 with `full`.
+fn admit(queue: &Admission, n: usize, full: &'static str) -> Result<Option<Permit>, ApiError> {
+    if n == 0 {
+        return Ok(None);
+    }
+    queue
+        .try_acquire(n)
+        .map(Some)
+        .ok_or(ApiError::Overloaded(full))
 }

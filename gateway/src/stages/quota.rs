@@ -135,6 +135,16 @@ mod tests {
         }
     }
 
+    /// One check on one replica, failing open.
+    async fn open(
+        store: &Store,
+        c: &Caller,
+        dims: &[Dimension],
+        cost: &Cost,
+    ) -> Result<Admitted<()>, GatewayError> {
+        check(store, c, 1, dims, cost, StoreFailure::Open).await
+    }
+
     fn header(e: &GatewayError, name: &str) -> String {
         e.headers()
             .into_iter()
@@ -168,28 +178,14 @@ mod tests {
             false,
         );
         for _ in 0..3 {
-            let a = check(
-                &store,
-                &c,
-                1,
-                &Dimension::ALL,
-                &Cost::new(0, 10),
-                StoreFailure::Open,
-            )
-            .await
-            .unwrap();
+            let a = open(&store, &c, &Dimension::ALL, &Cost::new(0, 10))
+                .await
+                .unwrap();
             assert!(a.waived.is_none());
         }
-        let e = check(
-            &store,
-            &c,
-            1,
-            &Dimension::ALL,
-            &Cost::new(0, 10),
-            StoreFailure::Open,
-        )
-        .await
-        .unwrap_err();
+        let e = open(&store, &c, &Dimension::ALL, &Cost::new(0, 10))
+            .await
+            .unwrap_err();
         assert_eq!(e.status(), 429);
         assert_eq!(e.reason(), "requests_per_minute");
         assert_eq!(header(&e, "retry-after"), "20");
@@ -197,16 +193,9 @@ mod tests {
         assert!(header(&e, "ratelimit").starts_with("\"requests\";r=0;t="));
         // Time refills it.
         tokio::time::advance(Duration::from_secs(20)).await;
-        assert!(check(
-            &store,
-            &c,
-            1,
-            &Dimension::ALL,
-            &Cost::new(0, 10),
-            StoreFailure::Open
-        )
-        .await
-        .is_ok());
+        assert!(open(&store, &c, &Dimension::ALL, &Cost::new(0, 10))
+            .await
+            .is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -220,38 +209,17 @@ mod tests {
             },
             false,
         );
-        assert!(check(
-            &store,
-            &c,
-            1,
-            &Dimension::ALL,
-            &Cost::new(8, 100),
-            StoreFailure::Open
-        )
-        .await
-        .is_ok());
-        let e = check(
-            &store,
-            &c,
-            1,
-            &Dimension::ALL,
-            &Cost::new(4, 100),
-            StoreFailure::Open,
-        )
-        .await
-        .unwrap_err();
+        assert!(open(&store, &c, &Dimension::ALL, &Cost::new(8, 100))
+            .await
+            .is_ok());
+        let e = open(&store, &c, &Dimension::ALL, &Cost::new(4, 100))
+            .await
+            .unwrap_err();
         assert_eq!(e.reason(), "images_per_minute");
         assert!(header(&e, "ratelimit").starts_with("\"images\";r=2;"));
-        let e = check(
-            &store,
-            &c,
-            1,
-            &Dimension::ALL,
-            &Cost::new(0, 950),
-            StoreFailure::Open,
-        )
-        .await
-        .unwrap_err();
+        let e = open(&store, &c, &Dimension::ALL, &Cost::new(0, 950))
+            .await
+            .unwrap_err();
         assert_eq!(e.reason(), "bytes_per_minute");
         assert!(header(&e, "ratelimit-policy").contains("\"bytes\";q=1000;w=60"));
     }
@@ -270,48 +238,20 @@ mod tests {
             },
             false,
         );
-        assert!(check(
-            &store,
-            &c,
-            1,
-            &BEFORE_BODY,
-            &Cost::request(),
-            StoreFailure::Open
-        )
-        .await
-        .is_ok());
-        let e = check(
-            &store,
-            &c,
-            1,
-            &BEFORE_BODY,
-            &Cost::request(),
-            StoreFailure::Open,
-        )
-        .await
-        .unwrap_err();
+        assert!(open(&store, &c, &BEFORE_BODY, &Cost::request())
+            .await
+            .is_ok());
+        let e = open(&store, &c, &BEFORE_BODY, &Cost::request())
+            .await
+            .unwrap_err();
         assert_eq!(e.reason(), "requests_per_minute");
         // The request dimension is spent, yet images still have room.
-        assert!(check(
-            &store,
-            &c,
-            1,
-            &AFTER_PARSE,
-            &Cost::new(1, 10),
-            StoreFailure::Open
-        )
-        .await
-        .is_ok());
-        let e = check(
-            &store,
-            &c,
-            1,
-            &AFTER_PARSE,
-            &Cost::new(1, 10),
-            StoreFailure::Open,
-        )
-        .await
-        .unwrap_err();
+        assert!(open(&store, &c, &AFTER_PARSE, &Cost::new(1, 10))
+            .await
+            .is_ok());
+        let e = open(&store, &c, &AFTER_PARSE, &Cost::new(1, 10))
+            .await
+            .unwrap_err();
         assert_eq!(e.reason(), "images_per_minute");
     }
 
@@ -459,18 +399,11 @@ mod tests {
         let store = Store::Local(LocalStore::default());
         let c = caller(ClientQuota::default(), false);
         for _ in 0..1000 {
-            assert!(check(
-                &store,
-                &c,
-                1,
-                &Dimension::ALL,
-                &Cost::new(100, 1 << 20),
-                StoreFailure::Open
-            )
-            .await
-            .unwrap()
-            .waived
-            .is_none());
+            assert!(open(&store, &c, &Dimension::ALL, &Cost::new(100, 1 << 20))
+                .await
+                .unwrap()
+                .waived
+                .is_none());
         }
     }
 

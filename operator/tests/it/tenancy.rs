@@ -12,7 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
-use medembed_api::crd::{find_condition, EmbeddingClient, EmbeddingEndpoint};
+use medembed_api::crd::{find_condition, Condition, EmbeddingClient, EmbeddingEndpoint};
 use medembed_operator::config::parse_allowed_hosts;
 use medembed_operator::OperatorConfig;
 use medembed_testsupport::wait;
@@ -20,53 +20,46 @@ use serde_json::json;
 
 use crate::common::{create, LIMIT, STEP};
 
-/// Waits until endpoint `name`'s `Ready` condition has `reason` (or, with
-/// `not`, any other reason).
-async fn until_ready_reason(api: &Api<EmbeddingEndpoint>, name: &str, reason: &str, not: bool) {
+/// The `Ready` condition of a resource with status conditions.
+trait Ready: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug {
+    fn ready(&self) -> Option<Condition>;
+}
+
+impl Ready for EmbeddingEndpoint {
+    fn ready(&self) -> Option<Condition> {
+        let s = self.status.as_ref()?;
+        find_condition(&s.conditions, "Ready").cloned()
+    }
+}
+
+impl Ready for EmbeddingClient {
+    fn ready(&self) -> Option<Condition> {
+        let s = self.status.as_ref()?;
+        find_condition(&s.conditions, "Ready").cloned()
+    }
+}
+
+/// Waits until `name`'s `Ready` condition is False with `reason` (or, with
+/// `not`, has any other reason).
+async fn until_reason<K: Ready>(api: &Api<K>, name: &str, reason: &str, not: bool) {
     let what = format!(
         "{name} Ready reason {}{reason}",
         if not { "not " } else { "" }
     );
     wait::until(&what, LIMIT, STEP, || async {
-        let e = api.get(name).await?;
-        let hit = e
-            .status
-            .as_ref()
-            .and_then(|s| find_condition(&s.conditions, "Ready").cloned())
+        let hit = api
+            .get(name)
+            .await?
+            .ready()
             .is_some_and(|c| (c.reason == reason) != not && (not || !c.is_true()));
         Ok::<_, kube::Error>(hit.then_some(()))
     })
     .await
     .unwrap_or_else(|e| {
-        let st = futures::executor::block_on(api.get(name))
+        let ready = futures::executor::block_on(api.get(name))
             .ok()
-            .and_then(|d| d.status);
-        panic!("{e}\nstatus: {st:?}")
-    });
-}
-
-/// Waits until client `name`'s `Ready` reason is (or, with `not`, is not)
-/// `reason`.
-async fn until_client_reason(api: &Api<EmbeddingClient>, name: &str, reason: &str, not: bool) {
-    let what = format!(
-        "client {name} Ready reason {}{reason}",
-        if not { "not " } else { "" }
-    );
-    wait::until(&what, LIMIT, STEP, || async {
-        let e = api.get(name).await?;
-        let hit = e
-            .status
-            .as_ref()
-            .and_then(|s| find_condition(&s.conditions, "Ready").cloned())
-            .is_some_and(|c| (c.reason == reason) != not);
-        Ok::<_, kube::Error>(hit.then_some(()))
-    })
-    .await
-    .unwrap_or_else(|e| {
-        let st = futures::executor::block_on(api.get(name))
-            .ok()
-            .and_then(|d| d.status);
-        panic!("{e}\nstatus: {st:?}")
+            .and_then(|o| o.ready());
+        panic!("{e}\nReady: {ready:?}")
     });
 }
 
@@ -102,11 +95,11 @@ async fn hosts_claimed_across_namespaces() {
     create(&thief, "own", spec(&["own.thief.example"])).await;
     create(&thief, "elsewhere", spec(&["lab.example.org"])).await;
 
-    until_ready_reason(&thief, "chest", "HostConflict", false).await;
-    until_ready_reason(&owner, "chest", "HostConflict", true).await;
-    until_ready_reason(&thief, "own", "HostConflict", true).await;
-    until_ready_reason(&thief, "own", "HostNotAllowed", true).await;
-    until_ready_reason(&thief, "elsewhere", "HostNotAllowed", false).await;
+    until_reason(&thief, "chest", "HostConflict", false).await;
+    until_reason(&owner, "chest", "HostConflict", true).await;
+    until_reason(&thief, "own", "HostConflict", true).await;
+    until_reason(&thief, "own", "HostNotAllowed", true).await;
+    until_reason(&thief, "elsewhere", "HostNotAllowed", false).await;
 
     // The refusal is an Event on the newer endpoint.
     wait::until("host conflict event", LIMIT, STEP, || async {
@@ -134,7 +127,7 @@ async fn hosts_claimed_across_namespaces() {
         .await
         .expect("plant the Secret");
     create(&thief, "keyed", json!({"auth": {"mode": "Key"}})).await;
-    until_ready_reason(&thief, "keyed", "SecretConflict", false).await;
+    until_reason(&thief, "keyed", "SecretConflict", false).await;
     let after = secrets.get("keyed-keys").await.expect("secret");
     assert!(after.owner_references().is_empty(), "adopted");
     let data = after.data.expect("data");
@@ -145,7 +138,7 @@ async fn hosts_claimed_across_namespaces() {
         .delete("keyed-keys", &DeleteParams::default())
         .await
         .expect("delete");
-    until_ready_reason(&thief, "keyed", "SecretConflict", true).await;
+    until_reason(&thief, "keyed", "SecretConflict", true).await;
     let own = secrets.get("keyed-keys").await.expect("generated secret");
     let uid = thief.get("keyed").await.expect("endpoint").metadata.uid;
     assert!(own
@@ -180,14 +173,14 @@ async fn hosts_claimed_across_namespaces() {
         .await;
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
-    until_client_reason(
+    until_reason(
         &thief_ns.api::<EmbeddingClient>(),
         "reader",
         "DuplicateKey",
         false,
     )
     .await;
-    until_client_reason(
+    until_reason(
         &c.ns.api::<EmbeddingClient>(),
         "reader",
         "DuplicateKey",
@@ -200,7 +193,7 @@ async fn hosts_claimed_across_namespaces() {
         .delete("chest", &DeleteParams::default())
         .await
         .expect("delete");
-    until_ready_reason(&thief, "chest", "HostConflict", true).await;
+    until_reason(&thief, "chest", "HostConflict", true).await;
     op.shutdown().await.expect("operator stops");
 }
 

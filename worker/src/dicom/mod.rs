@@ -41,7 +41,7 @@
 //! strings plus structural facts only (sizes, bit depths, the transfer
 //! syntax UID, a recognised photometric interpretation).
 //!
-//! The steps live in one private submodule each, in the order [`decode`]
+//! The steps live in one private submodule each, in the order [`decode_reserving`]
 //! runs them: `transfer` (which transfer syntaxes, and how each is encoded),
 //! `lengths` (the length guard, run before parsing), `attributes` (the
 //! image's description, validated), `frame` (frame 0's samples, compressed
@@ -80,17 +80,9 @@ fn unsupported(msg: impl Into<String>) -> DecodeError {
 
 /// Decodes a DICOM Part 10 file (128-byte preamble, "DICM", file meta group,
 /// data set) to an 8-bit raster: the first frame, modality LUT and window
-/// applied (see the module documentation).
-pub fn decode(
-    bytes: &[u8],
-    limits: &DecodeLimits,
-    windowing: &Windowing,
-) -> Result<Image8, DecodeError> {
-    decode_reserving(bytes, limits, windowing, &mut |_| Ok(()))
-}
-
-/// [`decode`], telling `reserve` the image's [`Footprint`] once its
-/// attributes are read and before its pixels are decoded.
+/// applied (see the module documentation). `reserve` is told the image's
+/// [`Footprint`] once its attributes are read and before its pixels are
+/// decoded.
 pub fn decode_reserving(
     bytes: &[u8],
     limits: &DecodeLimits,
@@ -173,6 +165,11 @@ fn decode_inner(
 #[allow(clippy::unwrap_used)] // in tests a panic is the failure report
 mod tests {
     use super::*;
+
+    /// Decodes with nothing to reserve.
+    fn decode(b: &[u8], l: &DecodeLimits, w: &Windowing) -> Result<Image8, DecodeError> {
+        decode_reserving(b, l, w, &mut |_| Ok(()))
+    }
 
     fn fixtures() -> std::path::PathBuf {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom")

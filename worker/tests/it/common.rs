@@ -42,6 +42,17 @@ pub async fn start(cfg: WorkerConfig) -> RunningWorker {
     w
 }
 
+/// Checks that the body budget is whole again (`total` permits: nothing
+/// leaked), then shuts the worker down.
+pub async fn finish_with_budget(w: RunningWorker, total: usize) {
+    assert_eq!(
+        w.state.body_budget.available_permits(),
+        total,
+        "budget leaked"
+    );
+    w.shutdown().await;
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(120))

@@ -107,12 +107,7 @@ async fn stalled_bodies_hold_no_budget_and_are_refused() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
     let m = metrics_text(&w).await;
     assert!(metric(&m, "medembed_worker_requests_total", &["status=\"408\""]) >= 4.0);
-    assert_eq!(
-        w.state.body_budget.available_permits(),
-        total,
-        "budget leaked"
-    );
-    w.shutdown().await;
+    finish_with_budget(w, total).await;
 }
 
 /// Bodies that take the budget as they arrive can each hold part of it and
@@ -157,12 +152,7 @@ async fn bodies_holding_parts_of_a_full_budget_do_not_wait_for_each_other() {
         assert!(status.starts_with("HTTP/1.1 200"), "{text:?}");
     }
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
-    assert_eq!(
-        w.state.body_budget.available_permits(),
-        total,
-        "budget leaked"
-    );
-    w.shutdown().await;
+    finish_with_budget(w, total).await;
 }
 
 /// When the pipeline can no longer serve (here: its threads have ended),
