@@ -252,8 +252,7 @@ impl JwksCache {
             .use_rustls_tls()
             .timeout(JWKS_FETCH_TIMEOUT)
             .connect_timeout(JWKS_FETCH_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .https_only(false);
+            .redirect(reqwest::redirect::Policy::limited(3));
         if let Some(path) = extra_ca {
             let pem = std::fs::read(path)
                 .with_context(|| format!("reading the JWKS CA bundle {}", path.display()))?;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
 
 /// Label naming the Service an EndpointSlice belongs to.
@@ -103,7 +104,9 @@ pub fn watch(
     tokio::spawn(async move {
         let mut slices: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut fresh: Option<BTreeMap<String, BTreeSet<String>>> = None;
-        let mut events = watcher::watcher(api, config).boxed();
+        // Backed off on errors (a forbidden or unreachable API is retried
+        // with growing delays, not in a hot loop).
+        let mut events = watcher::watcher(api, config).default_backoff().boxed();
         while let Some(event) = events.next().await {
             match event {
                 Ok(Event::Init) => fresh = Some(BTreeMap::new()),
