@@ -159,6 +159,14 @@ pub struct GatewayConfig {
     #[arg(long, env = "MEDEMBED_GATEWAY_REPLICAS", default_value_t = 1)]
     pub replicas: u32,
 
+    /// The Secret, `NAMESPACE/NAME`, the operator publishes the endpoints'
+    /// and clients' key hashes and JWKS key sets into (its
+    /// `--credentials-secret`). Kubernetes mode reads no other Secret or
+    /// ConfigMap; without it, Key-mode endpoints accept no key and
+    /// `jwksConfigMap` key sets are empty.
+    #[arg(long, env = "MEDEMBED_GATEWAY_CREDENTIALS_SECRET")]
+    pub credentials_secret: Option<String>,
+
     /// The gateway's own Service, `NAMESPACE/NAME`: count the replicas
     /// sharing the traffic live from its EndpointSlices (needed when an
     /// autoscaler changes their number); `--replicas` is then the fallback

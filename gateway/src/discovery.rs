@@ -1,15 +1,15 @@
 //! Kubernetes discovery: builds the routing table from `EmbeddingEndpoint`,
 //! `EmbeddingDeployment` and `EmbeddingClient` resources, the EndpointSlices
-//! of the worker Services the operator creates, the key Secrets and the JWKS
-//! ConfigMaps.
+//! of the worker Services the operator creates, and the credentials Secret
+//! the operator publishes (key hashes and JWKS key sets).
 //!
 //! One watch per kind (all namespaces, or the one given) feeds a single task
 //! that keeps a projection of each object, only what routing needs, and
 //! rebuilds the whole [`Table`] after every burst of changes (debounced by a
 //! few milliseconds). Nothing is polled: a worker that turns ready appears in
 //! the table as soon as its EndpointSlice says so, one that starts
-//! terminating disappears the same way, and a rotated key works as soon as its
-//! Secret is updated.
+//! terminating disappears the same way, and a rotated key works as soon as the
+//! operator has published its hash (it watches the tenants' Secrets).
 //!
 //! What the cluster says, and how it is read:
 //!
@@ -24,27 +24,29 @@
 //!   `medembed.io/deployment` by the operator; the EndpointSlice controller
 //!   copies the Service's labels, which is what the watch selects on);
 //! - Key mode: the endpoint's own Secret (`spec.auth.keySecretName`, else
-//!   `status.keySecretName`, else `NAME-keys`) holds two keys in clear under
-//!   `primaryKey`/`secondaryKey`; the gateway hashes them on receipt and keeps
-//!   only the hashes. Callers with those keys are the client
-//!   `NS/NAME:endpoint-key`, allowed on that endpoint only, with the
-//!   endpoint's default quota;
+//!   `status.keySecretName`, else `NAME-keys`) holds two keys in clear; the
+//!   operator publishes their SHA-256 hashes. Callers with those keys are
+//!   the client `NS/NAME:endpoint-key`, allowed on that endpoint only, with
+//!   the endpoint's default quota;
 //! - each `EmbeddingClient` `NS/C` may call the endpoints it names (same
-//!   namespace); its Secret holds the hex SHA-256 of its keys (never the
-//!   keys); Token mode reads the key set from `jwksUri` or from the ConfigMap
-//!   `jwksConfigMap` (`jwks.json`).
+//!   namespace) with the keys whose hashes the operator published from its
+//!   Secret; Token mode reads the key set from `jwksUri`, or takes the one
+//!   the operator published from the ConfigMap `jwksConfigMap`.
 //!
 //! Worker addresses come only from the EndpointSlice controller's own slices
 //! of the worker Service (its `managed-by` label and a controlling owner
 //! reference to that Service): a slice written by anyone else is ignored.
 //!
-//! Only `Opaque` Secrets are watched, and of each only the entries above are
-//! kept, as 32-byte hashes: the gateway holds no key in clear, and the
-//! Secret object itself is dropped as soon as it is projected.
+//! The gateway reads no tenant Secret or ConfigMap: the one Secret it
+//! watches (`--credentials-secret`, by name) holds the document of
+//! [`medembed_api::crd::credentials`], hashes and public key sets only, so
+//! the gateway holds no key in clear and a compromised gateway cannot read
+//! the tenants' Secrets.
 //!
 //! RBAC the gateway needs: get/list/watch on `embeddingendpoints`,
-//! `embeddingdeployments`, `embeddingclients` (`medembed.io`),
-//! `endpointslices` (`discovery.k8s.io`), `secrets` and `configmaps`.
+//! `embeddingdeployments`, `embeddingclients` (`medembed.io`) and
+//! `endpointslices` (`discovery.k8s.io`); get/list/watch of the credentials
+//! Secret, by `resourceNames`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -53,19 +55,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
+use medembed_api::crd::credentials::{decode_hash, Credentials, KeyHashes, CREDENTIALS_KEY};
 use medembed_api::crd::{
-    find_condition, generated_key_secret_name, EmbeddingClient, EmbeddingDeployment,
-    EmbeddingEndpoint, EmbeddingEndpointSpec, Seniority, ENDPOINT_KEY_ENTRIES, JWKS_CONFIG_MAP_KEY,
-    REASON_HOST_NOT_ALLOWED, REASON_SECRET_CONFLICT,
+    find_condition, EmbeddingClient, EmbeddingDeployment, EmbeddingEndpoint, EmbeddingEndpointSpec,
+    Seniority, REASON_HOST_NOT_ALLOWED, REASON_SECRET_CONFLICT,
 };
 use medembed_api::workers::{worker_name, DEPLOYMENT_LABEL, WORKER_PORT_NAME};
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 
 use crate::balance::Registry;
@@ -94,6 +95,8 @@ pub struct Settings {
     pub kubeconfig: Option<PathBuf>,
     /// A host name per endpoint, with `{name}` and `{namespace}` replaced.
     pub host_template: Option<String>,
+    /// The credentials Secret, `(namespace, name)`.
+    pub credentials: Option<(String, String)>,
 }
 
 /// `(namespace, name)` of an object.
@@ -110,15 +113,6 @@ struct SliceView {
     workers: Vec<String>,
 }
 
-/// What is kept of a Secret: hashes only (see the module's documentation).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct SecretView {
-    /// SHA-256 of the clear keys of an endpoint Secret, by entry.
-    hashed: BTreeMap<String, [u8; 32]>,
-    /// Entries that are hex SHA-256 hashes (client Secrets), decoded.
-    hashes: BTreeMap<String, [u8; 32]>,
-}
-
 /// One change seen by a watch. Changes live only in the channel between
 /// the watches and the builder, so their size does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -127,8 +121,7 @@ enum Change {
     Deployment(Op<EmbeddingDeployment>),
     Client(Op<EmbeddingClient>),
     Slice(Op<SliceView>),
-    Secret(Op<SecretView>),
-    ConfigMap(Op<Option<String>>),
+    Credentials(Op<Credentials>),
 }
 
 /// A change to one kind's objects.
@@ -160,8 +153,8 @@ struct State {
     deployments: HashMap<Key, EmbeddingDeployment>,
     clients: HashMap<Key, EmbeddingClient>,
     slices: HashMap<Key, SliceView>,
-    secrets: HashMap<Key, SecretView>,
-    config_maps: HashMap<Key, Option<String>>,
+    /// The credentials Secret's document (one entry at most).
+    credentials: HashMap<Key, Credentials>,
 }
 
 impl State {
@@ -171,8 +164,7 @@ impl State {
             Change::Deployment(op) => op.apply(&mut self.deployments),
             Change::Client(op) => op.apply(&mut self.clients),
             Change::Slice(op) => op.apply(&mut self.slices),
-            Change::Secret(op) => op.apply(&mut self.secrets),
-            Change::ConfigMap(op) => op.apply(&mut self.config_maps),
+            Change::Credentials(op) => op.apply(&mut self.credentials),
         }
     }
 }
@@ -237,33 +229,21 @@ fn slice_view(s: &EndpointSlice) -> SliceView {
     SliceView { service, workers }
 }
 
-fn secret_view(s: &Secret) -> SecretView {
-    let mut v = SecretView::default();
-    let mut take = |k: &str, bytes: &[u8]| {
-        if ENDPOINT_KEY_ENTRIES.contains(&k) {
-            v.hashed.insert(k.to_string(), Sha256::digest(bytes).into());
-        } else if let Some(h) = std::str::from_utf8(bytes)
-            .ok()
-            .and_then(|t| crate::file::parse_hash(t).ok())
-        {
-            v.hashes.insert(k.to_string(), h);
+/// The document of the credentials Secret; a Secret without a valid one
+/// gives no credentials (every key refused) rather than stale ones.
+fn credentials_view(s: &Secret) -> Credentials {
+    let text = s.data.as_ref().and_then(|d| d.get(CREDENTIALS_KEY));
+    match text.map(|t| serde_json::from_slice::<Credentials>(&t.0)) {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "the credentials Secret holds no valid document; no key or key set is accepted until it does");
+            Credentials::default()
         }
-    };
-    for (k, b) in s.data.iter().flatten() {
-        take(k, &b.0);
+        None => {
+            tracing::error!("the credentials Secret has no {CREDENTIALS_KEY}; no key or key set is accepted until it does");
+            Credentials::default()
+        }
     }
-    // `stringData` is write-only, but a client library may hand it back.
-    for (k, t) in s.string_data.iter().flatten() {
-        take(k, t.as_bytes());
-    }
-    v
-}
-
-fn config_map_view(c: &ConfigMap) -> Option<String> {
-    c.data
-        .as_ref()
-        .and_then(|d| d.get(JWKS_CONFIG_MAP_KEY))
-        .cloned()
 }
 
 /// Runs one watch, sending each change through `tx` (projected by `view`).
@@ -349,7 +329,7 @@ pub async fn start(
     let ns = settings.namespace.as_deref();
     let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
     let any = watcher::Config::default;
-    let watches = vec![
+    let mut watches = vec![
         spawn_watch(
             api::<EmbeddingEndpoint>(&client, ns),
             any(),
@@ -378,22 +358,21 @@ pub async fn start(
             Change::Slice,
             tx.clone(),
         ),
-        spawn_watch(
-            api::<Secret>(&client, ns),
-            any().fields("type=Opaque"),
-            secret_view,
-            Change::Secret,
-            tx.clone(),
-        ),
-        spawn_watch(
-            api::<ConfigMap>(&client, ns),
-            any(),
-            config_map_view,
-            Change::ConfigMap,
-            tx,
-        ),
     ];
-    const KINDS: usize = 6;
+    let mut kinds = watches.len();
+    match &settings.credentials {
+        Some((cns, cname)) => {
+            kinds += 1;
+            watches.push(spawn_watch(
+                Api::<Secret>::namespaced(client.clone(), cns),
+                any().fields(&format!("metadata.name={cname}")),
+                credentials_view,
+                Change::Credentials,
+                tx,
+            ));
+        }
+        None => drop(tx),
+    }
     let (ready_tx, mut ready_rx) = watch::channel(false);
     let host_template = settings.host_template.clone();
     let task = tokio::spawn(async move {
@@ -413,7 +392,7 @@ pub async fn start(
                 }
                 state.apply(c);
             }
-            if synced.len() < KINDS {
+            if synced.len() < kinds {
                 continue;
             }
             let table = build(&state, host_template.as_deref(), &registry);
@@ -432,7 +411,7 @@ pub async fn start(
         _ => {
             task.abort();
             anyhow::bail!(
-                "no complete view of the cluster within {} s (are the CRDs installed, and may the gateway list them, EndpointSlices, Secrets and ConfigMaps?)",
+                "no complete view of the cluster within {} s (are the CRDs installed, and may the gateway list them, EndpointSlices and its credentials Secret?)",
                 INITIAL_SYNC.as_secs()
             )
         }
@@ -454,9 +433,26 @@ fn reset_index(c: &Change) -> Option<usize> {
         Change::Deployment(Op::Reset(_)) => Some(1),
         Change::Client(Op::Reset(_)) => Some(2),
         Change::Slice(Op::Reset(_)) => Some(3),
-        Change::Secret(Op::Reset(_)) => Some(4),
-        Change::ConfigMap(Op::Reset(_)) => Some(5),
+        Change::Credentials(Op::Reset(_)) => Some(4),
         _ => None,
+    }
+}
+
+/// The key slots of published hashes (an invalid hash is dropped).
+fn slots(k: &KeyHashes) -> Vec<([u8; 32], KeySlot)> {
+    [
+        (&k.primary, KeySlot::Primary),
+        (&k.secondary, KeySlot::Secondary),
+    ]
+    .into_iter()
+    .filter_map(|(h, slot)| Some((decode_hash(h.as_deref()?)?, slot)))
+    .collect()
+}
+
+impl State {
+    /// The published credentials, if the Secret exists.
+    fn credentials(&self) -> Option<&Credentials> {
+        self.credentials.values().next()
     }
 }
 
@@ -480,12 +476,11 @@ fn endpoint_token(
         (Some(u), _) => JwksSource::Url(u.clone()),
         (None, Some(cm)) => {
             let set = state
-                .config_maps
-                .get(&(ns.to_string(), cm.clone()))
-                .cloned()
-                .flatten();
+                .credentials()
+                .and_then(|c| c.endpoints.get(&id(ns, name)))
+                .and_then(|e| e.jwks.clone());
             if set.is_none() {
-                tracing::warn!(endpoint = %id(ns, name), config_map = %cm, "the JWKS ConfigMap is missing or has no jwks.json; tokens cannot be verified");
+                tracing::warn!(endpoint = %id(ns, name), config_map = %cm, "no key set published for the JWKS ConfigMap (missing, or no jwks.json); tokens cannot be verified");
             }
             JwksSource::Inline(set.unwrap_or_else(|| r#"{"keys":[]}"#.into()))
         }
@@ -608,22 +603,11 @@ fn build(state: &State, host_template: Option<&str>, registry: &Registry) -> Tab
                 .is_some_and(|c| !c.is_true() && c.reason == REASON_SECRET_CONFLICT)
         });
         if auth == AuthMode::Key && !secret_refused {
-            let secret = spec
-                .auth
-                .key_secret_name
-                .clone()
-                .or_else(|| ep.status.as_ref().and_then(|s| s.key_secret_name.clone()))
-                .unwrap_or_else(|| generated_key_secret_name(name));
-            if let Some(s) = state.secrets.get(&(ns.clone(), secret)) {
-                let mut key_hashes = Vec::new();
-                for (entry, slot) in ENDPOINT_KEY_ENTRIES
-                    .iter()
-                    .zip([KeySlot::Primary, KeySlot::Secondary])
-                {
-                    if let Some(h) = s.hashed.get(*entry) {
-                        key_hashes.push((*h, slot));
-                    }
-                }
+            let published = state
+                .credentials()
+                .and_then(|c| c.endpoints.get(&eid))
+                .map(|e| slots(&e.keys));
+            if let Some(key_hashes) = published {
                 if !key_hashes.is_empty() {
                     clients.push((
                         seniority.clone(),
@@ -664,20 +648,14 @@ fn build(state: &State, host_template: Option<&str>, registry: &Registry) -> Tab
     for ((ns, name), c) in sorted {
         let spec = &c.spec;
         let mut key_hashes = Vec::new();
-        if let Some(k) = &spec.keys {
-            match state.secrets.get(&(ns.clone(), k.secret_name.clone())) {
-                Some(s) => {
-                    if let Some(h) = s.hashes.get(&k.primary_key) {
-                        key_hashes.push((*h, KeySlot::Primary));
-                    } else {
-                        tracing::warn!(client = %id(ns, name), "the key Secret has no valid primary hash (64 hex digits)");
-                    }
-                    if let Some(h) = s.hashes.get(&k.secondary_key) {
-                        key_hashes.push((*h, KeySlot::Secondary));
-                    }
-                }
+        if spec.keys.is_some() {
+            match state
+                .credentials()
+                .and_then(|c| c.clients.get(&id(ns, name)))
+            {
+                Some(k) => key_hashes = slots(k),
                 None => {
-                    tracing::warn!(client = %id(ns, name), "the key Secret does not exist (yet)")
+                    tracing::warn!(client = %id(ns, name), "no key hash published for the client (its key Secret is missing or invalid: see its status)")
                 }
             }
         }
@@ -772,26 +750,39 @@ mod tests {
         assert_eq!(v.workers, vec!["10.0.0.1:8080", "10.0.0.4:8080"]);
     }
 
+    /// Published hashes, as the operator writes them.
+    fn published(state: &mut State, doc: serde_json::Value) {
+        state.credentials.insert(
+            ("gw".to_string(), "creds".to_string()),
+            serde_json::from_value(doc).unwrap(),
+        );
+    }
+
     #[test]
-    fn secrets_keep_hashes_only() {
+    fn the_credentials_secret_is_read_and_a_broken_one_gives_nothing() {
+        let h = crate::auth::hash_key("client-key");
+        let doc = json!({"clients": {"ns/c": {"primary": h, "secondary": "not a hash"}}});
         let s: Secret = obj(json!({
-            "metadata": {"name": "k", "namespace": "ns"},
-            "stringData": {
-                "primaryKey": "clear-key-1",
-                "primary-sha256": crate::auth::hash_key("client-key"),
-                "other": "not a hash",
-            },
+            "metadata": {"name": "creds", "namespace": "gw"},
+            "stringData": {},
+            "data": {"credentials.json": base64(&doc.to_string())},
         }));
-        let v = secret_view(&s);
+        let c = credentials_view(&s);
+        assert_eq!(c.clients["ns/c"].primary.as_deref(), Some(h.as_str()));
+        // The invalid secondary is dropped when the table is built.
+        assert_eq!(slots(&c.clients["ns/c"]).len(), 1);
+        let broken: Secret = obj(json!({"metadata": {"name": "creds"},
+                                        "data": {"credentials.json": base64("{not json")}}));
+        assert_eq!(credentials_view(&broken), Credentials::default());
         assert_eq!(
-            hex::encode(v.hashed["primaryKey"]),
-            crate::auth::hash_key("clear-key-1")
+            credentials_view(&obj(json!({"metadata": {"name": "creds"}}))),
+            Credentials::default()
         );
-        assert_eq!(
-            hex::encode(v.hashes["primary-sha256"]),
-            crate::auth::hash_key("client-key")
-        );
-        assert_eq!(v.hashes.len() + v.hashed.len(), 2);
+    }
+
+    fn base64(s: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
     }
 
     #[test]
@@ -827,19 +818,10 @@ mod tests {
                 workers: vec!["10.0.0.1:8080".into(), "10.0.0.2:8080".into()],
             },
         );
-        state.secrets.insert(
-            k("chest-keys"),
-            SecretView {
-                hashed: BTreeMap::from([("primaryKey".to_string(), [1u8; 32])]),
-                hashes: BTreeMap::new(),
-            },
-        );
-        state.secrets.insert(
-            k("radiology-keys"),
-            SecretView {
-                hashed: BTreeMap::new(),
-                hashes: BTreeMap::from([("primary-sha256".to_string(), [2u8; 32])]),
-            },
+        published(
+            &mut state,
+            json!({"endpoints": {"ns/chest": {"keys": {"primary": hex::encode([1u8; 32])}}},
+                   "clients": {"ns/radiology": {"primary": hex::encode([2u8; 32])}}}),
         );
         state.clients.insert(
             k("radiology"),
@@ -905,12 +887,9 @@ mod tests {
                 "status": refused("SecretConflict"),
             })),
         );
-        state.secrets.insert(
-            k("planted-keys"),
-            SecretView {
-                hashed: BTreeMap::from([("primaryKey".to_string(), [3u8; 32])]),
-                hashes: BTreeMap::new(),
-            },
+        published(
+            &mut state,
+            json!({"endpoints": {"ns/planted": {"keys": {"primary": hex::encode([3u8; 32])}}}}),
         );
         let t = build(&state, None, &registry);
         assert!(t.route(Some("chest.example.org"), "/score").is_none());

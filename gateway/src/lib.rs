@@ -162,10 +162,18 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<RunningGateway> {
                 .with_context(|| format!("configuration file {}", path.display()))?,
         ),
         None => {
+            let credentials = match &cfg.credentials_secret {
+                Some(s) => Some(peers::parse_object("--credentials-secret", s)?),
+                None => {
+                    tracing::warn!("no --credentials-secret: Key-mode endpoints accept no key and jwksConfigMap key sets are empty");
+                    None
+                }
+            };
             let settings = discovery::Settings {
                 namespace: cfg.namespace.clone(),
                 kubeconfig: cfg.kubeconfig.clone(),
                 host_template: cfg.host_template.clone(),
+                credentials,
             };
             background.push(discovery::start(settings, tables, registry).await?)
         }
@@ -173,9 +181,8 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<RunningGateway> {
     if let Some(service) = &cfg.peers_service {
         let (ns, name) = peers::parse_service(service)?;
         let settings = discovery::Settings {
-            namespace: None,
             kubeconfig: cfg.kubeconfig.clone(),
-            host_template: None,
+            ..Default::default()
         };
         let client = discovery::kube_client(&settings).await?;
         background.push(peers::watch(client, &ns, &name, gw.replicas.clone()));

@@ -83,11 +83,16 @@ fn count(slices: &BTreeMap<String, BTreeSet<String>>) -> u32 {
 
 /// Parses `NAMESPACE/NAME`.
 pub fn parse_service(s: &str) -> anyhow::Result<(String, String)> {
+    parse_object("--peers-service", s)
+}
+
+/// Parses a flag's `NAMESPACE/NAME` value.
+pub fn parse_object(flag: &str, s: &str) -> anyhow::Result<(String, String)> {
     match s.split_once('/') {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
             Ok((ns.to_string(), name.to_string()))
         }
-        _ => anyhow::bail!("--peers-service wants NAMESPACE/NAME, got {s:?}"),
+        _ => anyhow::bail!("{flag} wants NAMESPACE/NAME, got {s:?}"),
     }
 }
 

@@ -81,6 +81,13 @@ pub struct OperatorConfig {
     #[arg(long, env = "MEDEMBED_ALLOWED_HOSTS", value_parser = parse_allowed_hosts, default_value = "")]
     pub allowed_hosts: AllowedHosts,
 
+    /// The Secret, `NAMESPACE/NAME`, into which the operator publishes what
+    /// the gateway needs of the tenants' key Secrets and JWKS ConfigMaps (key
+    /// hashes, key sets), so that the gateway reads that one Secret instead
+    /// of every tenant's. Unset: nothing is published.
+    #[arg(long, env = "MEDEMBED_CREDENTIALS_SECRET")]
+    pub credentials_secret: Option<String>,
+
     /// Name of the leader-election Lease.
     #[arg(long, env = "MEDEMBED_LEASE_NAME", default_value = "medembed-operator")]
     pub lease_name: String,
@@ -175,6 +182,21 @@ impl OperatorConfig {
         kube::runtime::controller::Config::default()
             .concurrency(self.concurrency)
             .debounce(Duration::from_millis(self.debounce_ms))
+    }
+
+    /// The credentials publisher's settings, when `--credentials-secret` is set.
+    pub fn credentials(&self) -> Result<Option<crate::credentials::Settings>, String> {
+        let Some(target) = self.credentials_secret.as_deref().filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        let (namespace, name) = crate::credentials::parse_target(target)
+            .map_err(|e| format!("--credentials-secret: {e}"))?;
+        Ok(Some(crate::credentials::Settings {
+            namespace,
+            name,
+            watch_namespace: self.namespace.clone(),
+            resync: Duration::from_secs(self.resync_seconds.max(1)),
+        }))
     }
 
     /// The workers' NetworkPolicy settings, when the gateway's namespace is

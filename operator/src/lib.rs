@@ -8,6 +8,8 @@
 //! - [`leader`]: Lease-based leader election (only the leader reconciles);
 //! - [`http`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`;
 //! - [`crdgen`]: the CRD and RBAC YAML generated from the types;
+//! - [`credentials`]: publishes the key hashes and key sets the gateway
+//!   reads (so it needs no access to tenants' Secrets);
 //! - [`fetch`]: the init container fetching URL model sources.
 //!
 //! [`start`] runs everything in-process (tests use port 0); `main.rs` is a thin
@@ -16,6 +18,7 @@
 pub mod config;
 pub mod controller;
 pub mod crdgen;
+pub mod credentials;
 mod error;
 pub mod fetch;
 pub mod http;
@@ -111,6 +114,7 @@ fn identity(config: &OperatorConfig) -> String {
 /// election; the controllers run while this replica leads.
 pub async fn start(config: OperatorConfig, client: Client) -> Result<RunningOperator, Error> {
     config.network_policy().map_err(Error::InvalidObject)?;
+    config.credentials().map_err(Error::InvalidObject)?;
     let metrics =
         metrics::Metrics::new().map_err(|e| Error::InvalidObject(format!("metrics: {e}")))?;
     let health = Arc::new(http::Health {
@@ -204,11 +208,21 @@ async fn lead(
         health.ready.store(true, Ordering::Release);
         let mut controllers = AbortOnDrop(tokio::spawn({
             let ctx = ctx.clone();
+            let publisher = config
+                .credentials()
+                .ok()
+                .flatten()
+                .map(|s| credentials::run(ctx.client.clone(), s, ctx.metrics.clone()));
             async move {
                 tokio::join!(
                     controller::deployment::run(ctx.clone()),
                     controller::endpoint::run(ctx.clone()),
                     controller::client::run(ctx),
+                    async move {
+                        if let Some(p) = publisher {
+                            p.await
+                        }
+                    },
                 );
             }
         }));

@@ -10,6 +10,9 @@
 //! - [`EmbeddingClient`]: a tenant of the gateway: the endpoints it may call,
 //!   how it authenticates, and its quota.
 //!
+//! [`credentials`] is the document the operator publishes for the gateway
+//! (key hashes and key sets, so the gateway reads no tenant Secret).
+//!
 //! The types are the single source of the CRD YAML (`medembed-operator
 //! crdgen`): doc comments become the schema's descriptions, which is what
 //! `kubectl explain` shows, and the CEL rules (`x-kubernetes-validations`) make
@@ -22,6 +25,7 @@
 
 mod client;
 mod common;
+pub mod credentials;
 mod deployment;
 mod endpoint;
 

@@ -9,8 +9,11 @@
 //! Service are created here with the names and labels the operator gives
 //! them (`operator/src/resources.rs`: `NAME-worker`, labels
 //! `medembed.io/deployment` and `medembed.io/endpoint`, port `http`), so the
-//! test does not depend on the operator running. An endpoint in Token mode
-//! takes its identity provider's key set from a ConfigMap.
+//! test does not depend on the operator's controllers running. The keys and
+//! key sets reach the gateway as in a real installation: the tenants' Secrets
+//! and ConfigMaps are read by the operator's credentials publisher (run here
+//! on its own), which writes the one Secret the gateway reads. An endpoint in
+//! Token mode takes its identity provider's key set from a ConfigMap.
 
 #![allow(clippy::unwrap_used)]
 
@@ -40,6 +43,36 @@ const OTHER_KEY: &str = "cardiology-key-000000000000000000000001";
 const ENDPOINT_PRIMARY: &str = "endpoint-primary-0000000000000000000001";
 const ENDPOINT_SECONDARY: &str = "endpoint-secondary-00000000000000000001";
 const ISSUER: &str = "https://idp.hospital.example";
+
+/// The credentials Secret's name.
+const CREDENTIALS: &str = "medembed-credentials";
+
+/// Runs the operator's credentials publisher for namespace `ns` (into
+/// `ns/CREDENTIALS`) until the returned task is dropped.
+fn publish_credentials(admin: &Client, ns: &str) -> AbortOnDrop {
+    use medembed_operator::credentials;
+    let settings = credentials::Settings {
+        namespace: ns.to_string(),
+        name: CREDENTIALS.to_string(),
+        watch_namespace: Some(ns.to_string()),
+        resync: Duration::from_secs(300),
+    };
+    let metrics = medembed_operator::metrics::Metrics::new().unwrap();
+    AbortOnDrop(tokio::spawn(credentials::run(
+        admin.clone(),
+        settings,
+        metrics,
+    )))
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Applies the committed CRDs (`crds/*.yaml`) and waits until established.
 async fn install_crds(admin: &Client) {
@@ -292,7 +325,9 @@ async fn discovery_follows_the_cluster_and_scaling_under_load_fails_no_request()
     let deployments = ns.api::<Deployment>();
     create(&deployments, worker_deployment("blue", agent.name(), 2)).await;
 
+    let _publisher = publish_credentials(&admin, &name);
     let mut cfg = GatewayConfig::for_kubernetes(cp.kubeconfig(), Some(name.clone()));
+    cfg.credentials_secret = Some(format!("{name}/{CREDENTIALS}"));
     cfg.scrape_interval_ms = 250;
     cfg.host_template = Some("{name}.{namespace}.ml.example".into());
     let gw = medembed_gateway::start(cfg).await.expect("gateway starts");

@@ -254,6 +254,83 @@ async fn split(env: &Env, what: &str, traffic: &[(&str, i64)]) {
     .await;
 }
 
+/// The gateway's service account (the chart's RBAC): its credentials Secret
+/// and nothing else of the kind. `key` is the endpoint's key in clear.
+async fn gateway_reads_only_its_credentials(env: &Env, key: &str) {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+    let rel_ns = env.release_ns.name();
+    let tenant = env.ns.name();
+    let token = Api::<ServiceAccount>::namespaced(env.admin.clone(), rel_ns)
+        .create_token_request(
+            "medembed-gateway",
+            &Default::default(),
+            &TokenRequest {
+                spec: Some(TokenRequestSpec {
+                    expiration_seconds: Some(3600),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("a token of the gateway's service account")
+        .status
+        .and_then(|s| s.token)
+        .expect("a token");
+    let gw = env.cp.client_with_token(&token).unwrap();
+    let creds = Api::<Secret>::namespaced(gw.clone(), rel_ns)
+        .get("medembed-credentials")
+        .await
+        .expect("the gateway reads its credentials Secret");
+    let doc = String::from_utf8(creds.data.unwrap()["credentials.json"].0.clone()).unwrap();
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    let primary = doc["endpoints"][format!("{tenant}/chest")]["keys"]["primary"]
+        .as_str()
+        .expect("the endpoint's key hash is published");
+    assert_eq!(primary.len(), 64);
+    assert!(
+        !doc.to_string().contains(key),
+        "a key in clear was published"
+    );
+    assert!(
+        doc["clients"][format!("{tenant}/radiology")]["primary"].is_string(),
+        "{doc}"
+    );
+    let forbidden = |r: Result<(), kube::Error>, what: &str| match r {
+        Err(kube::Error::Api(e)) if e.code == 403 => {}
+        other => panic!("{what}: expected 403 Forbidden, got {other:?}"),
+    };
+    let lp = ListParams::default();
+    let tenant_secrets = Api::<Secret>::namespaced(gw.clone(), tenant);
+    forbidden(
+        tenant_secrets.get("radiology-keys").await.map(drop),
+        "a tenant's key Secret",
+    );
+    forbidden(
+        tenant_secrets.list(&lp).await.map(drop),
+        "listing a tenant's Secrets",
+    );
+    forbidden(
+        Api::<Secret>::all(gw.clone()).list(&lp).await.map(drop),
+        "listing every Secret",
+    );
+    forbidden(
+        Api::<Secret>::namespaced(gw.clone(), rel_ns)
+            .list(&lp)
+            .await
+            .map(drop),
+        "listing the release namespace's Secrets",
+    );
+    forbidden(
+        Api::<ConfigMap>::namespaced(gw.clone(), tenant)
+            .list(&lp)
+            .await
+            .map(drop),
+        "listing a tenant's ConfigMaps",
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn helm_install_serve_blue_green_and_uninstall() {
     let started = Instant::now();
@@ -374,6 +451,12 @@ async fn helm_install_serve_blue_green_and_uninstall() {
         || async { post(&url, Some(client_key), BRIEF_TEXT_ONLY).await.0 == 200 },
     )
     .await;
+
+    // 4a. Least privilege: with the gateway's own service-account token,
+    //     the credentials Secret the operator publishes (hashes, not keys)
+    //     is readable, and no other Secret or ConfigMap: not the tenant's key
+    //     Secrets, not a list of its own namespace's Secrets.
+    gateway_reads_only_its_credentials(&env, &key).await;
 
     // 4b. The documented shape, for clients written against the
     //     documentation: set on the endpoint, it applies through the gateway
