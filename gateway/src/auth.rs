@@ -170,6 +170,11 @@ const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest key set read from a URL or a file; a real one is a few KiB.
 pub const JWKS_MAX_BYTES: usize = 256 * 1024;
+/// Most key sources kept. Inline sets change when a ConfigMap is rotated,
+/// so without a bound every set ever seen would stay in memory; past it,
+/// sets not in use right now are dropped (inline ones first: they cost
+/// nothing to load again).
+pub const JWKS_MAX_SOURCES: usize = 1024;
 
 #[derive(Clone)]
 struct CachedSet {
@@ -316,7 +321,25 @@ impl JwksCache {
     /// The state of `source`, created on first use.
     fn source(&self, source: &JwksSource) -> Arc<SourceState> {
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        if !sources.contains_key(source) && sources.len() >= JWKS_MAX_SOURCES {
+            // Held only by the map: not in use by a verification now.
+            let idle = |st: &Arc<SourceState>| Arc::strong_count(st) == 1;
+            sources.retain(|k, st| !(matches!(k, JwksSource::Inline(_)) && idle(st)));
+            if sources.len() >= JWKS_MAX_SOURCES {
+                sources.retain(|_, st| !idle(st));
+            }
+        }
         sources.entry(source.clone()).or_default().clone()
+    }
+
+    /// How many key sources are kept.
+    pub fn len(&self) -> usize {
+        self.sources.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no key source is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Whether `cached` must be loaded again.
@@ -479,6 +502,26 @@ mod tests {
         assert_eq!(bearer(Some(&h("Basic abc"))), None);
         assert_eq!(bearer(Some(&h("Bearer "))), None);
         assert_eq!(bearer(None), None);
+    }
+
+    /// Rotated inline key sets (a ConfigMap edited again and again) do not
+    /// pile up: past the bound, idle sets are dropped.
+    #[tokio::test]
+    async fn key_sources_are_bounded() {
+        let cache = JwksCache::new(Duration::from_secs(1), None).unwrap();
+        let settings = |i: usize| TokenSettings {
+            issuer: "https://idp.example".into(),
+            audiences: vec!["medembed".into()],
+            jwks: JwksSource::Inline(format!(r#"{{"keys": [], "rotation": {i}}}"#)),
+            algorithms: Vec::new(),
+        };
+        // A token of an accepted algorithm, so the key set is looked up.
+        let token = "eyJhbGciOiJSUzI1NiJ9.e30.c2ln";
+        for i in 0..JWKS_MAX_SOURCES * 3 {
+            assert!(cache.verify(&settings(i), token).await.is_err());
+        }
+        assert!(cache.len() <= JWKS_MAX_SOURCES, "{}", cache.len());
+        assert!(!cache.is_empty());
     }
 
     #[test]

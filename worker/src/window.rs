@@ -80,7 +80,9 @@ impl Window {
     /// `astype(uint8)` after the float arithmetic).
     #[inline]
     pub fn map(&self, x: f64) -> u8 {
-        if self.hi <= self.lo {
+        // Also an empty window: a bound that is NaN (samples summing
+        // infinities, as a rescale of 1e308 gives), which `clamp` refuses.
+        if self.hi.partial_cmp(&self.lo) != Some(std::cmp::Ordering::Greater) {
             return 0;
         }
         let c = x.clamp(self.lo, self.hi);
@@ -265,6 +267,28 @@ mod tests {
     fn flat_image_does_not_divide_by_zero() {
         let w = resolve_u16(&Windowing::default(), &[7, 7, 7]);
         assert_eq!(w.apply_u16(&[7, 7]), vec![0, 0]);
+    }
+
+    /// Found by fuzzing (`tests/fuzz`, target `window`): samples with
+    /// infinities (a DICOM rescale near f64's range) gave a NaN bound, and
+    /// mapping panicked in `clamp`. Such a window maps everything to 0.
+    #[test]
+    fn infinite_samples_give_no_nan_window_panic() {
+        for samples in [
+            vec![f64::NEG_INFINITY, 0.0, f64::INFINITY],
+            vec![f64::INFINITY; 4],
+            vec![f64::NAN, 1.0, 2.0],
+        ] {
+            for windowing in [Windowing::Minmax, Windowing::default()] {
+                let w = resolve_f64(&windowing, &samples);
+                assert_eq!(w.apply_f64(&samples).len(), samples.len());
+            }
+        }
+        let nan = Window {
+            lo: 0.0,
+            hi: f64::NAN,
+        };
+        assert_eq!(nan.map(5.0), 0);
     }
 
     #[test]

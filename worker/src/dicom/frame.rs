@@ -204,15 +204,49 @@ fn check_rle_header(fragment: &[u8], px: &PixelInfo) -> Result<(), DecodeError> 
             "RLE segment count does not match the image attributes",
         ));
     }
+    let mut offsets = Vec::with_capacity(segments + 1);
     let mut prev = 64usize;
     for s in 1..=segments {
         let off = word(s) as usize;
         if off < prev || off > fragment.len() {
             return Err(bad());
         }
+        offsets.push(off);
         prev = off;
     }
+    offsets.push(fragment.len());
+    // Each segment must decode to one byte per pixel: the codec indexes
+    // its output by pixel and panics on a short segment.
+    let pixels = px.rows.saturating_mul(px.cols);
+    for pair in offsets.windows(2) {
+        if packbits_len(&fragment[pair[0]..pair[1]], pixels) < pixels {
+            return Err(corrupt("RLE segment is shorter than the image"));
+        }
+    }
     Ok(())
+}
+
+/// How many bytes a PackBits segment decodes to (counting stops at `cap`),
+/// without decoding it.
+fn packbits_len(segment: &[u8], cap: usize) -> usize {
+    let (mut i, mut out) = (0usize, 0usize);
+    while i < segment.len() && out < cap {
+        let n = segment[i] as i8;
+        i += 1;
+        if n >= 0 {
+            // A literal run of n + 1 bytes (as many as remain).
+            let run = (n as usize + 1).min(segment.len() - i);
+            out += run;
+            i += run;
+        } else if n != -128 {
+            // One byte repeated 1 - n times.
+            if i < segment.len() {
+                out += (1 - n as isize) as usize;
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

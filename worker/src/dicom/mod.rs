@@ -393,6 +393,22 @@ mod tests {
         assert!(errors > 100, "{errors}");
     }
 
+    /// Found by fuzzing (`tests/fuzz`, target `decode_dicom`): an RLE
+    /// segment that decodes to fewer bytes than the image has pixels made
+    /// the codec index past its output (a panic, caught only by the last
+    /// line of defence). It is refused before the codec runs.
+    #[test]
+    fn a_short_rle_segment_is_refused_before_the_codec() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fuzz/corpus/decode_dicom/regression-rle-short-segment.dcm");
+        let bytes = std::fs::read(path).unwrap();
+        let e = decode(&bytes, &DecodeLimits::default(), &Windowing::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            corrupt("RLE segment is shorter than the image").to_string()
+        );
+    }
+
     #[test]
     fn minmax_windowing_is_honoured_when_the_file_has_no_window() {
         let bytes = read("mono1_u16_percentile.dcm");
