@@ -34,8 +34,9 @@ pub fn crds(
 
 /// What the operator needs, nothing more: read its resources and write their
 /// status; manage the children it creates; read pods (status) and claims
-/// (model source checks); write events. The key Secrets are read and written
-/// by name only (no list or watch of Secrets).
+/// (model source checks); write events. The key Secrets, the workers' CA and
+/// their serving certificates are read and written by name only (no list or
+/// watch of Secrets).
 pub fn cluster_role() -> Result<ClusterRole, Error> {
     let crud = ["get", "list", "watch", "create", "patch", "delete"];
     Ok(serde_json::from_value(json!({
@@ -51,7 +52,7 @@ pub fn cluster_role() -> Result<ClusterRole, Error> {
              "verbs": ["update"]},
             {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": crud},
             {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": crud},
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "delete"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch", "delete"]},
             {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": crud},
             {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": crud},
             {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},

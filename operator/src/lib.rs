@@ -8,7 +8,9 @@
 //! - [`leader`]: Lease-based leader election (only the leader reconciles);
 //! - [`http`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`;
 //! - [`crdgen`]: the CRD and RBAC YAML generated from the types;
-//! - [`fetch`]: the init container fetching URL model sources.
+//! - [`fetch`]: the init container fetching URL model sources;
+//! - [`worker_tls`]: the workers' CA and serving certificates
+//!   (`--worker-tls`).
 //!
 //! [`start`] runs everything in-process (tests use port 0); `main.rs` is a thin
 //! wrapper.
@@ -23,6 +25,7 @@ pub mod leader;
 pub mod metrics;
 pub mod resources;
 pub mod status;
+pub mod worker_tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -205,10 +208,16 @@ async fn lead(
         let mut controllers = AbortOnDrop(tokio::spawn({
             let ctx = ctx.clone();
             async move {
+                let ca = async {
+                    if ctx.config.worker_tls {
+                        worker_tls::refresh(ctx.clone()).await
+                    }
+                };
                 tokio::join!(
                     controller::deployment::run(ctx.clone()),
                     controller::endpoint::run(ctx.clone()),
-                    controller::client::run(ctx),
+                    controller::client::run(ctx.clone()),
+                    ca,
                 );
             }
         }));
