@@ -107,6 +107,11 @@ pub struct OperatorConfig {
     )]
     pub worker_ca_configmap: String,
 
+    /// Seconds between reads of the CA Secret (a CA replaced by its owner
+    /// is published and used for new certificates at most this long after).
+    #[arg(long, env = "MEDEMBED_WORKER_CA_REFRESH_SECONDS", default_value_t = 30)]
+    pub worker_ca_refresh_seconds: u64,
+
     /// The namespace of that ConfigMap: the gateway's (default:
     /// `--gateway-namespace`; without either, the CA is not published).
     #[arg(long, env = "MEDEMBED_WORKER_CA_CONFIGMAP_NAMESPACE")]

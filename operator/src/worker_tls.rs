@@ -14,7 +14,8 @@
 //!   ConfigMap in the gateway's namespace (`--worker-ca-configmap`,
 //!   `--worker-ca-configmap-namespace`), which
 //!   the gateway mounts (`--worker-ca-file`). [`refresh`] re-reads the CA
-//!   every [`CA_REFRESH`] and, when it changed, republishes it and has every
+//!   every `--worker-ca-refresh-seconds` (30) and, when it changed,
+//!   republishes it and has every
 //!   deployment reconciled, so certificates are re-issued under the new CA.
 //! - Each deployment's serving certificate ([`ensure_serving`]) is the
 //!   Secret `<deployment>-worker-tls`, owned by the `EmbeddingDeployment`,
@@ -47,9 +48,6 @@ use crate::controller::Ctx;
 use crate::resources::{self, MANAGED_BY, MANAGER};
 use crate::Error;
 
-/// How often the CA Secret is read again (a CA replaced by its owner is in
-/// use, and published, at most this long after).
-pub const CA_REFRESH: Duration = Duration::from_secs(30);
 /// The earliest a deployment is requeued for its certificate.
 const MIN_REQUEUE: Duration = Duration::from_secs(60);
 
@@ -196,7 +194,10 @@ pub async fn refresh(ctx: Arc<Ctx>) {
         if let Err(e) = load_ca(&ctx).await {
             tracing::error!(error = %e, "workers' CA unusable; serving certificates are not issued");
         }
-        tokio::time::sleep(CA_REFRESH).await;
+        tokio::time::sleep(Duration::from_secs(
+            ctx.config.worker_ca_refresh_seconds.max(1),
+        ))
+        .await;
     }
 }
 
