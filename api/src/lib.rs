@@ -7,17 +7,24 @@
 //! and on the wording of every error.
 //!
 //! With the `server` feature, [`serve`] is the accept loop every medembed
-//! server shares: connection limits, timeouts and graceful shutdown.
+//! server shares: connection limits, timeouts and graceful shutdown; with
+//! `tls`, [`tls`] adds reloading certificates for servers and a reloading CA
+//! for clients; with `pki`, [`pki`] issues and checks the workers' serving
+//! certificates.
 
 #[cfg(feature = "k8s")]
 pub mod crd;
 pub mod error;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "pki")]
+pub mod pki;
 pub mod request_id;
 pub mod score;
 #[cfg(feature = "server")]
 pub mod serve;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod workers;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

@@ -58,6 +58,27 @@ pub fn worker_name(deployment: &str) -> String {
     format!("{deployment}-worker")
 }
 
+/// Name of the TLS Secret holding the serving certificate of an
+/// `EmbeddingDeployment`'s workers (when worker TLS is on).
+pub fn worker_tls_secret_name(deployment: &str) -> String {
+    format!("{deployment}-worker-tls")
+}
+
+/// The name a worker's serving certificate is issued for and the gateway
+/// verifies: `<service>.<namespace>.svc` of the worker Service.
+pub fn worker_server_name(service: &str, namespace: &str) -> String {
+    format!("{service}.{namespace}.svc")
+}
+
+/// Where the gateway finds the workers' CA certificate in the ConfigMap the
+/// operator publishes (and a worker TLS Secret's entries, as for any
+/// `kubernetes.io/tls` Secret).
+pub const CA_CERT_ENTRY: &str = "ca.crt";
+/// A TLS Secret's certificate entry.
+pub const TLS_CERT_ENTRY: &str = "tls.crt";
+/// A TLS Secret's private key entry.
+pub const TLS_KEY_ENTRY: &str = "tls.key";
+
 /// The environment variables a worker reads its settings from.
 pub mod env {
     /// [`super::WorkerSettings::execution_provider`].
@@ -100,6 +121,12 @@ pub mod env {
     /// Where the failure message goes on a fatal error (the container's
     /// termination message).
     pub const TERMINATION_LOG: &str = "MEDEMBED_TERMINATION_LOG";
+    /// The worker's serving certificate chain (PEM): with
+    /// [`TLS_KEY_FILE`], the worker serves HTTPS only (set on the pod, not
+    /// part of the settings).
+    pub const TLS_CERT_FILE: &str = "MEDEMBED_TLS_CERT_FILE";
+    /// The worker's serving private key (PEM).
+    pub const TLS_KEY_FILE: &str = "MEDEMBED_TLS_KEY_FILE";
 }
 
 /// The settings the operator gives each worker of a deployment (from the
@@ -202,5 +229,10 @@ mod tests {
         assert_eq!(env[env::LOG_FORMAT], "json");
         assert!(env.keys().all(|k| k.starts_with("MEDEMBED_")));
         assert_eq!(worker_name("blue"), "blue-worker");
+        assert_eq!(worker_tls_secret_name("blue"), "blue-worker-tls");
+        assert_eq!(
+            worker_server_name("blue-worker", "ns"),
+            "blue-worker.ns.svc"
+        );
     }
 }

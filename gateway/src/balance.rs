@@ -25,6 +25,9 @@ use tokio::time::Instant;
 pub struct Worker {
     /// `host:port` of the worker.
     pub authority: String,
+    /// The name its TLS certificate must carry (its deployment's
+    /// `<service>.<namespace>.svc`), when its deployment gives one.
+    pub server_name: Option<String>,
     in_flight: AtomicU32,
     queue_depth: AtomicU32,
     /// Penalty end, in milliseconds since the registry's epoch (0 = none).
@@ -33,9 +36,10 @@ pub struct Worker {
 }
 
 impl Worker {
-    fn new(authority: String, epoch: Instant) -> Self {
+    fn new(authority: String, server_name: Option<String>, epoch: Instant) -> Self {
         Worker {
             authority,
+            server_name,
             in_flight: AtomicU32::new(0),
             queue_depth: AtomicU32::new(0),
             penalty_until_ms: AtomicU64::new(0),
@@ -109,10 +113,35 @@ impl Default for Registry {
 impl Registry {
     /// The worker at `authority`, created on first use.
     pub fn worker(&self, authority: &str) -> Arc<Worker> {
+        self.worker_named(authority, None)
+    }
+
+    /// The worker at `authority` whose TLS certificate must carry
+    /// `server_name`, created on first use (and anew when the name changes:
+    /// the address now belongs to another deployment).
+    pub fn worker_named(&self, authority: &str, server_name: Option<&str>) -> Arc<Worker> {
         let mut map = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(authority.to_string())
-            .or_insert_with(|| Arc::new(Worker::new(authority.to_string(), self.epoch)))
-            .clone()
+        match map.get(authority) {
+            Some(w) if w.server_name.as_deref() == server_name => w.clone(),
+            _ => {
+                let w = Arc::new(Worker::new(
+                    authority.to_string(),
+                    server_name.map(str::to_string),
+                    self.epoch,
+                ));
+                map.insert(authority.to_string(), w.clone());
+                w
+            }
+        }
+    }
+
+    /// The TLS server name of the worker at `authority`, if it has one.
+    pub fn server_name(&self, authority: &str) -> Option<String> {
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(authority)
+            .and_then(|w| w.server_name.clone())
     }
 
     /// Forgets workers not in `keep`.

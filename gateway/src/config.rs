@@ -146,6 +146,15 @@ pub struct GatewayConfig {
     #[arg(long, env = "MEDEMBED_GATEWAY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// PEM CA certificate(s) of the workers' serving certificates. When set,
+    /// every worker is dialled over TLS, trusting only these certificates
+    /// (no system roots), and must present a certificate for its
+    /// deployment's name (`<service>.<namespace>.svc`; in file mode the
+    /// deployment's `tlsServerName`, else the worker's IP address).
+    /// Reloaded when the file changes (a mounted ConfigMap updates in place).
+    #[arg(long, env = "MEDEMBED_GATEWAY_WORKER_CA_FILE")]
+    pub worker_ca_file: Option<PathBuf>,
+
     /// PEM bundle of extra CA certificates trusted, besides the system's
     /// roots, when fetching token key sets (`jwksUri`) over HTTPS: an
     /// identity provider inside the hospital with a private CA.

@@ -65,7 +65,7 @@ use medembed_api::crd::{
     find_condition, EmbeddingClient, EmbeddingDeployment, EmbeddingEndpoint, EmbeddingEndpointSpec,
     Seniority, REASON_HOST_NOT_ALLOWED, REASON_SECRET_CONFLICT,
 };
-use medembed_api::workers::{worker_name, DEPLOYMENT_LABEL, WORKER_PORT_NAME};
+use medembed_api::workers::{worker_name, worker_server_name, DEPLOYMENT_LABEL, WORKER_PORT_NAME};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
@@ -532,13 +532,18 @@ fn build(state: &State, host_template: Option<&str>, registry: &Registry) -> Tab
                 .as_ref()
                 .and_then(|s| s.service_name.clone())
                 .unwrap_or_else(|| worker_name(&dname));
+            // What the workers' certificates are issued for (worker TLS).
+            let server_name = worker_server_name(&service, ns);
             let mut authorities = by_service
                 .get(&(ns.clone(), service))
                 .cloned()
                 .unwrap_or_default();
             authorities.sort();
             authorities.dedup();
-            let workers = authorities.iter().map(|a| registry.worker(a)).collect();
+            let workers = authorities
+                .iter()
+                .map(|a| registry.worker_named(a, Some(&server_name)))
+                .collect();
             deployments.insert(
                 dname.clone(),
                 Arc::new(Deployment {

@@ -18,7 +18,7 @@
 //!     responseFormat: PerRow            # PerRow (as the managed endpoint answers) | Documented
 //!     deployments:
 //!       blue: {workers: ["127.0.0.1:8081", "127.0.0.1:8082"]}
-//!       green: {workers: ["127.0.0.1:8083"]}
+//!       green: {workers: ["127.0.0.1:8083"], tlsServerName: green.workers.local}  # with --worker-ca-file
 //!       shadow: {workers: ["127.0.0.1:8084"]}
 //! clients:
 //!   - name: radiology
@@ -134,6 +134,11 @@ pub struct FileToken {
 pub struct FileDeployment {
     /// `host:port` of each worker.
     pub workers: Vec<String>,
+    /// The name the workers' TLS certificates carry, verified when the
+    /// gateway dials workers over TLS (`--worker-ca-file`); without it, the
+    /// worker's IP address is.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
 }
 
 /// A client.
@@ -233,7 +238,12 @@ pub fn build(cfg: FileConfig, registry: &Registry) -> anyhow::Result<Table> {
             .deployments
             .into_iter()
             .map(|(name, d)| {
-                let workers = d.workers.iter().map(|w| registry.worker(w)).collect();
+                let name_of = d.tls_server_name.as_deref();
+                let workers = d
+                    .workers
+                    .iter()
+                    .map(|w| registry.worker_named(w, name_of))
+                    .collect();
                 (name.clone(), Arc::new(Deployment { name, workers }))
             })
             .collect();

@@ -40,8 +40,9 @@
 //!   upstream client.
 //! - [`table`], [`file`](mod@file), [`discovery`]: what to route and where it comes
 //!   from.
-//! - [`metrics`], [`audit`], [`trace`]: what the gateway reports; [`tls`]:
-//!   certificates; [`config`]: the command line.
+//! - [`metrics`], [`audit`], [`trace`]: what the gateway reports; [`tls`]
+//!   (`medembed_api::tls`): its own certificate and the workers' CA;
+//!   [`config`]: the command line.
 //!
 //! The library exposes [`start`] (bind on the configured address, possibly
 //! port 0, and serve in the background) and [`run`] (serve until a shutdown
@@ -62,7 +63,7 @@ pub mod redis_client;
 pub mod server;
 pub mod stages;
 pub mod table;
-pub mod tls;
+pub use medembed_api::tls;
 pub mod trace;
 
 use std::net::SocketAddr;
@@ -128,7 +129,7 @@ fn spawn_scraper(gw: Arc<Gateway>, every: Duration) -> tokio::task::JoinHandle<(
             let workers = gw.registry.all();
             let fetches = workers.iter().map(|w| {
                 let http = gw.http.clone();
-                let url = format!("http://{}/metrics", w.authority);
+                let url = http.url(&w.authority, "/metrics");
                 async move {
                     if let Ok(text) = proxy::get_text(
                         &http,
@@ -187,6 +188,9 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<RunningGateway> {
         let client = discovery::kube_client(&settings).await?;
         background.push(peers::watch(client, &ns, &name, gw.replicas.clone()));
     }
+    if let Some(ca) = &gw.worker_ca {
+        background.push(ca.watch(reload));
+    }
     if cfg.scrape_interval_ms > 0 {
         background.push(spawn_scraper(
             gw.clone(),
@@ -195,9 +199,10 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<RunningGateway> {
     }
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(c), Some(k)) => {
-            let cert = tls::ReloadingCert::new(c.clone(), k.clone()).context("TLS certificate")?;
+            let cert =
+                tls::ReloadingCert::from_files(c.clone(), k.clone()).context("TLS certificate")?;
             background.push(cert.watch(reload));
-            Some(tls::TlsHandshake(cert.acceptor()?))
+            Some(cert.handshake()?)
         }
         _ => None,
     };

@@ -1,38 +1,124 @@
-//! The upstream side's plumbing: the HTTP client for workers (and for key
-//! sets and worker metrics), what a request carries upstream
+//! The upstream side's plumbing: the HTTP client for workers (scoring and
+//! their metrics), what a request carries upstream
 //! ([`Outgoing`]), a worker's answer ([`Answer`]), and the response body
 //! that keeps a request's guards alive until it has been sent
 //! ([`Guarded`]). Which worker is called, and the retry, are the forward
 //! stage's ([`crate::stages::forward`]).
+//!
+//! With the workers' CA (`--worker-ca-file`), the client dials every worker
+//! over TLS: rustls trusting only that CA (reloaded when its file changes),
+//! verifying the name the worker's deployment gives it
+//! ([`crate::balance::Worker::server_name`]: `<service>.<namespace>.svc`),
+//! else the worker's IP address. A worker whose certificate does not verify
+//! (another CA, another service's name) or that speaks plain HTTP fails the
+//! handshake, before any request byte is sent, and counts as a connection
+//! that could not be opened. Connections are pooled per worker as in plain
+//! mode: one handshake per connection, not per request.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
+use medembed_api::tls::tokio_rustls::rustls::pki_types::ServerName;
 use tokio::time::Instant;
 
+use medembed_api::tls::ReloadingCa;
 use medembed_api::ResponseFormat;
 
-use crate::balance;
+use crate::balance::{self, Registry};
 
-/// The HTTP/1.1 client used for workers (plain HTTP inside the cluster).
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// The HTTP/1.1 client for workers: plain HTTP, or TLS to every worker when
+/// the gateway has the workers' CA.
+#[derive(Clone, derive_more::Debug)]
+#[debug("HttpClient {{ scheme: {scheme:?} }}")]
+pub struct HttpClient {
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    scheme: &'static str,
+}
 
-/// Builds the upstream client.
-pub fn http_client(connect_timeout: Duration) -> HttpClient {
+impl HttpClient {
+    /// Sends `req` on a pooled connection (opened, and over TLS verified,
+    /// when none is idle).
+    pub fn request(&self, req: Request<Full<Bytes>>) -> ResponseFuture {
+        self.inner.request(req)
+    }
+
+    /// The URL of `path` on the worker at `authority` (`https` in TLS mode).
+    pub fn url(&self, authority: &str, path: &str) -> String {
+        format!("{}://{authority}{path}", self.scheme)
+    }
+
+    /// Whether workers are dialled over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.scheme == "https"
+    }
+}
+
+/// The name a worker's certificate must carry: the one its deployment gives
+/// it, else its IP address.
+fn server_name(
+    registry: &Registry,
+    uri: &Uri,
+) -> Result<ServerName<'static>, Box<dyn std::error::Error + Send + Sync>> {
+    let authority = uri.authority().ok_or("a worker URL without an address")?;
+    let name = registry
+        .server_name(authority.as_str())
+        .unwrap_or_else(|| authority.host().trim_matches(['[', ']']).to_string());
+    Ok(ServerName::try_from(name)?)
+}
+
+/// Builds the upstream client: over TLS with `tls` (the workers' CA, and the
+/// registry naming each worker's server name), else plain HTTP.
+pub fn http_client(
+    connect_timeout: Duration,
+    tls: Option<(Arc<ReloadingCa>, Arc<Registry>)>,
+) -> anyhow::Result<HttpClient> {
     let mut c = HttpConnector::new();
     c.set_connect_timeout(Some(connect_timeout));
     c.set_nodelay(true);
-    c.enforce_http(true);
-    Client::builder(TokioExecutor::new())
+    c.enforce_http(false);
+    let (connector, scheme) = match tls {
+        Some((ca, registry)) => (
+            HttpsConnectorBuilder::new()
+                .with_tls_config(ca.client_config()?)
+                .https_only()
+                .with_server_name_resolver(move |uri: &Uri| server_name(&registry, uri))
+                .enable_http1()
+                .wrap_connector(c),
+            "https",
+        ),
+        None => (
+            // Plain HTTP only: a client config that trusts nothing, for a
+            // scheme never used.
+            HttpsConnectorBuilder::new()
+                .with_tls_config(
+                    medembed_api::tls::tokio_rustls::rustls::ClientConfig::builder_with_provider(
+                        medembed_api::tls::provider(),
+                    )
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(
+                        medembed_api::tls::tokio_rustls::rustls::RootCertStore::empty(),
+                    )
+                    .with_no_client_auth(),
+                )
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(c),
+            "http",
+        ),
+    };
+    let inner = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(1024)
-        .build(c)
+        .build(connector);
+    Ok(HttpClient { inner, scheme })
 }
 
 /// GETs `url` and returns its body as text (a worker's metrics), within

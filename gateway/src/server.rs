@@ -30,7 +30,7 @@ use crate::proxy::{self, HttpClient};
 use crate::quota::{Concurrency, LocalStore, RedisSettings, RedisStore, Store};
 use crate::stages::body::BodyBudget;
 use crate::table::Tables;
-use crate::tls::TlsHandshake;
+use crate::tls::{ReloadingCa, TlsHandshake};
 use crate::GatewayConfig;
 
 /// Most mirrored requests in flight at once; beyond, copies are skipped.
@@ -58,6 +58,9 @@ pub struct Gateway {
     pub registry: Arc<Registry>,
     /// Upstream client.
     pub http: HttpClient,
+    /// The workers' CA (`--worker-ca-file`): when set, every worker is
+    /// dialled over TLS and verified with it.
+    pub worker_ca: Option<Arc<ReloadingCa>>,
     /// Metrics.
     pub metrics: Metrics,
     /// Audit log.
@@ -88,7 +91,17 @@ impl Gateway {
     ) -> anyhow::Result<Self> {
         let metrics = Metrics::new().context("metrics")?;
         let audit = AuditLog::open(&config.audit_log, metrics.clone()).context("audit log")?;
-        let http = proxy::http_client(std::time::Duration::from_millis(config.connect_timeout_ms));
+        let worker_ca =
+            match &config.worker_ca_file {
+                Some(path) => Some(ReloadingCa::from_file(path.clone()).with_context(|| {
+                    format!("workers' CA (--worker-ca-file {})", path.display())
+                })?),
+                None => None,
+            };
+        let http = proxy::http_client(
+            std::time::Duration::from_millis(config.connect_timeout_ms),
+            worker_ca.as_ref().map(|ca| (ca.clone(), registry.clone())),
+        )?;
         let reload = std::time::Duration::from_millis(config.reload_interval_ms.max(10));
         let quota = match RedisSettings::from_config(&config) {
             Some(settings) => {
@@ -100,6 +113,7 @@ impl Gateway {
             tables,
             registry,
             http,
+            worker_ca,
             metrics,
             audit,
             jwks: JwksCache::new(reload, config.jwks_ca_file.as_deref())?,

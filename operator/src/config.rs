@@ -88,6 +88,42 @@ pub struct OperatorConfig {
     #[arg(long, env = "MEDEMBED_CREDENTIALS_SECRET")]
     pub credentials_secret: Option<String>,
 
+    /// Serve the workers over TLS: each deployment gets a serving
+    /// certificate (Secret `<deployment>-worker-tls`, issued by the workers'
+    /// CA, renewed before it expires), its workers serve HTTPS only, and the
+    /// CA certificate is published for the gateway.
+    #[arg(long, env = "MEDEMBED_WORKER_TLS", default_value_t = false)]
+    pub worker_tls: bool,
+
+    /// The workers' CA: a `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`
+    /// in PKCS #8) in the operator's namespace. Created (ECDSA P-256, ten
+    /// years) when absent; used as it is when provided.
+    #[arg(
+        long,
+        env = "MEDEMBED_WORKER_CA_SECRET",
+        default_value = "medembed-worker-ca"
+    )]
+    pub worker_ca_secret: String,
+
+    /// The ConfigMap into which the CA certificate (never its key) is
+    /// published as `ca.crt`, for the gateway to mount.
+    #[arg(
+        long,
+        env = "MEDEMBED_WORKER_CA_CONFIGMAP",
+        default_value = "medembed-worker-ca"
+    )]
+    pub worker_ca_configmap: String,
+
+    /// Seconds between reads of the CA Secret (a CA replaced by its owner
+    /// is published and used for new certificates at most this long after).
+    #[arg(long, env = "MEDEMBED_WORKER_CA_REFRESH_SECONDS", default_value_t = 30)]
+    pub worker_ca_refresh_seconds: u64,
+
+    /// The namespace of that ConfigMap: the gateway's (default:
+    /// `--gateway-namespace`; without either, the CA is not published).
+    #[arg(long, env = "MEDEMBED_WORKER_CA_CONFIGMAP_NAMESPACE")]
+    pub worker_ca_configmap_namespace: Option<String>,
+
     /// Name of the leader-election Lease.
     #[arg(long, env = "MEDEMBED_LEASE_NAME", default_value = "medembed-operator")]
     pub lease_name: String,

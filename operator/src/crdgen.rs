@@ -38,9 +38,10 @@ pub fn crds(
 /// status; manage the children it creates; read pods (status) and claims
 /// (model source checks); write events. Secrets and ConfigMaps are listed
 /// and watched as metadata only (the credentials publisher); their content is
-/// read by name, only for those an endpoint or a client names. Writing the
-/// gateway's credentials Secret is a separate Role in the gateway's
-/// namespace, limited to that Secret (the chart's).
+/// read by name, only for those an endpoint or a client names. The key
+/// Secrets, the workers' CA and their serving certificates are written by
+/// name. Writing the gateway's credentials Secret is a separate Role in the
+/// gateway's namespace, limited to that Secret.
 pub fn cluster_role() -> Result<ClusterRole, Error> {
     let crud = ["get", "list", "watch", "create", "patch", "delete"];
     Ok(serde_json::from_value(json!({
@@ -56,7 +57,7 @@ pub fn cluster_role() -> Result<ClusterRole, Error> {
              "verbs": ["update"]},
             {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": crud},
             {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": crud},
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "delete"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
             {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": crud},
             {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": crud},
             {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},

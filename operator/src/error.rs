@@ -18,6 +18,10 @@ pub enum Error {
     /// JSON (de)serialisation failed.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// The workers' CA cannot be used, or a certificate cannot be issued
+    /// (never carries key material).
+    #[error("worker TLS: {0}")]
+    Certificate(String),
     /// Local I/O failed (the HTTP listener).
     #[error("{context}: {source}")]
     Io {
@@ -41,6 +45,7 @@ impl Error {
             Error::InvalidObject(_) => "invalid_object",
             Error::InvalidSpec(_) => "invalid_spec",
             Error::Json(_) => "json",
+            Error::Certificate(_) => "certificate",
             Error::Io { .. } => "io",
         }
     }

@@ -10,7 +10,9 @@
 //! - [`crdgen`]: the CRD and RBAC YAML generated from the types;
 //! - [`credentials`]: publishes the key hashes and key sets the gateway
 //!   reads (so it needs no access to tenants' Secrets);
-//! - [`fetch`]: the init container fetching URL model sources.
+//! - [`fetch`]: the init container fetching URL model sources;
+//! - [`worker_tls`]: the workers' CA and serving certificates
+//!   (`--worker-tls`).
 //!
 //! [`start`] runs everything in-process (tests use port 0); `main.rs` is a thin
 //! wrapper.
@@ -26,6 +28,7 @@ pub mod leader;
 pub mod metrics;
 pub mod resources;
 pub mod status;
+pub mod worker_tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -214,10 +217,16 @@ async fn lead(
                 .flatten()
                 .map(|s| credentials::run(ctx.client.clone(), s, ctx.metrics.clone()));
             async move {
+                let ca = async {
+                    if ctx.config.worker_tls {
+                        worker_tls::refresh(ctx.clone()).await
+                    }
+                };
                 tokio::join!(
                     controller::deployment::run(ctx.clone()),
                     controller::endpoint::run(ctx.clone()),
-                    controller::client::run(ctx),
+                    controller::client::run(ctx.clone()),
+                    ca,
                     async move {
                         if let Some(p) = publisher {
                             p.await

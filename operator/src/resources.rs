@@ -1,8 +1,9 @@
 //! Pure functions that build the desired child objects of an
 //! `EmbeddingDeployment` (worker Deployment, Service, PodDisruptionBudget,
 //! ConfigMap, HorizontalPodAutoscaler) and of an `EmbeddingEndpoint` (its key
-//! Secret). No I/O here: the reconcilers apply what these return, and unit
-//! tests check them field by field.
+//! Secret), and the TLS Secrets of worker TLS (the CA's, a deployment's
+//! serving certificate). No I/O here: the reconcilers apply what these
+//! return, and unit tests check them field by field.
 //!
 //! Choices that matter:
 //! - the rollout never drops ready capacity: `maxUnavailable: 0`,
@@ -12,7 +13,10 @@
 //!   of its data is a pod-template annotation, so a settings change rolls the
 //!   workers like an image change does;
 //! - with autoscaling, `spec.replicas` is left out of the applied Deployment
-//!   so the HPA owns it (server-side apply field ownership).
+//!   so the HPA owns it (server-side apply field ownership);
+//! - with worker TLS, the serving certificate's Secret is mounted read-only
+//!   and the probes speak HTTPS; a new certificate is not a template change
+//!   (the worker reloads its files), so it rolls nothing.
 
 use std::collections::BTreeMap;
 
@@ -27,7 +31,10 @@ use medembed_api::crd::{
     generated_key_secret_name, EmbeddingDeployment, EmbeddingEndpoint, ProbeSettings,
     RequestSettings, DEFAULT_GPU_RESOURCE, ENDPOINT_KEY_ENTRIES,
 };
-use medembed_api::workers::{env, WORKER_PORT_NAME};
+use medembed_api::pki::KeyedCert;
+use medembed_api::workers::{
+    env, worker_tls_secret_name, CA_CERT_ENTRY, TLS_CERT_ENTRY, TLS_KEY_ENTRY, WORKER_PORT_NAME,
+};
 pub use medembed_api::workers::{
     worker_name, DEPLOYMENT_LABEL, ENDPOINT_LABEL, EXIT_MODEL_LOAD, MANAGED_BY,
 };
@@ -53,6 +60,8 @@ pub const CACHE_MOUNT: &str = "/var/cache/medembed";
 /// Where the worker's (and the fetch container's) scratch volume is mounted:
 /// the root filesystem is read-only.
 pub const TMP_MOUNT: &str = "/tmp";
+/// Where the serving certificate's Secret is mounted (worker TLS).
+pub const TLS_MOUNT: &str = "/etc/medembed/tls";
 /// Size limit of the scratch volume at [`TMP_MOUNT`].
 pub const TMP_SIZE: &str = "1Gi";
 /// Size limit of the cache volume at [`CACHE_MOUNT`] (TensorRT engines).
@@ -95,6 +104,9 @@ pub struct WorkerDefaults {
     pub listen_host: String,
     /// The worker's port.
     pub port: u16,
+    /// Whether workers serve HTTPS with their deployment's serving
+    /// certificate (`--worker-tls`).
+    pub tls: bool,
 }
 
 /// Name of the worker ConfigMap.
@@ -218,10 +230,11 @@ pub fn config_map(
     }))?)
 }
 
-fn probe(path: &str, s: Option<&ProbeSettings>) -> Value {
+fn probe(path: &str, s: Option<&ProbeSettings>, tls: bool) -> Value {
     let s = s.cloned().unwrap_or_default();
+    let scheme = if tls { "HTTPS" } else { "HTTP" };
     json!({
-        "httpGet": { "path": path, "port": WORKER_PORT_NAME },
+        "httpGet": { "path": path, "port": WORKER_PORT_NAME, "scheme": scheme },
         "initialDelaySeconds": s.initial_delay_seconds.unwrap_or(10),
         "periodSeconds": s.period_seconds.unwrap_or(10),
         "timeoutSeconds": s.timeout_seconds.unwrap_or(2),
@@ -303,6 +316,25 @@ pub fn deployment(
         json!({"name": env::MODEL_DIR, "value": model_dir}),
         json!({"name": env::TERMINATION_LOG, "value": "/dev/termination-log"}),
     ];
+    let mut mounts = vec![
+        json!({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": true}),
+        json!({"name": "cache", "mountPath": CACHE_MOUNT}),
+        json!({"name": "tmp", "mountPath": TMP_MOUNT}),
+    ];
+    if defaults.tls {
+        // Group-readable: the pod's fsGroup owns Secret volume files.
+        volumes.push(json!({"name": "tls", "secret": {
+            "secretName": worker_tls_secret_name(&name),
+            "defaultMode": 0o440,
+        }}));
+        mounts.push(json!({"name": "tls", "mountPath": TLS_MOUNT, "readOnly": true}));
+        env.push(
+            json!({"name": env::TLS_CERT_FILE, "value": format!("{TLS_MOUNT}/{TLS_CERT_ENTRY}")}),
+        );
+        env.push(
+            json!({"name": env::TLS_KEY_FILE, "value": format!("{TLS_MOUNT}/{TLS_KEY_ENTRY}")}),
+        );
+    }
     env.extend(
         spec.env
             .iter()
@@ -339,14 +371,10 @@ pub fn deployment(
             "env": env,
             "envFrom": [{"configMapRef": {"name": config_name(&name)}}],
             "ports": [{"name": WORKER_PORT_NAME, "containerPort": defaults.port, "protocol": "TCP"}],
-            "readinessProbe": probe("/readyz", spec.probes.readiness.as_ref()),
-            "livenessProbe": probe("/livez", spec.probes.liveness.as_ref()),
+            "readinessProbe": probe("/readyz", spec.probes.readiness.as_ref(), defaults.tls),
+            "livenessProbe": probe("/livez", spec.probes.liveness.as_ref(), defaults.tls),
             "resources": {"limits": limits, "requests": requests},
-            "volumeMounts": [
-                {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": true},
-                {"name": "cache", "mountPath": CACHE_MOUNT},
-                {"name": "tmp", "mountPath": TMP_MOUNT},
-            ],
+            "volumeMounts": mounts,
             "terminationMessagePolicy": "FallbackToLogsOnError",
             "securityContext": container_security(),
         }],
@@ -535,6 +563,72 @@ pub fn key_secret(ep: &EmbeddingEndpoint, primary: &str, secondary: &str) -> Res
     }))?)
 }
 
+/// A `kubernetes.io/tls` Secret `name` in `ns` holding `pair` (and, with
+/// `ca_pem`, the CA certificate as `ca.crt`), with `labels` and `owner`.
+fn tls_secret(
+    name: &str,
+    ns: &str,
+    pair: &KeyedCert,
+    ca_pem: Option<&str>,
+    labels: &BTreeMap<String, String>,
+    owner: Option<&OwnerReference>,
+) -> Result<Secret, Error> {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut data = serde_json::Map::new();
+    data.insert(TLS_CERT_ENTRY.into(), json!(b64(&pair.cert_pem)));
+    data.insert(TLS_KEY_ENTRY.into(), json!(b64(&pair.key_pem)));
+    if let Some(ca) = ca_pem {
+        data.insert(CA_CERT_ENTRY.into(), json!(b64(ca)));
+    }
+    let mut metadata = json!({"name": name, "namespace": ns, "labels": labels});
+    if let Some(o) = owner {
+        metadata["ownerReferences"] = json!([o]);
+    }
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata,
+        "type": "kubernetes.io/tls",
+        "data": data,
+    }))?)
+}
+
+/// The workers' CA Secret the operator creates when none exists (no owner:
+/// it outlives any deployment).
+pub fn tls_secret_in(
+    name: &str,
+    ns: &str,
+    ca: &KeyedCert,
+    owner: Option<&OwnerReference>,
+) -> Result<Secret, Error> {
+    let labels = BTreeMap::from([(
+        "app.kubernetes.io/managed-by".to_string(),
+        MANAGED_BY.to_string(),
+    )]);
+    tls_secret(name, ns, ca, None, &labels, owner)
+}
+
+/// The serving certificate Secret of a deployment's workers (worker TLS):
+/// owned by the deployment and labelled like its other children.
+pub fn worker_tls_secret(
+    dep: &EmbeddingDeployment,
+    serving: &KeyedCert,
+    ca_pem: &str,
+) -> Result<Secret, Error> {
+    let (name, ns) = name_ns(dep)?;
+    let labels = child_labels(&name, &dep.spec.endpoint);
+    let owner = owner_of(dep)?;
+    tls_secret(
+        &worker_tls_secret_name(&name),
+        &ns,
+        serving,
+        Some(ca_pem),
+        &labels,
+        Some(&owner),
+    )
+}
+
 /// A fresh 256-bit key, URL-safe base64 without padding.
 pub fn generate_key() -> String {
     use base64::Engine;
@@ -556,6 +650,7 @@ mod tests {
             fetch_image: "medembed/operator:1".into(),
             listen_host: "0.0.0.0".into(),
             port: 8080,
+            tls: false,
         }
     }
 
@@ -752,6 +847,110 @@ mod tests {
         let documented = EndpointSettings::of(Some(&ep));
         let cm = config_map(&d, &documented).unwrap();
         assert_eq!(cm.data.unwrap()["MEDEMBED_RESPONSE_FORMAT"], "Documented");
+    }
+
+    #[test]
+    fn worker_tls_mounts_the_certificate_and_probes_over_https() {
+        let d = dep(base());
+        let plain = deployment(&d, &EndpointSettings::default(), &defaults()).unwrap();
+        let c = container(&plain);
+        let scheme = |p: Option<k8s_openapi::api::core::v1::Probe>| {
+            p.unwrap().http_get.unwrap().scheme.unwrap()
+        };
+        assert_eq!(scheme(c.readiness_probe.clone()), "HTTP");
+        assert!(!c.env.unwrap().iter().any(|e| e.name == env::TLS_CERT_FILE));
+
+        let tls = WorkerDefaults {
+            tls: true,
+            ..defaults()
+        };
+        let k = deployment(&d, &EndpointSettings::default(), &tls).unwrap();
+        let ps = k.spec.clone().unwrap().template.spec.unwrap();
+        let vol = ps
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "tls")
+            .unwrap();
+        let secret = vol.secret.unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("blue-worker-tls"));
+        assert_eq!(secret.default_mode, Some(0o440));
+        let c = container(&k);
+        let mount = c
+            .volume_mounts
+            .clone()
+            .unwrap()
+            .into_iter()
+            .find(|m| m.name == "tls")
+            .unwrap();
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            (TLS_MOUNT, Some(true))
+        );
+        let env: BTreeMap<String, Option<String>> = c
+            .env
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.value))
+            .collect();
+        assert_eq!(
+            env[env::TLS_CERT_FILE].as_deref(),
+            Some("/etc/medembed/tls/tls.crt")
+        );
+        assert_eq!(
+            env[env::TLS_KEY_FILE].as_deref(),
+            Some("/etc/medembed/tls/tls.key")
+        );
+        assert_eq!(scheme(c.readiness_probe.clone()), "HTTPS");
+        assert_eq!(scheme(c.liveness_probe.clone()), "HTTPS");
+        // Still read-only and unprivileged.
+        let sc = c.security_context.unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        // The certificate is not part of the template: renewing it rolls nothing.
+        let hash = |d: &Deployment| {
+            d.spec
+                .clone()
+                .unwrap()
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap()[CONFIG_HASH_ANNOTATION]
+                .clone()
+        };
+        assert_eq!(hash(&plain), hash(&k));
+    }
+
+    #[test]
+    fn the_serving_secret_is_a_tls_secret_owned_by_the_deployment() {
+        let d = dep(base());
+        let now = std::time::SystemTime::now();
+        let ca = medembed_api::pki::new_ca("ca", now, medembed_api::pki::CA_VALIDITY).unwrap();
+        let names = crate::worker_tls::serving_names("blue", "ns");
+        assert_eq!(
+            names,
+            ["blue-worker.ns.svc", "blue-worker.ns.svc.cluster.local"]
+        );
+        let leaf = medembed_api::pki::issue(&ca, &names, now, medembed_api::pki::SERVING_VALIDITY)
+            .unwrap();
+        let s = worker_tls_secret(&d, &leaf, &ca.cert_pem).unwrap();
+        assert_eq!(s.metadata.name.as_deref(), Some("blue-worker-tls"));
+        assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
+        assert_eq!(
+            s.metadata.labels.clone().unwrap(),
+            child_labels("blue", "chest")
+        );
+        assert_eq!(s.metadata.owner_references.unwrap()[0].uid, "uid-1");
+        let data = s.data.unwrap();
+        assert_eq!(data["tls.crt"].0, leaf.cert_pem.as_bytes());
+        assert_eq!(data["tls.key"].0, leaf.key_pem.as_bytes());
+        assert_eq!(data["ca.crt"].0, ca.cert_pem.as_bytes());
+        // The CA's own Secret carries no owner.
+        let own = tls_secret_in("medembed-worker-ca", "medembed-system", &ca, None).unwrap();
+        assert!(own.metadata.owner_references.is_none());
+        assert!(!own.data.unwrap().contains_key("ca.crt"));
     }
 
     #[test]

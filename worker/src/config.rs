@@ -36,6 +36,21 @@ pub struct WorkerConfig {
     #[arg(long, env = env::LISTEN, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// Serving certificate chain (PEM): with `--tls-key-file`, the worker
+    /// serves HTTPS only (plain HTTP is refused). Both files are reloaded
+    /// when they change (a mounted TLS Secret), without a restart.
+    #[arg(long, env = env::TLS_CERT_FILE, requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// Serving private key (PEM).
+    #[arg(long, env = env::TLS_KEY_FILE, requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// How often the certificate files are checked for changes, in
+    /// milliseconds.
+    #[arg(long, env = "MEDEMBED_TLS_RELOAD_MS", default_value_t = 5000)]
+    pub tls_reload_ms: u64,
+
     /// Path of ONNX Runtime's shared library (libonnxruntime.so).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_library: Option<PathBuf>,

@@ -14,7 +14,9 @@
 //! - [`batch`] admits work and forms batches across requests, handing them
 //!   to a [`batch::Backend`]; [`backend`] implements it with the ONNX graphs;
 //!   [`budget`] bounds the memory of decoded images;
-//!   [`score`] answers one request; [`server`] is HTTP;
+//!   [`score`] answers one request; [`server`] is HTTP, or HTTPS only
+//!   when a serving certificate is given (`--tls-cert-file`, reloaded when
+//!   its files change: `medembed_api::tls`);
 //! - [`config`] and [`model`] say what to serve and how; [`metrics`] and
 //!   [`error`] are what operators and clients see.
 
@@ -42,6 +44,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use medembed_api::tls::ReloadingCert;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
@@ -211,6 +214,16 @@ impl RunningWorker {
 /// (`/readyz` answers 503 until it is loaded and warmed up).
 pub async fn start(cfg: WorkerConfig) -> anyhow::Result<RunningWorker> {
     cfg.validate().map_err(anyhow::Error::msg)?;
+    // The serving certificate, when set: loaded before anything listens, so
+    // a worker with unreadable TLS files fails at once, naming them.
+    let tls = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        (Some(c), Some(k)) => {
+            let cert = ReloadingCert::from_files(c.clone(), k.clone())
+                .context("TLS certificate (--tls-cert-file, --tls-key-file)")?;
+            Some((cert.handshake()?, cert))
+        }
+        _ => None,
+    };
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -237,16 +250,25 @@ pub async fn start(cfg: WorkerConfig) -> anyhow::Result<RunningWorker> {
     });
 
     let serve_state = state.clone();
+    let reload = Duration::from_millis(serve_state.config.tls_reload_ms.max(10));
     let task = tokio::spawn(async move {
+        let (handshake, watcher) = match tls {
+            Some((h, cert)) => (Some(h), Some(cert.watch(reload))),
+            None => (None, None),
+        };
         server::serve(
             serve_state.clone(),
             listener,
+            handshake,
             async {
                 let _ = shutdown_rx.await;
             },
             grace,
         )
         .await;
+        if let Some(w) = watcher {
+            w.abort();
+        }
         let _ = loader.await;
         // Every accepted request is answered: let the batching threads exit.
         if let Some(scorer) = serve_state.scorer.get() {

@@ -40,6 +40,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use medembed_api::serve::{PlainTcp, ServeConfig};
+use medembed_api::tls::TlsHandshake;
 use medembed_api::{
     ErrorCode, RequestLimits, ResponseFormat, CLIENT_REQUEST_ID_HEADER, REQUEST_ID_HEADER,
     RESPONSE_FORMAT_HEADER, TIMEOUT_HEADER,
@@ -516,6 +517,7 @@ async fn discard(mut body: Incoming) {
 pub async fn serve(
     state: Arc<AppState>,
     listener: TcpListener,
+    tls: Option<TlsHandshake>,
     shutdown: impl std::future::Future<Output = ()>,
     grace: Duration,
 ) {
@@ -531,6 +533,9 @@ pub async fn serve(
         tracing::info!("shutting down: finishing accepted requests");
     };
     let svc = service_fn(move |req| handle(state.clone(), req));
-    medembed_api::serve::serve(listener, config, PlainTcp, svc, shutdown).await;
+    match tls {
+        Some(tls) => medembed_api::serve::serve(listener, config, tls, svc, shutdown).await,
+        None => medembed_api::serve::serve(listener, config, PlainTcp, svc, shutdown).await,
+    }
     tracing::info!("connections closed");
 }

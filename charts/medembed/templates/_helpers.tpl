@@ -63,3 +63,8 @@ affinity:
 priorityClassName: {{ . }}
 {{- end }}
 {{- end -}}
+
+{{/* The workers' CA Secret (worker TLS): the value, else <fullname>-worker-ca. */}}
+{{- define "medembed.workerCaSecret" -}}
+{{- default (printf "%s-worker-ca" (include "medembed.fullname" .)) .Values.workerTls.caSecretName -}}
+{{- end -}}

@@ -171,6 +171,7 @@ pub async fn forward(
 
 /// The request for one attempt on `worker`, with the budget left at `now`.
 fn request(
+    client: &HttpClient,
     worker: &Worker,
     out: &Outgoing,
     now: Instant,
@@ -181,7 +182,7 @@ fn request(
     }
     let mut req = Request::builder()
         .method(Method::POST)
-        .uri(format!("http://{}/score", worker.authority))
+        .uri(client.url(&worker.authority, "/score"))
         .header(
             medembed_api::TIMEOUT_HEADER,
             left.as_millis().max(1).to_string(),
@@ -216,7 +217,7 @@ pub async fn call(
             return Err(last_err);
         };
         let in_flight = worker.begin();
-        let req = request(&worker, out, Instant::now())?;
+        let req = request(client, &worker, out, Instant::now())?;
         let (outcome, response) =
             match tokio::time::timeout_at(out.deadline, client.request(req)).await {
                 Err(_) => return Err(UpstreamError::Timeout),
@@ -375,7 +376,7 @@ mod tests {
     impl Setup {
         fn new() -> Self {
             Setup {
-                http: crate::proxy::http_client(Duration::from_millis(500)),
+                http: crate::proxy::http_client(Duration::from_millis(500), None).unwrap(),
                 metrics: Metrics::new().unwrap(),
                 registry: Registry::default(),
             }
@@ -526,7 +527,13 @@ mod tests {
         out.content_type = Some(HeaderValue::from_static("application/json"));
         let now = Instant::now();
         out.deadline = now + Duration::from_millis(1500);
-        let req = request(&w, &out, now).unwrap();
+        let req = request(
+            &crate::proxy::http_client(Duration::from_millis(500), None).unwrap(),
+            &w,
+            &out,
+            now,
+        )
+        .unwrap();
         assert_eq!(req.uri(), "http://10.0.0.1:8080/score");
         let h = req.headers();
         assert_eq!(h[medembed_api::TIMEOUT_HEADER], "1500");

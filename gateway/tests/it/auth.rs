@@ -239,7 +239,7 @@ async fn token_keys_over_https_with_a_private_ca() {
     let up = upstream("blue", Behaviour::Ok).await;
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = write_test_pki(dir.path());
-    let tls = medembed_gateway::tls::ReloadingCert::new(cert, key)
+    let tls = medembed_gateway::tls::ReloadingCert::from_files(cert, key)
         .unwrap()
         .acceptor()
         .unwrap();

@@ -428,6 +428,51 @@ pub async fn start_worker() -> Worker {
 /// Starts a worker process (`repo::bin`) on the TEST MODEL, with extra
 /// environment variables, and waits until it is ready.
 pub async fn start_worker_with(env: &[(&str, &str)]) -> Worker {
+    let w = spawn_worker(env);
+    until_ready(w.port, Duration::from_secs(120), "worker").await;
+    w
+}
+
+/// Starts a worker process serving HTTPS only with the PEM files `cert` and
+/// `key` (reloaded every 200 ms), and waits until it is ready.
+pub async fn start_tls_worker(cert: &Path, key: &Path) -> Worker {
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let w = spawn_worker(&[
+        ("MEDEMBED_TLS_CERT_FILE", cert),
+        ("MEDEMBED_TLS_KEY_FILE", key),
+        ("MEDEMBED_TLS_RELOAD_MS", "200"),
+    ]);
+    let t = Instant::now();
+    loop {
+        if let Ok(r) = insecure_client()
+            .get(format!("https://127.0.0.1:{}/readyz", w.port))
+            .send()
+            .await
+        {
+            if r.status() == 200 {
+                return w;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "TLS worker did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTPS client that accepts any certificate (to read a TLS worker's
+/// metrics and readiness, as the kubelet probes it).
+pub fn insecure_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Starts a worker process without waiting for it.
+pub fn spawn_worker(env: &[(&str, &str)]) -> Worker {
     let setup = repo::setup();
     let port = free_port();
     let child = Command::new(repo::bin("medembed-worker"))
@@ -443,7 +488,6 @@ pub async fn start_worker_with(env: &[(&str, &str)]) -> Worker {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    until_ready(port, Duration::from_secs(120), "worker").await;
     Worker { child, port }
 }
 

@@ -4,7 +4,8 @@
 //! managed endpoint's published clients ([`clients`]), discovery from a real
 //! control plane ([`kubernetes`]), quotas ([`quota`]) and the Redis-backed
 //! shared quota ([`shared_quota`]), routing, balancing and resilience
-//! ([`routing`]), TLS ([`tls`]) and real worker processes ([`workers`]);
+//! ([`routing`]), TLS ([`tls`]), real worker processes ([`workers`]) and
+//! TLS from the gateway to them ([`worker_tls`]);
 //! shared set-up in [`common`]. Tests that start a control plane or worker
 //! processes take [`common::exclusive`] for their whole run.
 
@@ -17,4 +18,5 @@ mod quota;
 mod routing;
 mod shared_quota;
 mod tls;
+mod worker_tls;
 mod workers;

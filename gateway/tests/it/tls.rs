@@ -10,73 +10,18 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use tokio_rustls::rustls::client::danger::{
-    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
-};
-use tokio_rustls::rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature};
+use medembed_testsupport::http::AnyCertificate;
+use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio_rustls::rustls::{self, ClientConfig, DigitallySignedStruct, SignatureScheme};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
-
-/// Accepts any certificate whose handshake signature verifies, and records
-/// the end-entity certificate it was shown.
-#[derive(Debug)]
-struct Recorder {
-    seen: Mutex<Option<Vec<u8>>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for Recorder {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        *self.seen.lock().unwrap() = Some(end_entity.as_ref().to_vec());
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
 
 fn der(pem: &str) -> Vec<u8> {
     CertificateDer::from_pem_file(fixture(pem))
@@ -99,10 +44,9 @@ enum Sender {
 
 async fn connect(addr: std::net::SocketAddr, alpn: &[&[u8]]) -> Conn {
     let provider = Arc::new(ring::default_provider());
-    let recorder = Arc::new(Recorder {
-        seen: Mutex::new(None),
-        provider: provider.clone(),
-    });
+    // Accepts any certificate whose handshake signature verifies, and
+    // records the one it was shown.
+    let recorder = Arc::new(AnyCertificate::new(provider.clone()));
     let mut cfg = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -129,7 +73,7 @@ async fn connect(addr: std::net::SocketAddr, alpn: &[&[u8]]) -> Conn {
         tokio::spawn(conn);
         Sender::H1(send)
     };
-    let cert = recorder.seen.lock().unwrap().clone().unwrap();
+    let cert = recorder.last_seen().unwrap();
     Conn { cert, alpn, send }
 }
 

@@ -44,6 +44,12 @@ pub async fn run(ctx: Arc<Ctx>) {
     )
     .with_config(ctx.config.controller());
     let store = controller.store();
+    // A new workers' CA: every serving certificate is re-issued under it.
+    let controller = if ctx.config.worker_tls {
+        controller.reconcile_all_on(ctx.worker_ca.changes())
+    } else {
+        controller
+    };
     controller
         .owns(ctx.watched::<Deployment>(), managed.clone())
         .owns(ctx.watched::<Service>(), managed.clone())
@@ -142,6 +148,12 @@ async fn reconcile_inner(dep: &EmbeddingDeployment, ctx: &Ctx) -> Result<Action,
         }
     }
 
+    // The serving certificate first: the workers mount it.
+    let tls_recheck = if ctx.config.worker_tls {
+        Some(crate::worker_tls::ensure_serving(ctx, dep).await?)
+    } else {
+        None
+    };
     apply(ctx, &ns, &resources::config_map(dep, &settings)?).await?;
     apply(
         ctx,
@@ -243,11 +255,13 @@ async fn reconcile_inner(dep: &EmbeddingDeployment, ctx: &Ctx) -> Result<Action,
         "Ready" => c.is_true(),
         _ => !c.is_true(),
     });
-    Ok(if settled {
-        Action::requeue(Duration::from_secs(ctx.config.resync_seconds))
+    let next = if settled {
+        Duration::from_secs(ctx.config.resync_seconds)
     } else {
-        Action::requeue(Duration::from_secs(15))
-    })
+        Duration::from_secs(15)
+    };
+    // Back before the serving certificate is due for renewal.
+    Ok(Action::requeue(tls_recheck.map_or(next, |t| t.min(next))))
 }
 
 /// Deletes the HPA of a deployment that no longer autoscales (only one this

@@ -44,6 +44,8 @@ pub struct Ctx {
     pub metrics: Metrics,
     /// The workers' NetworkPolicy settings (none: no policy).
     pub network_policy: Option<crate::resources::NetworkPolicySettings>,
+    /// The workers' CA, as last read (worker TLS).
+    pub worker_ca: crate::worker_tls::CaState,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -64,6 +66,7 @@ impl Ctx {
             fetch_image: config.fetch_image.clone(),
             listen_host: config.worker_listen_host.clone(),
             port: config.worker_port,
+            tls: config.worker_tls,
         };
         let recorder = Recorder::new(
             client.clone(),
@@ -82,6 +85,7 @@ impl Ctx {
             defaults,
             metrics,
             network_policy,
+            worker_ca: Default::default(),
             recorder,
             failures: Mutex::new(HashMap::new()),
         }

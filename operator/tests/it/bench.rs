@@ -70,6 +70,7 @@ async fn baseline(cp: &ControlPlane) -> Duration {
         fetch_image: "medembed/operator:bench".into(),
         listen_host: "0.0.0.0".into(),
         port: 8080,
+        tls: false,
     };
     let request = resources::EndpointSettings::default();
     let (ns, defaults, request) = (&ns, &defaults, &request);

@@ -197,7 +197,8 @@ async fn hosts_claimed_across_namespaces() {
     op.shutdown().await.expect("operator stops");
 }
 
-/// The workers' pods, built by the operator for each model source, pass the
+/// The workers' pods, built by the operator for each model source (with
+/// worker TLS: its Secret volume and HTTPS probes), pass the
 /// `restricted` Pod Security profile enforced by the real API server (a
 /// server-side dry run); the same pod without its security context is
 /// refused, which shows the profile is enforced.
@@ -230,6 +231,7 @@ async fn worker_pods_pass_the_restricted_profile() {
         fetch_image: "medembed/operator:test".into(),
         listen_host: "0.0.0.0".into(),
         port: 8080,
+        tls: true,
     };
     let pods = Api::<Pod>::namespaced(c.admin.clone(), &ns);
     let dry = PostParams {

@@ -5,7 +5,11 @@
 //! MODEL from a volume: random weights, its embeddings mean nothing), the node
 //! agent runs them, the gateway discovers them, and the API brief's exact
 //! requests through the gateway with the endpoint's key get the same answer,
-//! in the live service's shape, as the worker gives directly; the endpoint's
+//! in the live service's shape, as the worker gives directly (over TLS: the
+//! operator made the workers' CA and issued each deployment a serving
+//! certificate for its Service's name, the workers mount it and serve HTTPS
+//! only, the gateway verifies them with the CA certificate the operator
+//! published, never its key); the endpoint's
 //! documented shape applies at once through the gateway and reaches the
 //! workers' settings. Blue/green under continuous load
 //! (90/10, then 0/100, then the first deployment deleted) and a worker pod
@@ -331,6 +335,82 @@ async fn gateway_reads_only_its_credentials(env: &Env, key: &str) {
     );
 }
 
+/// Worker TLS as the operator set it up for deployment `dep`: its serving
+/// Secret (a `kubernetes.io/tls` Secret, owned by the deployment, for its
+/// Service's names, signed by the workers' CA), mounted by its worker pods
+/// with HTTPS probes; the CA certificate published in the release namespace
+/// without its key. Returns the CA certificate.
+async fn check_worker_tls(env: &Env, dep: &str) -> String {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let cm = env
+        .release_ns
+        .api::<ConfigMap>()
+        .get("medembed-worker-ca")
+        .await
+        .expect("the workers' CA ConfigMap in the release namespace");
+    let data = cm.data.unwrap_or_default();
+    assert_eq!(
+        data.keys().collect::<Vec<_>>(),
+        ["ca.crt"],
+        "the CA ConfigMap holds only ca.crt"
+    );
+    let ca_pem = data["ca.crt"].clone();
+    assert!(
+        ca_pem.contains("BEGIN CERTIFICATE") && !ca_pem.contains("PRIVATE KEY"),
+        "the CA ConfigMap must hold the certificate only"
+    );
+    let ca_secret = env
+        .release_ns
+        .api::<Secret>()
+        .get("medembed-worker-ca")
+        .await
+        .expect("the workers' CA Secret");
+    assert_eq!(ca_secret.type_.as_deref(), Some("kubernetes.io/tls"));
+
+    let s = env
+        .ns
+        .api::<Secret>()
+        .get(&format!("{dep}-worker-tls"))
+        .await
+        .expect("the serving certificate's Secret");
+    assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
+    let owner = &s.metadata.owner_references.clone().unwrap_or_default()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("EmbeddingDeployment", dep)
+    );
+    let entries = s.data.unwrap_or_default();
+    let cert = String::from_utf8(entries["tls.crt"].0.clone()).unwrap();
+    let info = medembed_api::pki::inspect(&cert).expect("a certificate");
+    let host = format!("{dep}-worker.{}.svc", env.ns.name());
+    assert_eq!(info.names, [host.clone(), format!("{host}.cluster.local")]);
+    let life = info.not_after.duration_since(info.not_before).unwrap();
+    assert!(life > Duration::from_secs(80 * 86400) && life < Duration::from_secs(100 * 86400));
+    assert!(
+        medembed_api::pki::signed_by(&cert, &ca_pem),
+        "the serving certificate is not signed by the published CA"
+    );
+
+    let pods = env
+        .ns
+        .api::<Pod>()
+        .list(&ListParams::default().labels(&format!("medembed.io/deployment={dep}")))
+        .await
+        .unwrap();
+    assert!(!pods.items.is_empty());
+    for pod in pods.items {
+        let spec = pod.spec.unwrap();
+        let mounted = spec.volumes.unwrap_or_default().iter().any(|v| {
+            v.secret.as_ref().and_then(|s| s.secret_name.as_deref())
+                == Some(format!("{dep}-worker-tls").as_str())
+        });
+        assert!(mounted, "a {dep} worker pod does not mount its certificate");
+        let probe = spec.containers[0].readiness_probe.clone().unwrap();
+        assert_eq!(probe.http_get.unwrap().scheme.as_deref(), Some("HTTPS"));
+    }
+    ca_pem
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn helm_install_serve_blue_green_and_uninstall() {
     let started = Instant::now();
@@ -420,7 +500,8 @@ async fn helm_install_serve_blue_green_and_uninstall() {
     let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
     assert!((norm(&images[0]) - 1.0).abs() < 1e-4);
     assert!((norm(&texts[0]) - 1.0).abs() < 1e-4);
-    // The same request straight to a worker gives the same embeddings.
+    // The same request straight to a worker gives the same embeddings,
+    // over TLS, verified as the gateway verifies it.
     let svc = env.ns.api::<Service>().get("blue-worker").await;
     assert!(svc.is_ok(), "the operator made the worker Service");
     let worker_ip = env
@@ -430,13 +511,29 @@ async fn helm_install_serve_blue_green_and_uninstall() {
         .find(|p| p.pod.starts_with("blue-"))
         .expect("a blue worker process")
         .pod_ip;
-    let (status, direct) = post(
-        &format!("http://{worker_ip}:8080/score"),
-        None,
-        BRIEF_IMAGE_AND_TEXT,
-    )
-    .await;
-    assert_eq!(status, 200, "{direct}");
+    let ca_pem = check_worker_tls(&env, "blue").await;
+    let server_name = format!("blue-worker.{}.svc", env.ns.name());
+    let direct: Value = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .tls_built_in_root_certs(false)
+        .resolve(&server_name, format!("{worker_ip}:8080").parse().unwrap())
+        .build()
+        .unwrap()
+        .post(format!("https://{server_name}:8080/score"))
+        .header("content-type", "application/json")
+        .body(BRIEF_IMAGE_AND_TEXT)
+        .send()
+        .await
+        .expect("HTTPS to the worker")
+        .json()
+        .await
+        .unwrap();
+    // Plain HTTP to the worker gets no answer.
+    let plain = reqwest::get(format!("http://{worker_ip}:8080/readyz")).await;
+    assert!(
+        plain.map(|r| r.status() != 200).unwrap_or(true),
+        "a worker answered plain HTTP"
+    );
     assert_eq!(
         direct, via_gateway,
         "the gateway changed the worker's answer"

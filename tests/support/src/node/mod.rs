@@ -13,7 +13,8 @@
 //!   (see [`pod`] for argv, environment and volume rules);
 //! - reports `status.podIP`, container states (running, terminated, waiting
 //!   with `CrashLoopBackOff`), restart counts, and `Ready` from the readiness
-//!   probe (HTTP GET or TCP on the pod IP);
+//!   probe (HTTP GET, HTTPS GET without verifying the certificate as the
+//!   kubelet does, or TCP on the pod IP);
 //! - restarts exited containers per `restartPolicy` with exponential back-off
 //!   ([`AgentConfig::backoff`]; the kubelet's is 10 s doubling to 5 min,
 //!   tests use a shorter base);

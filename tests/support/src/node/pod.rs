@@ -560,8 +560,9 @@ fn port_of(p: &IntOrString, ports: &[ContainerPort]) -> Option<u16> {
     }
 }
 
-/// One probe attempt: HTTP GET (2xx/3xx passes), TCP connect, or (exec,
-/// gRPC: not modelled) pass.
+/// One probe attempt: HTTP GET (2xx/3xx passes; over TLS with `scheme:
+/// HTTPS`, the certificate not verified), TCP connect, or (exec, gRPC: not
+/// modelled) pass.
 async fn check(probe: &Probe, ports: &[ContainerPort], ip: Ipv4Addr, timeout: Duration) -> bool {
     if let Some(h) = &probe.http_get {
         let Some(port) = port_of(&h.port, ports) else {
@@ -569,8 +570,12 @@ async fn check(probe: &Probe, ports: &[ContainerPort], ip: Ipv4Addr, timeout: Du
         };
         let host: Ipv4Addr = h.host.as_deref().and_then(|s| s.parse().ok()).unwrap_or(ip);
         let path = h.path.as_deref().unwrap_or("/");
-        return matches!(crate::http::get(SocketAddr::from((host, port)), path, timeout).await,
-                        Ok(r) if (200..400).contains(&r.status));
+        let addr = SocketAddr::from((host, port));
+        let answer = match h.scheme.as_deref() {
+            Some("HTTPS") => crate::http::get_tls(addr, path, timeout).await,
+            _ => crate::http::get(addr, path, timeout).await,
+        };
+        return matches!(answer, Ok(r) if (200..400).contains(&r.status));
     }
     if let Some(t) = &probe.tcp_socket {
         let Some(port) = port_of(&t.port, ports) else {
