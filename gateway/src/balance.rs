@@ -163,12 +163,12 @@ impl Registry {
     }
 }
 
-/// Picks a worker by power of two choices, skipping `exclude` (a worker
-/// that just failed this request) and, unless all are, penalised workers.
-pub fn pick(workers: &[Arc<Worker>], exclude: Option<&Arc<Worker>>) -> Option<Arc<Worker>> {
+/// Picks a worker by power of two choices, skipping `exclude` (workers
+/// that already failed this request) and, unless all are, penalised workers.
+pub fn pick(workers: &[Arc<Worker>], exclude: &[Arc<Worker>]) -> Option<Arc<Worker>> {
     let candidates: Vec<&Arc<Worker>> = workers
         .iter()
-        .filter(|w| exclude.is_none_or(|x| !Arc::ptr_eq(w, x)))
+        .filter(|w| !exclude.iter().any(|x| Arc::ptr_eq(w, x)))
         .collect();
     let healthy: Vec<&Arc<Worker>> = candidates
         .iter()
@@ -231,7 +231,7 @@ mod tests {
         let _busy: Vec<_> = (0..5).map(|_| ws[0].begin()).collect();
         for _ in 0..100 {
             assert_eq!(
-                pick(&ws, None).map(|w| w.authority.clone()),
+                pick(&ws, &[]).map(|w| w.authority.clone()),
                 Some("w1:1".into())
             );
         }
@@ -243,7 +243,7 @@ mod tests {
         ws[1].set_queue_depth(10);
         let _one = ws[0].begin();
         for _ in 0..50 {
-            assert_eq!(pick(&ws, None).unwrap().authority, "w0:1");
+            assert_eq!(pick(&ws, &[]).unwrap().authority, "w0:1");
         }
     }
 
@@ -252,7 +252,7 @@ mod tests {
         let (_r, ws) = workers(4);
         let mut seen = HashSet::new();
         for _ in 0..200 {
-            seen.insert(pick(&ws, None).unwrap().authority.clone());
+            seen.insert(pick(&ws, &[]).unwrap().authority.clone());
         }
         assert_eq!(seen.len(), 4);
     }
@@ -262,10 +262,10 @@ mod tests {
         let (_r, ws) = workers(2);
         ws[0].penalize(Duration::from_millis(1000));
         for _ in 0..50 {
-            assert_eq!(pick(&ws, None).unwrap().authority, "w1:1");
+            assert_eq!(pick(&ws, &[]).unwrap().authority, "w1:1");
         }
         // Excluding the only healthy one: fail open to the penalised one.
-        assert_eq!(pick(&ws, Some(&ws[1])).unwrap().authority, "w0:1");
+        assert_eq!(pick(&ws, &ws[1..2]).unwrap().authority, "w0:1");
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert!(!ws[0].penalized());
     }

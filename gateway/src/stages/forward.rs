@@ -1,5 +1,5 @@
 //! Forward: one worker of the chosen deployment answers, with at most one
-//! retry on another.
+//! retry on another once the request reached a worker.
 //!
 //! A request goes to the worker [`crate::balance::pick`] chooses. It is
 //! retried once, on another worker, when the first gave no answer to use
@@ -10,7 +10,10 @@
 //! crashed mid-request). Scoring is a pure function of the request, so
 //! running it a second time is safe; it costs at most one more inference,
 //! and one retry in all bounds what a request that somehow kills workers can
-//! take down. Nothing is retried once response headers have arrived, nor
+//! take down. A refused connection delivered nothing, so it does not use up
+//! that retry: up to [`MAX_REFUSED`] workers that refuse are skipped (when a
+//! deployment scales in, several workers stop at once, before the gateway
+//! hears of it). Nothing is retried once response headers have arrived, nor
 //! after the deadline. Workers that answer 429/503, refuse a connection or
 //! break one are penalised ([`penalizes`]). The time left of the endpoint's
 //! budget goes to the worker in [`medembed_api::TIMEOUT_HEADER`], and the
@@ -200,6 +203,9 @@ fn request(
         .map_err(|_| UpstreamError::Broken)
 }
 
+/// Refused connections that do not count as the request's one retry.
+pub const MAX_REFUSED: usize = 2;
+
 /// Sends a request to one worker of `deployment`, retrying once on another
 /// worker when the first gave no usable answer (see the module's doc).
 pub async fn call(
@@ -210,10 +216,11 @@ pub async fn call(
     out: &Outgoing,
     penalty: Duration,
 ) -> Result<Answer, UpstreamError> {
-    let mut failed: Option<Arc<Worker>> = None;
+    let mut failed: Vec<Arc<Worker>> = Vec::new();
     let mut last_err = UpstreamError::NoWorkers;
-    for attempt in 0..2 {
-        let Some(worker) = balance::pick(&deployment.workers, failed.as_ref()) else {
+    let (mut attempt, mut refused) = (0, 0);
+    while attempt < 2 {
+        let Some(worker) = balance::pick(&deployment.workers, &failed) else {
             return Err(last_err);
         };
         let in_flight = worker.begin();
@@ -228,7 +235,10 @@ pub async fn call(
         if penalizes(outcome) {
             worker.penalize(penalty);
         }
-        let another = deployment.workers.iter().any(|w| !Arc::ptr_eq(w, &worker));
+        let another = deployment
+            .workers
+            .iter()
+            .any(|w| !Arc::ptr_eq(w, &worker) && !failed.iter().any(|f| Arc::ptr_eq(w, f)));
         match (next_step(outcome, attempt == 0, another), response) {
             (Next::Answer, Some(response)) => {
                 return Ok(Answer {
@@ -249,7 +259,12 @@ pub async fn call(
             (Next::Answer, None) => return Err(UpstreamError::Broken),
         }
         drop(in_flight);
-        failed = Some(worker);
+        failed.push(worker);
+        if outcome == Outcome::ConnectFailed && refused < MAX_REFUSED {
+            refused += 1;
+        } else {
+            attempt += 1;
+        }
     }
     Err(last_err)
 }
@@ -426,6 +441,23 @@ mod tests {
         assert_eq!(down_seen.load(Ordering::SeqCst), 1);
         assert_eq!(up_seen.load(Ordering::SeqCst), 20);
         assert_eq!(s.retries("unavailable"), 1);
+    }
+
+    /// A deployment scaled in: two of its three workers stopped before the
+    /// gateway heard of it. Refused connections delivered nothing and do
+    /// not use up the retry: every request is answered by the one left.
+    #[tokio::test]
+    async fn workers_that_refuse_are_skipped_beyond_the_one_retry() {
+        let (up, up_seen) = worker(200).await;
+        for _ in 0..20 {
+            // A new registry each time: no penalty remembered, so the
+            // first request may meet both stopped workers.
+            let s = Setup::new();
+            let d = s.deployment(&[dead_port(), dead_port(), up.to_string()]);
+            let a = s.call(&d, &testing::outgoing()).await.unwrap();
+            assert_eq!(a.response.status(), 200);
+        }
+        assert_eq!(up_seen.load(Ordering::SeqCst), 20);
     }
 
     #[tokio::test]
