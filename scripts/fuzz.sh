@@ -30,11 +30,15 @@ fi
 host="$(rustc -vV | sed -n 's/^host: //p')"
 out="$MEDEMBED_ROOT/target/fuzz"
 # --target keeps the instrumentation off build scripts and proc macros.
+# The fuzz crate is its own workspace; its lock file starts as a copy of the
+# main one, so that every crate shared with the programs is built at the
+# version they ship with (cargo adds only libFuzzer's own crates).
+cp Cargo.lock tests/fuzz/Cargo.lock
 log "building the fuzz targets (instrumented, release)"
 RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing" \
-  cargo build --locked --release --manifest-path tests/fuzz/Cargo.toml \
+  cargo build --release --manifest-path tests/fuzz/Cargo.toml \
   --target "$host" --target-dir "$out/build" --bins
 
 scratch="$(mktemp -d)"
