@@ -214,6 +214,25 @@ impl Sources {
             && self.config_maps.wait_until_ready().now_or_never().is_some()
     }
 
+    /// The projection of Secret `ns/name`, fetched if it changed.
+    async fn secret(
+        &mut self,
+        ns: &str,
+        name: &str,
+        used: &mut Vec<(String, String)>,
+    ) -> Result<Option<&SecretProjection>, Error> {
+        self.secret_cache
+            .get(
+                &self.client,
+                &self.secrets,
+                ns,
+                name,
+                SecretProjection::of,
+                used,
+            )
+            .await
+    }
+
     /// Builds the document from the stores, fetching what changed.
     async fn build(&mut self) -> Result<Credentials, Error> {
         let mut doc = Credentials::default();
@@ -225,18 +244,7 @@ impl Sources {
             let ns = ep.namespace().unwrap_or_default();
             let mut creds = EndpointCredentials::default();
             if let Some(secret) = endpoint_key_secret(&ep) {
-                let p = self
-                    .secret_cache
-                    .get(
-                        &self.client,
-                        &self.secrets,
-                        &ns,
-                        &secret,
-                        SecretProjection::of,
-                        &mut used_secrets,
-                    )
-                    .await?;
-                if let Some(p) = p {
+                if let Some(p) = self.secret(&ns, &secret, &mut used_secrets).await? {
                     let [primary, secondary] = ENDPOINT_KEY_ENTRIES.map(|e| p.clear_hashed.get(e));
                     creds.keys = KeyHashes {
                         primary: primary.cloned(),
@@ -272,15 +280,7 @@ impl Sources {
             let Some(keys) = &c.spec.keys else { continue };
             let ns = c.namespace().unwrap_or_default();
             let p = self
-                .secret_cache
-                .get(
-                    &self.client,
-                    &self.secrets,
-                    &ns,
-                    &keys.secret_name,
-                    SecretProjection::of,
-                    &mut used_secrets,
-                )
+                .secret(&ns, &keys.secret_name, &mut used_secrets)
                 .await?;
             let hashes = p.map(|p| KeyHashes {
                 primary: p.hex.get(&keys.primary_key).cloned(),

@@ -666,6 +666,19 @@ mod tests {
         json!({"endpoint": "chest", "model": {"pvc": {"claimName": "models", "path": "/v1/"}}})
     }
 
+    /// The pod template's settings hash (a change rolls the workers).
+    fn config_hash(d: &Deployment) -> String {
+        d.spec
+            .clone()
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()[CONFIG_HASH_ANNOTATION]
+            .clone()
+    }
+
     fn container(d: &Deployment) -> k8s_openapi::api::core::v1::Container {
         d.spec.clone().unwrap().template.spec.unwrap().containers[0].clone()
     }
@@ -821,18 +834,7 @@ mod tests {
             ..Default::default()
         };
         let b = deployment(&d, &slower, &defaults()).unwrap();
-        let hash = |d: &Deployment| {
-            d.spec
-                .clone()
-                .unwrap()
-                .template
-                .metadata
-                .unwrap()
-                .annotations
-                .unwrap()[CONFIG_HASH_ANNOTATION]
-                .clone()
-        };
-        assert_ne!(hash(&a), hash(&b));
+        assert_ne!(config_hash(&a), config_hash(&b));
         let cm = config_map(&d, &slower).unwrap();
         assert_eq!(cm.data.unwrap()["MEDEMBED_REQUEST_TIMEOUT_MS"], "9000");
     }
@@ -909,18 +911,7 @@ mod tests {
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         // The certificate is not part of the template: renewing it rolls nothing.
-        let hash = |d: &Deployment| {
-            d.spec
-                .clone()
-                .unwrap()
-                .template
-                .metadata
-                .unwrap()
-                .annotations
-                .unwrap()[CONFIG_HASH_ANNOTATION]
-                .clone()
-        };
-        assert_eq!(hash(&plain), hash(&k));
+        assert_eq!(config_hash(&plain), config_hash(&k));
     }
 
     #[test]
