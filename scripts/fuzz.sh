@@ -12,7 +12,9 @@
 # out-of-memory (2 GiB) fails the run; its input is kept under
 # target/fuzz/artifacts/TARGET/ (add it to tests/fuzz/corpus/TARGET/ and
 # fix the bug). Prints executions, coverage and corpus size per target.
-# FUZZ_KEEP=DIR keeps the grown corpora in DIR/TARGET.
+# FUZZ_KEEP=DIR keeps the grown corpora in DIR/TARGET. FUZZ_SEED=N fixes
+# libFuzzer's random seed (the test suite's smoke run uses 1, so that it
+# explores the same way on every machine; long runs leave it random).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$MEDEMBED_ROOT"
 
@@ -53,6 +55,7 @@ for t in "${targets[@]}"; do
   cp tests/fuzz/corpus/"$t"/* "$corpus"/ 2>/dev/null || true
   rc=0
   "$bin" "$corpus" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+    ${FUZZ_SEED:+-seed="$FUZZ_SEED"} \
     -artifact_prefix="$out/artifacts/$t/" -print_final_stats=1 >"$scratch/$t.log" 2>&1 || rc=$?
   execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$scratch/$t.log" | tail -1)"
   rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$scratch/$t.log" | tail -1)"
