@@ -134,15 +134,34 @@ pub fn check_answer(body: &[u8], images: usize, texts: usize, dim: usize) -> Res
     Ok(())
 }
 
-/// Sends one scoring request and returns the answer body, or an error kind.
+/// Sends one scoring request and returns the answer body, or an error kind
+/// (any status but 200 is one).
 pub async fn post(
     client: &HttpClient,
     url: &Uri,
     body: Bytes,
     timeout: Duration,
 ) -> Result<Bytes, String> {
-    let req = Request::post(url.clone())
-        .header(http::header::CONTENT_TYPE, "application/json")
+    match send(client, url, body, &[], timeout).await? {
+        (StatusCode::OK, bytes) => Ok(bytes),
+        (status, _) => Err(format!("status {}", status.as_u16())),
+    }
+}
+
+/// Sends one scoring request with extra headers and returns the status and
+/// the answer body, whatever the status; an error kind when no answer came.
+pub async fn send(
+    client: &HttpClient,
+    url: &Uri,
+    body: Bytes,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), String> {
+    let mut req = Request::post(url.clone()).header(http::header::CONTENT_TYPE, "application/json");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req
         .body(Full::new(body))
         .map_err(|e| format!("request: {e}"))?;
     let fut = async {
@@ -157,10 +176,7 @@ pub async fn post(
             .await
             .map_err(|_| "body".to_string())?
             .to_bytes();
-        if status != StatusCode::OK {
-            return Err(format!("status {}", status.as_u16()));
-        }
-        Ok(bytes)
+        Ok((status, bytes))
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,

@@ -15,11 +15,10 @@
 //! `scripts/bench-worker.sh` builds and installs everything and runs it.
 
 mod bare;
-mod images;
-mod load;
-mod procs;
 mod promtext;
 mod report;
+
+use medembed_bench::{images, load, procs};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -144,6 +144,21 @@ pub fn memory(pid: u32) -> anyhow::Result<Memory> {
     })
 }
 
+/// Threads of a process (`Threads:` in `/proc/<pid>/status`); `None` when
+/// the process is gone.
+pub fn threads(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|rest| rest.trim().parse().ok())
+}
+
+/// Open file descriptors of a process (entries of `/proc/<pid>/fd`); `None`
+/// when the process is gone or not ours to read.
+pub fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
 /// Fields of `/proc/<pid>/stat` after the command name.
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -245,6 +260,8 @@ mod tests {
         let m = memory(me).expect("status");
         assert!(m.rss > 0 && m.hwm >= m.rss);
         assert!(tree(me).contains(&me));
+        assert!(threads(me).is_some_and(|n| n >= 1));
+        assert!(open_fds(me).is_some_and(|n| n >= 1));
         let (busy, total) = machine_cpu();
         assert!(total > 0 && busy <= total);
     }
