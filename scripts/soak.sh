@@ -91,7 +91,8 @@ for _ in $(seq 50); do
   sleep 0.2
 done
 [ "$code" = 200 ] || { echo "the gateway answered $code to a good request; its log:" >&2; tail -n 20 "$WORK/gateway.log" >&2; exit 1; }
-curl -sf "http://127.0.0.1:$GW_PORT/metrics" | grep -q '^medembed_gateway' || { echo "no gateway metrics" >&2; exit 1; }
+metrics="$(curl -sf "http://127.0.0.1:$GW_PORT/metrics" || true)"
+grep -q '^medembed_gateway' <<<"$metrics" || { echo "no gateway metrics" >&2; exit 1; }
 
 mkdir -p "$OUT"
 dirty="$(git diff --quiet HEAD -- gateway worker api tests/bench scripts/soak.sh || echo ' (with uncommitted changes)')"
