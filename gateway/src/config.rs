@@ -258,6 +258,14 @@ pub struct GatewayConfig {
     #[arg(long, env = "MEDEMBED_GATEWAY_AUDIT_LOG", default_value = "-")]
     pub audit_log: String,
 
+    /// After a shutdown signal, how long the gateway goes on serving new
+    /// requests, in seconds, with `/readyz` answering 503 and every HTTP/1.1
+    /// answer closing its connection: the time for load balancers
+    /// (EndpointSlices, kube-proxy, ingress controllers) to stop sending
+    /// here. Then the listener closes and in-flight requests drain.
+    #[arg(long, env = "MEDEMBED_GATEWAY_SHUTDOWN_DELAY_S", default_value_t = 0)]
+    pub shutdown_delay_seconds: u64,
+
     /// Longest time in-flight requests may take to finish after a shutdown
     /// signal, in seconds.
     #[arg(long, env = "MEDEMBED_GATEWAY_SHUTDOWN_GRACE_S", default_value_t = 30)]

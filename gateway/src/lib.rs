@@ -254,8 +254,22 @@ pub async fn run(
     cfg: GatewayConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let delay = Duration::from_secs(cfg.shutdown_delay_seconds);
     let running = start(cfg).await?;
     shutdown.await;
+    // Not ready any more, but still serving: load balancers take a moment
+    // to stop sending here, and a refused connection would fail a request.
+    running
+        .state
+        .draining
+        .store(true, std::sync::atomic::Ordering::Release);
+    if !delay.is_zero() {
+        tracing::info!(
+            delay_s = delay.as_secs(),
+            "shutdown signal: /readyz now 503, serving on until load balancers stop sending"
+        );
+        tokio::time::sleep(delay).await;
+    }
     tracing::info!("shutting down; draining in-flight requests");
     running.shutdown().await;
     Ok(())

@@ -399,6 +399,22 @@ pub fn deployment(
     if let Some(a) = &spec.affinity {
         ps.insert("affinity".into(), serde_json::to_value(a)?);
     }
+    // Spread the workers over nodes where the scheduler can (a preference,
+    // never a reason to leave one pending): a lost node takes as few of a
+    // deployment's workers as possible. Per revision, so that a rollout's new
+    // workers spread too. Hostname only: a node lacking any constraint's key
+    // is left out of the scheduler's spreading score, and on-premises nodes
+    // often have no zone label.
+    ps.insert(
+        "topologySpreadConstraints".into(),
+        json!([{
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels(&name)},
+            "matchLabelKeys": ["pod-template-hash"],
+        }]),
+    );
     if let Some(r) = &spec.runtime_class_name {
         ps.insert("runtimeClassName".into(), json!(r));
     }
@@ -749,6 +765,19 @@ mod tests {
         assert_eq!(ps.tolerations.unwrap().len(), 1);
         assert_eq!(ps.runtime_class_name.as_deref(), Some("nvidia"));
         assert_eq!(ps.priority_class_name.as_deref(), Some("inference"));
+        // Workers spread over nodes, softly, per revision.
+        let spread = ps.topology_spread_constraints.unwrap();
+        assert_eq!(
+            spread
+                .iter()
+                .map(|t| t.topology_key.as_str())
+                .collect::<Vec<_>>(),
+            ["kubernetes.io/hostname"]
+        );
+        assert!(spread
+            .iter()
+            .all(|t| t.when_unsatisfiable == "ScheduleAnyway"
+                && t.match_label_keys.as_deref() == Some(&["pod-template-hash".to_string()][..])));
         let c = container(&d);
         assert_eq!(c.image.as_deref(), Some("registry.local/worker:2"));
         let res = c.resources.clone().unwrap();

@@ -7,11 +7,15 @@
 //! current spec have a loaded, warmed-up model), `Progressing` (a rollout or
 //! scale-up is under way) and `Degraded` (something is failing, with a reason:
 //! `ModelSourceInvalid`, `InsufficientGPU`, `Unschedulable`, `ModelLoadFailed`,
-//! `CrashLoop`, `ImagePullFailed`, `RolloutStuck`). A condition's
+//! `OutOfMemory`, `CrashLoop`, `ImagePullFailed`, `RolloutStuck`).
+//! `OutOfMemory` stays for [`OOM_RECENT`] after a worker was killed for
+//! exceeding its memory limit, even once it is back: a limit that is too
+//! small for the traffic is worth seeing before the next kill. A condition's
 //! `lastTransitionTime` only moves when its status changes.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 use medembed_api::crd::{find_condition, Condition};
 
 use crate::resources::EXIT_MODEL_LOAD;
@@ -40,9 +44,14 @@ fn clip(s: &str) -> String {
     format!("{}…", &s[..end])
 }
 
-/// What is wrong with the workers' pods, if anything. `gpu_resource` is the
-/// extended resource the workers request (for `InsufficientGPU`).
-pub fn pod_failure(pods: &[Pod], gpu_resource: Option<&str>) -> Option<Failure> {
+/// How long a worker killed for its memory (`OOMKilled`) keeps the
+/// deployment `Degraded` with reason `OutOfMemory`.
+pub const OOM_RECENT_SECONDS: i64 = 600;
+
+/// What is wrong with the workers' pods, if anything, at `now`.
+/// `gpu_resource` is the extended resource the workers request (for
+/// `InsufficientGPU`).
+pub fn pod_failure(pods: &[Pod], gpu_resource: Option<&str>, now: Timestamp) -> Option<Failure> {
     let mut found: Vec<Failure> = Vec::new();
     for p in pods {
         if p.metadata.deletion_timestamp.is_some() {
@@ -75,6 +84,31 @@ pub fn pod_failure(pods: &[Pod], gpu_resource: Option<&str>) -> Option<Failure> 
                 .and_then(|s| s.terminated.as_ref())
                 .or_else(|| cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()));
             let waiting_reason = waiting.and_then(|w| w.reason.as_deref()).unwrap_or("");
+            let oom = [
+                cs.state.as_ref().and_then(|s| s.terminated.as_ref()),
+                cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()),
+            ]
+            .into_iter()
+            .flatten()
+            .find(|t| t.reason.as_deref() == Some("OOMKilled"));
+            if let Some(t) = oom {
+                let recent = t
+                    .finished_at
+                    .as_ref()
+                    .is_none_or(|f| now.as_second() - f.0.as_second() < OOM_RECENT_SECONDS);
+                if recent || !cs.ready {
+                    found.push(Failure {
+                        reason: "OutOfMemory",
+                        message: clip(&format!(
+                            "container {} was killed for exceeding its memory limit \
+                             (restarted {} times): raise spec.resources.memory, or lower \
+                             runtime.maxBatchSize",
+                            cs.name, cs.restart_count
+                        )),
+                    });
+                    continue;
+                }
+            }
             if let Some(t) = terminated {
                 if t.exit_code == EXIT_MODEL_LOAD && (cs.restart_count > 0 || !cs.ready) {
                     let msg = t.message.clone().unwrap_or_else(|| {
@@ -129,11 +163,12 @@ pub fn pod_failure(pods: &[Pod], gpu_resource: Option<&str>) -> Option<Failure> 
     let rank = |r: &str| match r {
         "ModelSourceInvalid" => 0,
         "ModelLoadFailed" => 1,
-        "InsufficientGPU" => 2,
-        "Unschedulable" => 3,
-        "ImagePullFailed" => 4,
-        "ConfigError" => 5,
-        _ => 6,
+        "OutOfMemory" => 2,
+        "InsufficientGPU" => 3,
+        "Unschedulable" => 4,
+        "ImagePullFailed" => 5,
+        "ConfigError" => 6,
+        _ => 7,
     };
     found.sort_by_key(|f| rank(f.reason));
     found.into_iter().next()
@@ -316,9 +351,17 @@ mod tests {
             json!({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
             "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}]}),
         );
-        let f = pod_failure(std::slice::from_ref(&p), Some("nvidia.com/gpu")).unwrap();
+        let f = pod_failure(
+            std::slice::from_ref(&p),
+            Some("nvidia.com/gpu"),
+            Timestamp::now(),
+        )
+        .unwrap();
         assert_eq!(f.reason, "InsufficientGPU");
-        assert_eq!(pod_failure(&[p], None).unwrap().reason, "Unschedulable");
+        assert_eq!(
+            pod_failure(&[p], None, Timestamp::now()).unwrap().reason,
+            "Unschedulable"
+        );
     }
 
     #[test]
@@ -328,7 +371,7 @@ mod tests {
             "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
             "lastState": {"terminated": {"exitCode": 3, "message": "model: no image.onnx"}}}]}),
         );
-        let f = pod_failure(&[p], None).unwrap();
+        let f = pod_failure(&[p], None, Timestamp::now()).unwrap();
         assert_eq!(
             (f.reason, f.message.as_str()),
             ("ModelLoadFailed", "model: no image.onnx")
@@ -338,8 +381,47 @@ mod tests {
             "state": {"waiting": {"reason": "CrashLoopBackOff"}},
             "lastState": {"terminated": {"exitCode": 1}}}]}),
         );
-        assert_eq!(pod_failure(&[p], None).unwrap().reason, "CrashLoop");
-        assert!(pod_failure(&[pod(json!({"phase": "Running"}))], None).is_none());
+        assert_eq!(
+            pod_failure(&[p], None, Timestamp::now()).unwrap().reason,
+            "CrashLoop"
+        );
+        assert!(pod_failure(&[pod(json!({"phase": "Running"}))], None, Timestamp::now()).is_none());
+    }
+
+    #[test]
+    fn out_of_memory_beats_crash_loop_and_fades_once_back() {
+        let now: Timestamp = "2026-12-03T12:00:00Z".parse().unwrap();
+        let oom = |finished: &str, ready: bool, waiting: bool| {
+            let mut c = json!({
+                "name": "worker", "ready": ready, "restartCount": 3, "image": "w", "imageID": "",
+                "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "finishedAt": finished}},
+                "state": {"running": {}},
+            });
+            if waiting {
+                c["state"] =
+                    json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}});
+            }
+            pod(json!({"containerStatuses": [c]}))
+        };
+        let f = pod_failure(&[oom("2026-12-03T11:59:00Z", false, true)], None, now).unwrap();
+        assert_eq!(f.reason, "OutOfMemory");
+        assert!(f.message.contains("memory limit") && f.message.contains("3 times"));
+        // Back and ready: still shown for ten minutes, then not.
+        let back = oom("2026-12-03T11:55:00Z", true, false);
+        assert_eq!(
+            pod_failure(std::slice::from_ref(&back), None, now)
+                .unwrap()
+                .reason,
+            "OutOfMemory"
+        );
+        let long_ago = oom("2026-12-03T11:40:00Z", true, false);
+        assert!(pod_failure(&[long_ago], None, now).is_none());
+        // Not ready after an old kill: still the reason.
+        let stuck = oom("2026-12-03T11:40:00Z", false, true);
+        assert_eq!(
+            pod_failure(&[stuck], None, now).unwrap().reason,
+            "OutOfMemory"
+        );
     }
 
     fn get<'a>(cs: &'a [Condition], t: &str) -> &'a Condition {

@@ -330,7 +330,7 @@ pub struct EmbeddingDeploymentStatus {
     pub observed_generation: Option<i64>,
     /// `Ready`, `Progressing` and `Degraded`, with reasons such as
     /// `ModelSourceInvalid`, `InsufficientGPU`, `Unschedulable`,
-    /// `ModelLoadFailed` or `CrashLoop`.
+    /// `ModelLoadFailed`, `OutOfMemory` or `CrashLoop`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Workers wanted.

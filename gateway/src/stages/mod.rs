@@ -62,12 +62,22 @@ impl Gateway {
         listener: Listener,
     ) -> Response<Body> {
         let ids = RequestIds::of(req.headers());
+        let http1 = req.version() < http::Version::HTTP_2;
         let resp = match (route::admin(self, &req, listener), listener) {
             (Some(own), _) => own,
             (None, Listener::Admin) => GatewayError::NoRoute.to_response(),
             (None, Listener::Public) => self.score(req, &ids).await,
         };
-        ids.stamp(resp)
+        let mut resp = ids.stamp(resp);
+        // Draining: each HTTP/1.1 client moves its next request to another
+        // replica (HTTP/2 clients get GOAWAY when the listener closes).
+        if http1 && self.draining.load(std::sync::atomic::Ordering::Acquire) {
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        resp
     }
 
     /// A request for an endpoint: routed, then admitted and forwarded,

@@ -193,7 +193,7 @@ async fn reconcile_inner(dep: &EmbeddingDeployment, ctx: &Ctx) -> Result<Action,
             g.resource_name.clone()
         }
     });
-    let failure = status::pod_failure(&pods, gpu.as_deref());
+    let failure = status::pod_failure(&pods, gpu.as_deref(), k8s_openapi::jiff::Timestamp::now());
     let r = status::replicas(worker.as_ref());
     let generation = dep.metadata.generation;
     let mut conditions = status::deployment_conditions(r, failure, spec_problem, generation);

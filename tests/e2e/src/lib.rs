@@ -12,6 +12,8 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod load;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -75,6 +77,15 @@ pub struct Env {
 }
 
 pub async fn setup(prefix: &str) -> Env {
+    setup_with(prefix, |c| {
+        c.node(NodeSpec::gpu(format!("{prefix}-gpu-0"), 2))
+            .node(NodeSpec::gpu(format!("{prefix}-gpu-1"), 2))
+    })
+    .await
+}
+
+/// [`setup`] with the node agent's nodes (and anything else) set by `nodes`.
+pub async fn setup_with(prefix: &str, nodes: impl FnOnce(AgentConfig) -> AgentConfig) -> Env {
     let p = paths();
     let t = std::time::Instant::now();
     let cp = ControlPlane::start().await.expect("control plane starts");
@@ -85,9 +96,7 @@ pub async fn setup(prefix: &str) -> Env {
     let version = env!("CARGO_PKG_VERSION");
     let agent = NodeAgent::start(
         &cp,
-        AgentConfig::new(prefix)
-            .node(NodeSpec::gpu(format!("{prefix}-gpu-0"), 2))
-            .node(NodeSpec::gpu(format!("{prefix}-gpu-1"), 2))
+        nodes(AgentConfig::new(prefix))
             .image(
                 format!("medembed/operator:{version}"),
                 &p.bins["medembed-operator"],
@@ -318,6 +327,24 @@ pub async fn endpoint_ready(env: &Env, want: &[(&str, i64)]) -> bool {
                 })
             })
         })
+}
+
+/// Whether the EmbeddingDeployment `name` reports `n` ready replicas.
+pub async fn ready_replicas(deployments: &Api<DynamicObject>, name: &str, n: i64) -> bool {
+    let Ok(d) = deployments.get(name).await else {
+        return false;
+    };
+    d.data["status"]["readyReplicas"].as_i64() == Some(n)
+}
+
+/// Sets the endpoint's `traffic` split and waits until its status shows it
+/// (`what`).
+pub async fn split(env: &Env, what: &str, traffic: &[(&str, i64)]) {
+    apply_endpoint(env, key_endpoint(traffic)).await;
+    eventually(env, what, Duration::from_secs(60), || {
+        endpoint_ready(env, traffic)
+    })
+    .await;
 }
 
 pub fn vectors(v: &Value) -> Vec<Vec<f64>> {

@@ -18,8 +18,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -29,6 +27,7 @@ use kube::api::{
 };
 use kube::core::TypeMeta;
 use kube::discovery::Discovery;
+use medembed_e2e::load::{under_load, Target};
 use medembed_e2e::*;
 use serde_json::{json, Value};
 
@@ -122,140 +121,12 @@ async fn server_side_dry_run(env: &Env, rendered: &str, force_ns: Option<&str>) 
     n
 }
 
-/// Continuous load through the gateway: `clients` loops posting the brief's
-/// image+text request until stopped; counts successes and keeps every failure.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<Mutex<Vec<Option<String>>>>,
-    failures: Arc<Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(url: String, key: String, clients: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(Mutex::new(Vec::new()));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap();
-        let tasks = (0..clients)
-            .map(|_| {
-                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-                let (http, url, key) = (http.clone(), url.clone(), key.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let r = http
-                            .post(&url)
-                            .bearer_auth(&key)
-                            .header("content-type", "application/json")
-                            .body(BRIEF_IMAGE_AND_TEXT)
-                            .send()
-                            .await;
-                        match r {
-                            Ok(resp) if resp.status() == 200 => {
-                                let dep = resp
-                                    .headers()
-                                    .get("azureml-model-deployment")
-                                    .and_then(|v| v.to_str().ok())
-                                    .map(str::to_string);
-                                let _ = resp.bytes().await;
-                                ok.lock().unwrap().push(dep);
-                            }
-                            Ok(resp) => {
-                                let s = resp.status();
-                                let body = resp.text().await.unwrap_or_default();
-                                failures.lock().unwrap().push(format!("{s}: {body}"));
-                            }
-                            Err(e) => failures.lock().unwrap().push(format!("transport: {e}")),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failures,
-            tasks,
-        }
-    }
-
-    fn ok_count(&self) -> usize {
-        self.ok.lock().unwrap().len()
-    }
-
-    /// Stops the load; returns (answers by deployment header, failures).
-    async fn finish(self) -> (Vec<Option<String>>, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        let ok = std::mem::take(&mut *self.ok.lock().unwrap());
-        let failures = std::mem::take(&mut *self.failures.lock().unwrap());
-        (ok, failures)
-    }
-}
-
-/// Runs `step` while the load goes on, with a few seconds of load before and
-/// after; asserts zero failed requests.
-async fn under_load<F, Fut>(url: &str, key: &str, what: &str, step: F) -> Vec<Option<String>>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let load = Load::start(url.to_string(), key.to_string(), 4);
-    let t = Instant::now();
-    while load.ok_count() < 10 && t.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    step().await;
-    let before = load.ok_count();
-    let t = Instant::now();
-    while load.ok_count() < before + 20 && t.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (ok, failures) = load.finish().await;
-    eprintln!(
-        "{what}: {} requests answered, {} failed",
-        ok.len(),
-        failures.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "{what}: {} of {} requests failed: {:?}",
-        failures.len(),
-        failures.len() + ok.len(),
-        &failures[..failures.len().min(5)]
-    );
-    ok
-}
-
 /// How many objects `api` lists with `lp`; None when the listing fails.
 async fn count<K>(api: &Api<K>, lp: &ListParams) -> Option<usize>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     api.list(lp).await.ok().map(|l| l.items.len())
-}
-
-/// Whether the EmbeddingDeployment `name` reports `n` ready replicas.
-async fn ready_replicas(deployments: &Api<DynamicObject>, name: &str, n: i64) -> bool {
-    let Ok(d) = deployments.get(name).await else {
-        return false;
-    };
-    d.data["status"]["readyReplicas"].as_i64() == Some(n)
-}
-
-/// Sets the endpoint's `traffic` split and waits until its status shows it
-/// (`what`).
-async fn split(env: &Env, what: &str, traffic: &[(&str, i64)]) {
-    apply_endpoint(env, key_endpoint(traffic)).await;
-    eventually(env, what, Duration::from_secs(60), || {
-        endpoint_ready(env, traffic)
-    })
-    .await;
 }
 
 /// The gateway's service account (the chart's RBAC): its credentials Secret
@@ -610,29 +481,34 @@ async fn helm_install_serve_blue_green_and_uninstall() {
 
     // 5. Blue/green under continuous load: green at 10 %, then 100 %, then
     //    blue deleted. Zero failed requests throughout.
-    under_load(&url, &key, "green deployed, 90/10", || async {
-        apply(
-            &deployments,
-            "green",
-            "EmbeddingDeployment",
-            deployment_spec(&env, &model_path),
-        )
-        .await;
-        eventually(&env, "green ready", Duration::from_secs(180), || {
-            ready_replicas(&deployments, "green", 2)
-        })
-        .await;
-        split(&env, "traffic 90/10", &[("blue", 90), ("green", 10)]).await;
-    })
+    under_load(
+        Target::Url(url.clone()),
+        &key,
+        "green deployed, 90/10",
+        || async {
+            apply(
+                &deployments,
+                "green",
+                "EmbeddingDeployment",
+                deployment_spec(&env, &model_path),
+            )
+            .await;
+            eventually(&env, "green ready", Duration::from_secs(180), || {
+                ready_replicas(&deployments, "green", 2)
+            })
+            .await;
+            split(&env, "traffic 90/10", &[("blue", 90), ("green", 10)]).await;
+        },
+    )
     .await;
-    let answered = under_load(&url, &key, "traffic 0/100", || async {
+    let answered = under_load(Target::Url(url.clone()), &key, "traffic 0/100", || async {
         split(&env, "traffic 0/100", &[("blue", 0), ("green", 100)]).await;
         // Give the gateway time to switch before blue goes away.
         tokio::time::sleep(Duration::from_secs(2)).await;
     })
     .await;
     assert!(!answered.is_empty());
-    under_load(&url, &key, "blue deleted", || async {
+    under_load(Target::Url(url.clone()), &key, "blue deleted", || async {
         deployments
             .delete("blue", &DeleteParams::default())
             .await
@@ -654,27 +530,32 @@ async fn helm_install_serve_blue_green_and_uninstall() {
     .await;
 
     // 6. A worker pod deleted under load (SIGTERM, drain): zero failed.
-    under_load(&url, &key, "a worker pod deleted", || async {
-        let pods = env
-            .ns
-            .api::<Pod>()
-            .list(&ListParams::default().labels("medembed.io/deployment=green"))
-            .await
-            .unwrap();
-        let victim = pods.items[0].metadata.name.clone().unwrap();
-        env.ns
-            .api::<Pod>()
-            .delete(&victim, &DeleteParams::default())
-            .await
-            .unwrap();
-        eventually(
-            &env,
-            "green back to 2 ready",
-            Duration::from_secs(120),
-            || ready_replicas(&deployments, "green", 2),
-        )
-        .await;
-    })
+    under_load(
+        Target::Url(url.clone()),
+        &key,
+        "a worker pod deleted",
+        || async {
+            let pods = env
+                .ns
+                .api::<Pod>()
+                .list(&ListParams::default().labels("medembed.io/deployment=green"))
+                .await
+                .unwrap();
+            let victim = pods.items[0].metadata.name.clone().unwrap();
+            env.ns
+                .api::<Pod>()
+                .delete(&victim, &DeleteParams::default())
+                .await
+                .unwrap();
+            eventually(
+                &env,
+                "green back to 2 ready",
+                Duration::from_secs(120),
+                || ready_replicas(&deployments, "green", 2),
+            )
+            .await;
+        },
+    )
     .await;
 
     // 7. Uninstall: the user's objects first (their children are garbage

@@ -204,6 +204,103 @@ impl ControlPlane {
         Ok(TestNamespace { name, client })
     }
 
+    /// Stops one component of an owned control plane (`kube-apiserver`,
+    /// `kube-controller-manager`, `kube-scheduler` or `etcd`): SIGTERM, and
+    /// SIGKILL if it is still running 10 s later, as a host's service manager
+    /// would. [`ControlPlane::start_component`] starts it again with the same
+    /// command line (same ports, certificates and data).
+    pub async fn stop_component(&self, name: &str) -> Result<StoppedComponent> {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let dir = self.owned_dir()?;
+        let pid = read_pids(&dir)?
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p)
+            .ok_or_else(|| Error::Other(format!("no component {name} in {}", dir.display())))?;
+        let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map_err(|e| Error::io(format!("reading {name}'s command line"), e))?
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while process_running(pid) {
+            if std::time::Instant::now() > deadline {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(StoppedComponent {
+            name: name.to_string(),
+            argv,
+        })
+    }
+
+    /// Starts a component stopped by [`ControlPlane::stop_component`] again,
+    /// in its own session, logging to the same file, recorded in the state
+    /// directory (so `scripts/cluster-down.sh` stops it); for the API server,
+    /// waits until it answers again.
+    pub async fn start_component(&self, stopped: StoppedComponent) -> Result<()> {
+        let dir = self.owned_dir()?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("logs").join(format!("{}.log", stopped.name)))
+            .map_err(|e| Error::io("opening the component's log", e))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| Error::io("opening the component's log", e))?;
+        // `setsid` executes the program in place (this child is not a process
+        // group leader), so the child's pid is the component's.
+        let child = Command::new("setsid")
+            .args(&stopped.argv)
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {}", stopped.name), e))?;
+        let pid = child.id();
+        // Reaped by a thread, so that it never lingers as a zombie.
+        std::thread::spawn(move || {
+            let mut child = child;
+            let _ = child.wait();
+        });
+        let pids_file = dir.join("pids");
+        let lines: Vec<String> = read_pids(&dir)?
+            .into_iter()
+            .map(|(n, p)| {
+                let p = if n == stopped.name { pid } else { p };
+                format!("{n} {p}")
+            })
+            .collect();
+        std::fs::write(&pids_file, lines.join("\n") + "\n")
+            .map_err(|e| Error::io("recording the component's pid", e))?;
+        if stopped.name == "kube-apiserver" {
+            let client = self.client()?;
+            wait::until(
+                "the API server to answer again",
+                Duration::from_secs(60),
+                Duration::from_millis(200),
+                || async { Ok::<_, Error>(client.apiserver_version().await.ok()) },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn owned_dir(&self) -> Result<PathBuf> {
+        self.owned
+            .as_ref()
+            .map(|d| d.path().to_path_buf())
+            .ok_or_else(|| {
+                Error::Other(
+                    "only a control plane this process started can be stopped in part".into(),
+                )
+            })
+    }
+
     /// Stops an owned control plane now (also done on drop); a reused one is
     /// left running.
     pub fn stop(&mut self) {
@@ -248,6 +345,37 @@ pub(crate) fn random_suffix() -> String {
             (if d < 10 { b'0' + d } else { b'a' + d - 10 }) as char
         })
         .collect()
+}
+
+/// A control-plane component stopped by [`ControlPlane::stop_component`].
+#[derive(Debug)]
+pub struct StoppedComponent {
+    name: String,
+    argv: Vec<String>,
+}
+
+/// `name pid` lines of the state directory's `pids` file.
+fn read_pids(dir: &Path) -> Result<Vec<(String, u32)>> {
+    let text = std::fs::read_to_string(dir.join("pids"))
+        .map_err(|e| Error::io("reading the control plane's pids", e))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let (n, p) = l.split_once(' ')?;
+            Some((n.to_string(), p.trim().parse().ok()?))
+        })
+        .collect())
+}
+
+/// Alive and not a zombie.
+fn process_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
 }
 
 /// A namespace created for one test.

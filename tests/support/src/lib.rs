@@ -44,7 +44,7 @@ pub mod repo;
 pub mod wait;
 
 #[cfg(feature = "cluster")]
-pub use cluster::{ControlPlane, TestNamespace};
+pub use cluster::{ControlPlane, StoppedComponent, TestNamespace};
 pub use error::Error;
 #[cfg(feature = "cluster")]
 pub use node::{AgentConfig, NodeAgent, NodeSpec, ProcessInfo};

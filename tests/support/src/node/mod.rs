@@ -23,8 +23,18 @@
 //!   finalises the deletion (`gracePeriodSeconds=0` with a UID precondition),
 //!   so the object goes away.
 //!
+//! - enforces `resources.limits.memory` as the cgroup's OOM killer would,
+//!   sampled: a container process whose resident memory exceeds its limit is
+//!   killed (SIGKILL to its group) and reported terminated with reason
+//!   `OOMKilled`, exit code 137, then restarted per `restartPolicy`;
+//! - can **lose** a node ([`NodeAgent::lose_node`]): its processes are
+//!   killed at once, its heartbeat stops and its Node object is deleted, as
+//!   when a machine vanishes and the cloud's node controller removes it; the
+//!   pod garbage collector then deletes the pods bound to it and their
+//!   controllers replace them on the remaining nodes.
+//!
 //! Not modelled: init containers, liveness/startup probes (ignored), exec
-//! probes (treated as passing), resource limits, image pulls, networking
+//! probes (treated as passing), CPU limits, image pulls, networking
 //! between pod IPs beyond loopback (every pod IP is reachable from every
 //! process), and ClusterIPs (never dial them).
 //!
@@ -207,6 +217,8 @@ pub(crate) struct Shared {
     /// The API server's URL (`https://127.0.0.1:PORT`), for pods' kubeconfigs.
     pub(crate) cluster_url: String,
     pods: Mutex<HashMap<String, pod::PodHandle>>,
+    /// Nodes lost on purpose: no heartbeat, no pods.
+    lost: Mutex<HashSet<String>>,
     next_ip: Mutex<u32>,
     ip_block: u8,
 }
@@ -272,6 +284,7 @@ impl NodeAgent {
             root,
             spawner: spawn::Spawner::new()?,
             pods: Mutex::new(HashMap::new()),
+            lost: Mutex::new(HashSet::new()),
             next_ip: Mutex::new(0),
             ip_block,
         });
@@ -316,6 +329,45 @@ impl NodeAgent {
             .collect();
         out.sort_by(|a, b| (&a.pod, &a.container).cmp(&(&b.pod, &b.container)));
         out
+    }
+
+    /// Loses node `name` as a machine that vanished would: every process of
+    /// its pods is killed now (SIGKILL, no grace), its heartbeat stops, it
+    /// runs nothing more, and its Node object is deleted (what the cloud's
+    /// node controller does for a deleted instance). The pod garbage
+    /// collector deletes the pods bound to it after its quarantine (~40 s).
+    /// Returns the names of the pods that were running there.
+    pub async fn lose_node(&self, name: &str) -> Result<Vec<String>> {
+        if !self.shared.config.nodes.iter().any(|n| n.name == name) {
+            return Err(Error::Other(format!("no node {name} on this agent")));
+        }
+        self.shared
+            .lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string());
+        let killed: Vec<pod::PodHandle> = {
+            let mut pods = self.shared.pods.lock().unwrap_or_else(|e| e.into_inner());
+            let uids: Vec<String> = pods
+                .iter()
+                .filter(|(_, h)| h.node == name)
+                .map(|(u, _)| u.clone())
+                .collect();
+            uids.iter().filter_map(|u| pods.remove(u)).collect()
+        };
+        let mut names = Vec::new();
+        for h in &killed {
+            h.kill_now();
+            names.push(h.name.clone());
+        }
+        let nodes: Api<Node> = Api::all(self.shared.client.clone());
+        match nodes.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        names.sort();
+        Ok(names)
     }
 
     /// Stops the agent: kills every process (SIGTERM, then SIGKILL), and
@@ -467,6 +519,9 @@ async fn heartbeat(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         }
         tick += 1;
         for spec in &shared.config.nodes {
+            if is_lost(&shared, &spec.name) {
+                continue;
+            }
             if let Err(e) = renew_lease(&shared, spec).await {
                 tracing::warn!(node = %spec.name, "lease renewal failed: {e}");
             }
@@ -482,6 +537,14 @@ async fn heartbeat(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             }
         }
     }
+}
+
+fn is_lost(shared: &Shared, node: &str) -> bool {
+    shared
+        .lost
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(node)
 }
 
 /// Reconciles the pods bound to the agent's nodes with the local processes.
@@ -501,6 +564,9 @@ async fn pod_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 async fn reconcile(shared: &Arc<Shared>, pods_api: &Api<Pod>) -> Result<()> {
     let mut bound: HashMap<String, Pod> = HashMap::new();
     for node in &shared.config.nodes {
+        if is_lost(shared, &node.name) {
+            continue;
+        }
         let lp = ListParams::default().fields(&format!("spec.nodeName={}", node.name));
         for p in pods_api.list(&lp).await?.items {
             if let Some(uid) = p.metadata.uid.clone() {

@@ -138,7 +138,9 @@ fn lock(s: &Shared0) -> std::sync::MutexGuard<'_, PodState> {
 /// The agent's handle on one running pod.
 pub(crate) struct PodHandle {
     pub(crate) namespace: String,
-    name: String,
+    pub(crate) name: String,
+    /// The node the pod is bound to.
+    pub(crate) node: String,
     ip: Ipv4Addr,
     state: Shared0,
     /// `Some(grace)` once the pod is to stop.
@@ -157,6 +159,7 @@ impl PodHandle {
             uid.get(..8).unwrap_or(&uid)
         ));
         let spec = pod.spec.clone().unwrap_or_default();
+        let node = spec.node_name.clone().unwrap_or_default();
         let now = Timestamp::now();
         let containers = spec
             .containers
@@ -188,6 +191,7 @@ impl PodHandle {
         PodHandle {
             namespace,
             name,
+            node,
             ip,
             state,
             stop,
@@ -254,6 +258,42 @@ struct Plan {
     log: PathBuf,
     readiness: Option<Probe>,
     ports: Vec<ContainerPort>,
+    /// `resources.limits.memory`, in bytes.
+    memory_limit: Option<u64>,
+}
+
+/// How often a container with a memory limit has its resident memory read.
+const MEMORY_CHECK: Duration = Duration::from_millis(100);
+
+/// A Kubernetes quantity of bytes (`64Mi`, `1Gi`, `500M`, `1e9`, `1024`).
+pub fn parse_bytes(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| c.is_ascii_alphabetic() && c != 'e')
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let mult: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let n: f64 = num.parse().ok()?;
+    (n >= 0.0 && n.is_finite()).then(|| (n * mult) as u64)
+}
+
+/// Resident memory of a process (`VmRSS` in `/proc/PID/status`).
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 async fn run_pod(
@@ -388,19 +428,37 @@ impl Supervisor {
                         c.state = CState::Running { started };
                         c.ready = !has_probe;
                     });
-                    let status = tokio::select! {
-                        s = child.wait() => s,
-                        _ = stop.changed() => {
-                            let grace = stop.borrow().unwrap_or_default();
-                            if let Some(pid) = pid {
-                                signal_group(pid, Signal::SIGTERM);
-                                if tokio::time::timeout(grace, child.wait()).await.is_err() {
-                                    signal_group(pid, Signal::SIGKILL);
-                                    let _ = child.wait().await;
+                    let mut oom_killed = false;
+                    let mut memory_check = tokio::time::interval(MEMORY_CHECK);
+                    let status = loop {
+                        tokio::select! {
+                            s = child.wait() => break s,
+                            _ = stop.changed() => {
+                                let grace = stop.borrow().unwrap_or_default();
+                                if let Some(pid) = pid {
+                                    signal_group(pid, Signal::SIGTERM);
+                                    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                                        signal_group(pid, Signal::SIGKILL);
+                                        let _ = child.wait().await;
+                                    }
+                                }
+                                self.set(|c| { c.pid = None; c.ready = false; });
+                                return;
+                            }
+                            _ = memory_check.tick(), if self.plan.memory_limit.is_some() && !oom_killed => {
+                                // The cgroup's OOM killer, sampled: a process
+                                // over its limit is killed outright.
+                                let over = pid
+                                    .and_then(resident_bytes)
+                                    .zip(self.plan.memory_limit)
+                                    .is_some_and(|(rss, limit)| rss > limit);
+                                if over {
+                                    if let Some(pid) = pid {
+                                        signal_group(pid, Signal::SIGKILL);
+                                    }
+                                    oom_killed = true;
                                 }
                             }
-                            self.set(|c| { c.pid = None; c.ready = false; });
-                            return;
                         }
                     };
                     use std::os::unix::process::ExitStatusExt;
@@ -415,7 +473,9 @@ impl Supervisor {
                     Term {
                         exit_code,
                         signal,
-                        reason: if exit_code == 0 {
+                        reason: if oom_killed {
+                            "OOMKilled".into()
+                        } else if exit_code == 0 {
                             "Completed".into()
                         } else {
                             "Error".into()
@@ -1200,6 +1260,12 @@ impl Sources<'_> {
             log: dir.join("logs").join(format!("{}.log", c.name)),
             readiness: c.readiness_probe.clone(),
             ports: c.ports.clone().unwrap_or_default(),
+            memory_limit: c
+                .resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .and_then(|l| l.get("memory"))
+                .and_then(|q| parse_bytes(&q.0)),
         })
     }
 }
@@ -1328,6 +1394,17 @@ mod tests {
             rewrite_mounts("a:/etc/app", &mounts),
             "a:/tmp/p/volumes/config"
         );
+    }
+
+    #[test]
+    fn parses_byte_quantities() {
+        assert_eq!(parse_bytes("64Mi"), Some(64 << 20));
+        assert_eq!(parse_bytes("1Gi"), Some(1 << 30));
+        assert_eq!(parse_bytes("500M"), Some(500_000_000));
+        assert_eq!(parse_bytes("1e9"), Some(1_000_000_000));
+        assert_eq!(parse_bytes("1024"), Some(1024));
+        assert_eq!(parse_bytes("12Qi"), None);
+        assert_eq!(parse_bytes("lots"), None);
     }
 
     #[test]
