@@ -158,6 +158,11 @@ pub(super) fn check_lengths(data: &[u8], syntax: Syntax) -> Result<(), DecodeErr
                         });
                     }
                 }
+                0xE00D | 0xE0DD
+                    if len != 0 && len != UNDEFINED && len as usize > data.len() - i =>
+                {
+                    return Err(too_long());
+                }
                 0xE00D => {
                     if let Some(at) = stack.iter().rposition(|o| matches!(o, Open::Item { .. })) {
                         stack.truncate(at);
@@ -171,7 +176,10 @@ pub(super) fn check_lengths(data: &[u8], syntax: Syntax) -> Result<(), DecodeErr
                         stack.truncate(at);
                     }
                 }
-                _ => {}
+                // No other element of group FFFE exists; the parser would
+                // read one as a value of its declared length (reserving it
+                // first), so it is refused here.
+                _ => return Err(corrupt("DICOM data set has an invalid item tag")),
             }
             continue;
         }

@@ -409,6 +409,24 @@ mod tests {
         );
     }
 
+    /// Found by fuzzing (`tests/fuzz`, target `decode_dicom`, a 30-minute
+    /// run): a top-level tag of group FFFE other than an item or a delimiter,
+    /// declaring 3.6 GB, which the length guard skipped and the parser read
+    /// as a value, reserving and zero-filling 3.6 GB (2.3 GB resident before
+    /// the fuzzer's limit stopped it) for a 2 KB file. Refused before parsing.
+    #[test]
+    fn an_invalid_item_tag_is_refused_before_the_parser_allocates() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fuzz/corpus/decode_dicom/regression-invalid-item-tag.dcm");
+        let bytes = std::fs::read(path).unwrap();
+        assert!(bytes.len() < 4096);
+        let e = decode(&bytes, &DecodeLimits::default(), &Windowing::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            corrupt("DICOM data set has an invalid item tag").to_string()
+        );
+    }
+
     #[test]
     fn minmax_windowing_is_honoured_when_the_file_has_no_window() {
         let bytes = read("mono1_u16_percentile.dcm");
