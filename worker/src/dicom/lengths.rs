@@ -222,6 +222,15 @@ pub(super) fn check_lengths(data: &[u8], syntax: Syntax) -> Result<(), DecodeErr
         if len as usize > data.len() - i {
             return Err(too_long());
         }
+        let size = match vr {
+            Some(vr) => value_size(vr),
+            None => implicit_value_size(Tag(group, elem)),
+        };
+        if !sequence && !(len as usize).is_multiple_of(size) {
+            return Err(corrupt(
+                "DICOM element length is not a whole number of its values",
+            ));
+        }
         if sequence {
             stack.push(Open::Sequence {
                 end: Some(i + len as usize),
@@ -232,6 +241,36 @@ pub(super) fn check_lengths(data: &[u8], syntax: Syntax) -> Result<(), DecodeErr
         }
     }
     Ok(())
+}
+
+/// The size of one value of a VR that the parser reads as whole binary
+/// numbers: it reads `length / size` of them and not the bytes left over, so
+/// a length that is not a multiple of the size leaves it out of step with the
+/// data (reading the next header from the middle of a value, where any
+/// length may appear). 1 for every other VR.
+fn value_size(vr: [u8; 2]) -> usize {
+    match &vr {
+        b"US" | b"SS" | b"OW" => 2,
+        b"UL" | b"SL" | b"FL" | b"OF" | b"OL" | b"AT" => 4,
+        b"FD" | b"OD" | b"SV" | b"UV" | b"OV" => 8,
+        _ => 1,
+    }
+}
+
+/// [`value_size`] for implicit VR, where the parser takes the VR from the
+/// standard dictionary (US or SS for `xs`; OB or OW for `ox`, `px` and `lt`,
+/// so 2 to be safe).
+fn implicit_value_size(tag: Tag) -> usize {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+    match dicom_dictionary_std::StandardDataDictionary
+        .by_tag(tag)
+        .map(|e| e.vr())
+    {
+        Some(VirtualVr::Exact(vr)) => value_size(vr.to_bytes()),
+        Some(VirtualVr::Xs | VirtualVr::Ox | VirtualVr::Px | VirtualVr::Lt) => 2,
+        // Unknown tags are read as UN (bytes); the enum is non-exhaustive.
+        _ => 1,
+    }
 }
 
 /// Whether the standard dictionary says a tag is a sequence (implicit VR).

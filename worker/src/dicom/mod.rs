@@ -427,6 +427,22 @@ mod tests {
         );
     }
 
+    /// Found by fuzzing (`tests/fuzz`, target `decode_dicom`): a US-sized
+    /// element declared as UL with length 2. The parser reads whole values
+    /// only (2 / 4 = none) and then took the next header from the middle of
+    /// the data, where it found a 4 GB length and reserved it. Refused first.
+    #[test]
+    fn a_length_that_is_not_whole_values_is_refused_before_the_parser() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fuzz/corpus/decode_dicom/regression-partial-value.dcm");
+        let bytes = std::fs::read(path).unwrap();
+        let e = decode(&bytes, &DecodeLimits::default(), &Windowing::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            corrupt("DICOM element length is not a whole number of its values").to_string()
+        );
+    }
+
     #[test]
     fn minmax_windowing_is_honoured_when_the_file_has_no_window() {
         let bytes = read("mono1_u16_percentile.dcm");
