@@ -33,7 +33,7 @@ pub enum Target {
     /// `http://<endpoint>:<port><path>`.
     Service {
         /// EndpointSlices of the Service's namespace.
-        slices: Api<EndpointSlice>,
+        slices: Box<Api<EndpointSlice>>,
         /// The Service's name.
         service: String,
         /// The pods' port.
@@ -142,7 +142,7 @@ impl Load {
                 port,
                 path,
             } => {
-                let (ready, task) = follow(slices, service, stop.clone());
+                let (ready, task) = follow(*slices, service, stop.clone());
                 tasks.push(task);
                 let next = AtomicUsize::new(0);
                 Arc::new(move || {

@@ -25,7 +25,6 @@
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -39,7 +38,7 @@ use serde_json::{json, Value};
 
 /// One case at a time: each runs a control plane, four pods and a load on a
 /// small machine.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const POOL_LABEL: &str = "medembed.test/pool";
 
@@ -101,7 +100,7 @@ impl Chaos {
     /// The gateway Service's ready endpoints, followed as kube-proxy does.
     fn through_service(&self) -> Target {
         Target::Service {
-            slices: self.env.release_ns.api::<EndpointSlice>(),
+            slices: Box::new(self.env.release_ns.api::<EndpointSlice>()),
             service: "medembed-gateway".into(),
             port: GATEWAY_PORT,
             path: format!("/endpoints/{}/chest/score", self.env.ns.name()),
@@ -171,8 +170,8 @@ fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
         .find(|c| c["type"] == type_)
 }
 
-fn lock_serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+async fn lock_serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 /// A worker killed with SIGKILL while requests are in flight: the gateway
@@ -180,7 +179,7 @@ fn lock_serial() -> std::sync::MutexGuard<'static, ()> {
 /// and the worker serves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn worker_killed_mid_request() {
-    let _serial = lock_serial();
+    let _serial = lock_serial().await;
     let c = chaos_env("chaos-kill", &[]).await;
     let load = c.load(&c.sample.key).await;
     let victim = c
@@ -223,7 +222,7 @@ async fn worker_killed_mid_request() {
 /// generation is unchanged).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn operator_killed_during_blue_green() {
-    let _serial = lock_serial();
+    let _serial = lock_serial().await;
     let c = chaos_env("chaos-operator", &[]).await;
     let deployments = c.deployments();
     apply(
@@ -312,7 +311,7 @@ async fn operator_killed_during_blue_green() {
 /// change made then (blue scaled to 3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn api_server_stopped_30s() {
-    let _serial = lock_serial();
+    let _serial = lock_serial().await;
     let c = chaos_env("chaos-api", &[]).await;
     let load = c.load(&c.sample.key).await;
     let stopped = c
@@ -427,7 +426,7 @@ async fn store_errors(c: &Chaos) -> f64 {
 /// Redis is back, the count stops growing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_stopped() {
-    let _serial = lock_serial();
+    let _serial = lock_serial().await;
     let mut redis = Redis::start();
     let url = format!("gateway.redis.url=redis://127.0.0.1:{}", redis.port);
     let c = chaos_env("chaos-redis", &[&url]).await;
@@ -494,7 +493,7 @@ async fn redis_stopped() {
 /// it, then drains; the PodDisruptionBudget keeps one. Zero failures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_rolled() {
-    let _serial = lock_serial();
+    let _serial = lock_serial().await;
     let c = chaos_env("chaos-roll", &[]).await;
     let load = c.load(&c.sample.key).await;
     let old: Vec<String> = c.env.component_ips("gateway").await;
@@ -553,7 +552,7 @@ async fn gateway_rolled() {
 /// workers are untouched (no restart, still ready, zero failed requests).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn worker_out_of_memory() {
-    let _serial = lock_serial();
+    let _serial = lock_serial().await;
     let c = chaos_env("chaos-oom", &[]).await;
     let load = c.load(&c.sample.key).await;
     let blue_before = identities(&c.worker_pods("blue").await);
@@ -616,7 +615,7 @@ async fn worker_out_of_memory() {
 /// other GPU node, and blue's status shows 1/2 ready on the way back to 2/2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_lost() {
-    let _serial = lock_serial();
+    let _serial = lock_serial().await;
     let c = chaos_env("chaos-node", &[]).await;
     let pods = c.worker_pods("blue").await;
     let nodes: Vec<String> = pods

@@ -285,7 +285,7 @@ pub fn parse_bytes(q: &str) -> Option<u64> {
         _ => return None,
     };
     let n: f64 = num.parse().ok()?;
-    (n >= 0.0 && n.is_finite()).then(|| (n * mult) as u64)
+    (n >= 0.0 && n.is_finite()).then_some((n * mult) as u64)
 }
 
 /// Resident memory of a process (`VmRSS` in `/proc/PID/status`).
