@@ -28,6 +28,7 @@ pub(super) fn meta_group_end(body: &[u8]) -> Option<usize> {
             return Some(i);
         }
         let vr = body.get(i + 4..i + 6)?;
+        dicom_core::VR::from_binary([vr[0], vr[1]])?;
         let (len, header) = if long_length_vr(vr) {
             (
                 u32::from_le_bytes(body.get(i + 8..i + 12)?.try_into().ok()?),
@@ -147,6 +148,11 @@ pub(super) fn check_lengths(data: &[u8], syntax: Syntax) -> Result<(), DecodeErr
                     }
                     i += len as usize;
                 }
+                // An item belongs in a sequence; the parser's reading of one
+                // anywhere else is not the guard's, so it is refused.
+                0xE000 if !matches!(stack.last(), Some(Open::Sequence { .. })) => {
+                    return Err(corrupt("DICOM item outside a sequence"));
+                }
                 0xE000 => {
                     if len == UNDEFINED {
                         stack.push(Open::Item { end: None });
@@ -185,6 +191,11 @@ pub(super) fn check_lengths(data: &[u8], syntax: Syntax) -> Result<(), DecodeErr
         }
         let (vr, len) = if explicit {
             let vr = [data[i + 4], data[i + 5]];
+            // The parser reads unrecognised VR bytes its own way; only the
+            // standard's VRs are walked.
+            if dicom_core::VR::from_binary(vr).is_none() {
+                return Err(corrupt("DICOM element has an invalid VR"));
+            }
             if long_length_vr(&vr) {
                 if i + 12 > data.len() {
                     return Err(too_long());

@@ -418,8 +418,12 @@ mod tests {
     fn an_invalid_item_tag_is_refused_before_the_parser_allocates() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../tests/fuzz/corpus/decode_dicom/regression-invalid-item-tag.dcm");
-        let bytes = std::fs::read(path).unwrap();
+        let mut bytes = std::fs::read(path).unwrap();
         assert!(bytes.len() < 4096);
+        // Its file meta also has a VR that names none (refused first since);
+        // with "OB" there, the item tag is what is refused.
+        let vr = bytes.windows(2).position(|w| w == [0xB1, 0xBE]).unwrap();
+        bytes[vr..vr + 2].copy_from_slice(b"OB");
         let e = decode(&bytes, &DecodeLimits::default(), &Windowing::default()).unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -441,6 +445,30 @@ mod tests {
             e.to_string(),
             corrupt("DICOM element length is not a whole number of its values").to_string()
         );
+    }
+
+    /// Found by fuzzing (`tests/fuzz`, target `decode_dicom`): Pixel Data
+    /// with VR bytes that name no VR, followed by an item outside any
+    /// sequence; the parser read the JPEG data inside as a header and
+    /// reserved the 3.8 GB length it found there. Unrecognised VRs and items
+    /// outside a sequence are refused before parsing.
+    #[test]
+    fn an_invalid_vr_is_refused_before_the_parser() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fuzz/corpus/decode_dicom/regression-invalid-vr.dcm");
+        let bytes = std::fs::read(path).unwrap();
+        let e = decode(&bytes, &DecodeLimits::default(), &Windowing::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            corrupt("DICOM element has an invalid VR").to_string()
+        );
+        // An item at the top level of a data set.
+        let mut good = read("ct_signed16_window.dcm");
+        let at = good.len();
+        good.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 4, 0, 0, 0, 1, 2, 3, 4]);
+        assert!(at > 0);
+        let e = decode(&good, &DecodeLimits::default(), &Windowing::default()).unwrap_err();
+        assert_eq!(e.to_string(), corrupt("DICOM item outside a sequence").to_string());
     }
 
     #[test]
