@@ -15,114 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use medembed_testsupport::redis::RedisServer;
 
 const KEY: &str = "shared-quota-key-00000000000000000001";
 const PROBE_KEY: &str = "shared-quota-key-00000000000000000002";
 const PASSWORD: &str = "pw-4f1c9e0b7a2d-redis";
 const WRONG_PASSWORD: &str = "pw-0000wrong0000-redis";
-
-/// A `redis-server` on loopback, restartable on the same port.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    args: Vec<String>,
-}
-
-impl RedisServer {
-    /// Plain TCP, with `extra` arguments.
-    fn start(extra: &[&str]) -> Self {
-        let port = free_port();
-        let mut args: Vec<String> = ["--port", &port.to_string()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn(port, args)
-    }
-
-    /// TLS only (no plain port), with `extra` arguments.
-    fn start_tls(cert: &Path, key: &Path, ca: &Path, extra: &[&str]) -> Self {
-        let port = free_port();
-        let mut args: Vec<String> = vec![
-            "--port".into(),
-            "0".into(),
-            "--tls-port".into(),
-            port.to_string(),
-            "--tls-cert-file".into(),
-            cert.display().to_string(),
-            "--tls-key-file".into(),
-            key.display().to_string(),
-            "--tls-ca-cert-file".into(),
-            ca.display().to_string(),
-            "--tls-auth-clients".into(),
-            "no".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn(port, args)
-    }
-
-    fn spawn(port: u16, args: Vec<String>) -> Self {
-        let mut s = RedisServer {
-            child: None,
-            port,
-            args,
-        };
-        s.restart();
-        s
-    }
-
-    /// Starts it (again) and waits until it accepts connections.
-    fn restart(&mut self) {
-        assert!(self.child.is_none());
-        let child = Command::new("redis-server")
-            .args(&self.args)
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("redis-server is required for this test ({e}); scripts/test.sh installs Debian's redis-server")
-            });
-        self.child = Some(child);
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Its URL, plain TCP, database 0.
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// Sends `signal` (`STOP`, `CONT`) to it.
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Kills it and waits until its port is closed.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// A gateway process whose standard error (its log) is kept.
 struct GatewayProcess {

@@ -24,7 +24,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -33,6 +33,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use medembed_e2e::load::{assert_no_failures, Load, Target};
 use medembed_e2e::*;
+use medembed_testsupport::redis::RedisServer;
 use medembed_testsupport::NodeSpec;
 use serde_json::{json, Value};
 
@@ -349,58 +350,6 @@ async fn api_server_stopped_30s() {
     c.teardown().await;
 }
 
-/// A `redis-server` on loopback, restartable on the same port.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = Redis { child: None, port };
-        r.restart();
-        r
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("redis-server is required ({e}); scripts/host-packages.sh installs it")
-            });
-        self.child = Some(child);
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// `quota_store_error` counted by the gateways (summed over replicas).
 async fn store_errors(c: &Chaos) -> f64 {
     let mut sum = 0.0;
@@ -427,7 +376,7 @@ async fn store_errors(c: &Chaos) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_stopped() {
     let _serial = lock_serial().await;
-    let mut redis = Redis::start();
+    let mut redis = RedisServer::start(&[]);
     let url = format!("gateway.redis.url=redis://127.0.0.1:{}", redis.port);
     let c = chaos_env("chaos-redis", &[&url]).await;
     // The sample client with a quota, so that every request asks Redis.

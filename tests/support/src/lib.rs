@@ -39,6 +39,7 @@ pub mod http;
 pub mod metrics;
 #[cfg(feature = "cluster")]
 pub mod node;
+pub mod redis;
 pub mod repo;
 #[cfg(feature = "cluster")]
 pub mod wait;

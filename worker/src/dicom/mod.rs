@@ -468,7 +468,10 @@ mod tests {
         good.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 4, 0, 0, 0, 1, 2, 3, 4]);
         assert!(at > 0);
         let e = decode(&good, &DecodeLimits::default(), &Windowing::default()).unwrap_err();
-        assert_eq!(e.to_string(), corrupt("DICOM item outside a sequence").to_string());
+        assert_eq!(
+            e.to_string(),
+            corrupt("DICOM item outside a sequence").to_string()
+        );
     }
 
     #[test]
