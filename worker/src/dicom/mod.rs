@@ -393,18 +393,30 @@ mod tests {
         assert!(errors > 100, "{errors}");
     }
 
+    /// A committed fuzzing input of `tests/fuzz/corpus/decode_dicom/`.
+    fn fuzz_input(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fuzz/corpus/decode_dicom")
+            .join(name);
+        std::fs::read(path).unwrap()
+    }
+
+    /// The error `bytes` get from the decoder (they must be refused).
+    fn refusal(bytes: &[u8]) -> String {
+        decode(bytes, &DecodeLimits::default(), &Windowing::default())
+            .unwrap_err()
+            .to_string()
+    }
+
     /// Found by fuzzing (`tests/fuzz`, target `decode_dicom`): an RLE
     /// segment that decodes to fewer bytes than the image has pixels made
     /// the codec index past its output (a panic, caught only by the last
     /// line of defence). It is refused before the codec runs.
     #[test]
     fn a_short_rle_segment_is_refused_before_the_codec() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fuzz/corpus/decode_dicom/regression-rle-short-segment.dcm");
-        let bytes = std::fs::read(path).unwrap();
-        let e = decode(&bytes, &DecodeLimits::default(), &Windowing::default()).unwrap_err();
+        let bytes = fuzz_input("regression-rle-short-segment.dcm");
         assert_eq!(
-            e.to_string(),
+            refusal(&bytes),
             corrupt("RLE segment is shorter than the image").to_string()
         );
     }
@@ -416,17 +428,14 @@ mod tests {
     /// the fuzzer's limit stopped it) for a 2 KB file. Refused before parsing.
     #[test]
     fn an_invalid_item_tag_is_refused_before_the_parser_allocates() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fuzz/corpus/decode_dicom/regression-invalid-item-tag.dcm");
-        let mut bytes = std::fs::read(path).unwrap();
+        let mut bytes = fuzz_input("regression-invalid-item-tag.dcm");
         assert!(bytes.len() < 4096);
         // Its file meta also has a VR that names none (refused first since);
         // with "OB" there, the item tag is what is refused.
         let vr = bytes.windows(2).position(|w| w == [0xB1, 0xBE]).unwrap();
         bytes[vr..vr + 2].copy_from_slice(b"OB");
-        let e = decode(&bytes, &DecodeLimits::default(), &Windowing::default()).unwrap_err();
         assert_eq!(
-            e.to_string(),
+            refusal(&bytes),
             corrupt("DICOM data set has an invalid item tag").to_string()
         );
     }
@@ -437,12 +446,9 @@ mod tests {
     /// the data, where it found a 4 GB length and reserved it. Refused first.
     #[test]
     fn a_length_that_is_not_whole_values_is_refused_before_the_parser() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fuzz/corpus/decode_dicom/regression-partial-value.dcm");
-        let bytes = std::fs::read(path).unwrap();
-        let e = decode(&bytes, &DecodeLimits::default(), &Windowing::default()).unwrap_err();
+        let bytes = fuzz_input("regression-partial-value.dcm");
         assert_eq!(
-            e.to_string(),
+            refusal(&bytes),
             corrupt("DICOM element length is not a whole number of its values").to_string()
         );
     }
@@ -454,12 +460,9 @@ mod tests {
     /// outside a sequence are refused before parsing.
     #[test]
     fn an_invalid_vr_is_refused_before_the_parser() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fuzz/corpus/decode_dicom/regression-invalid-vr.dcm");
-        let bytes = std::fs::read(path).unwrap();
-        let e = decode(&bytes, &DecodeLimits::default(), &Windowing::default()).unwrap_err();
+        let bytes = fuzz_input("regression-invalid-vr.dcm");
         assert_eq!(
-            e.to_string(),
+            refusal(&bytes),
             corrupt("DICOM element has an invalid VR").to_string()
         );
         // An item at the top level of a data set.
