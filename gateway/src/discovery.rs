@@ -48,6 +48,7 @@
 //! `endpointslices` (`discovery.k8s.io`); get/list/watch of the credentials
 //! Secret, by `resourceNames`.
 
+use medembed_api::crd::scoped_api;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -292,17 +293,6 @@ where
     })
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    <K as Resource>::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 pub(crate) async fn kube_client(s: &Settings) -> anyhow::Result<Client> {
     let config = match &s.kubeconfig {
         Some(path) => {
@@ -331,28 +321,28 @@ pub async fn start(
     let any = watcher::Config::default;
     let mut watches = vec![
         spawn_watch(
-            api::<EmbeddingEndpoint>(&client, ns),
+            scoped_api::<EmbeddingEndpoint>(&client, ns),
             any(),
             Clone::clone,
             Change::Endpoint,
             tx.clone(),
         ),
         spawn_watch(
-            api::<EmbeddingDeployment>(&client, ns),
+            scoped_api::<EmbeddingDeployment>(&client, ns),
             any(),
             Clone::clone,
             Change::Deployment,
             tx.clone(),
         ),
         spawn_watch(
-            api::<EmbeddingClient>(&client, ns),
+            scoped_api::<EmbeddingClient>(&client, ns),
             any(),
             Clone::clone,
             Change::Client,
             tx.clone(),
         ),
         spawn_watch(
-            api::<EndpointSlice>(&client, ns),
+            scoped_api::<EndpointSlice>(&client, ns),
             any().labels(DEPLOYMENT_LABEL),
             slice_view,
             Change::Slice,

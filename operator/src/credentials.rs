@@ -23,6 +23,7 @@
 //! of Secrets and ConfigMaps (metadata), get of those named by endpoints and
 //! clients, and get/patch of the target Secret only.
 
+use medembed_api::crd::scoped_api;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -325,17 +326,6 @@ pub fn secret(settings: &Settings, doc: &Credentials) -> Result<Secret, Error> {
     Ok(s)
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    <K as Resource>::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// Keeps the target Secret up to date until dropped.
 pub async fn run(client: Client, settings: Settings, metrics: Metrics) {
     let ns = settings.watch_namespace.as_deref();
@@ -353,20 +343,20 @@ pub async fn run(client: Client, settings: Settings, metrics: Metrics) {
     let mut changes = futures::stream::select_all([
         reflector::reflector(
             w_endpoints,
-            watcher(api::<EmbeddingEndpoint>(&client, ns), cfg()).default_backoff(),
+            watcher(scoped_api::<EmbeddingEndpoint>(&client, ns), cfg()).default_backoff(),
         )
         .then(|r| ticks(r.map(drop)))
         .boxed(),
         reflector::reflector(
             w_clients,
-            watcher(api::<EmbeddingClient>(&client, ns), cfg()).default_backoff(),
+            watcher(scoped_api::<EmbeddingClient>(&client, ns), cfg()).default_backoff(),
         )
         .then(|r| ticks(r.map(drop)))
         .boxed(),
         reflector::reflector(
             w_secrets,
             watcher(
-                api::<PartialObjectMeta<Secret>>(&client, ns),
+                scoped_api::<PartialObjectMeta<Secret>>(&client, ns),
                 cfg().fields("type=Opaque"),
             )
             .default_backoff(),
@@ -375,7 +365,11 @@ pub async fn run(client: Client, settings: Settings, metrics: Metrics) {
         .boxed(),
         reflector::reflector(
             w_config_maps,
-            watcher(api::<PartialObjectMeta<ConfigMap>>(&client, ns), cfg()).default_backoff(),
+            watcher(
+                scoped_api::<PartialObjectMeta<ConfigMap>>(&client, ns),
+                cfg(),
+            )
+            .default_backoff(),
         )
         .then(|r| ticks(r.map(drop)))
         .boxed(),

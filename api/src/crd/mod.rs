@@ -38,3 +38,16 @@ pub use endpoint::*;
 pub const GROUP: &str = "medembed.io";
 /// The API version of medembed's resources.
 pub const VERSION: &str = "v1alpha1";
+
+/// An API for namespaced resources of kind `K` in `namespace`, or in every
+/// namespace when `None` (the operator's and the gateway's watch scope).
+pub fn scoped_api<K>(client: &kube::Client, namespace: Option<&str>) -> kube::Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    }
+}
