@@ -101,6 +101,30 @@ async fn the_connection_cap_holds_new_connections_until_one_closes() {
     drop(idle);
 }
 
+/// Draining (after SIGTERM, for `--shutdown-delay-seconds`): still serving,
+/// `/readyz` 503, and each HTTP/1.1 answer closes its connection so that
+/// clients move to another replica.
+#[tokio::test]
+async fn draining_serves_on_and_closes_each_connection() {
+    let up = upstream("blue", Behaviour::Ok).await;
+    let gw = gateway_with(&config(&up.authority(), "{}", "{}"), |_| {}).await;
+    let url = gw.url("/endpoints/chest/score");
+    let r = post_with_key(&url, KEY, text_body()).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("connection").is_none());
+    gw.gw
+        .as_ref()
+        .unwrap()
+        .state
+        .draining
+        .store(true, std::sync::atomic::Ordering::Release);
+    let r = post_with_key(&url, KEY, text_body()).await;
+    assert_eq!(r.status(), 200, "a draining gateway still serves");
+    assert_eq!(r.headers()["connection"], "close");
+    let ready = reqwest::get(gw.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+}
+
 /// A client over its requests-per-minute quota is refused before its body
 /// is read: a 24 MB declared body that never comes is answered 429 at once
 /// (not 408 once the gateway has waited for the body).
